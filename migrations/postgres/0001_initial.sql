@@ -1,0 +1,76 @@
+-- majordomo schema v1 (PostgreSQL 14+).
+-- The three tables and their column names are those of the reference gateway
+-- (api_keys, llm_requests, llm_requests_metadata_keys); types are widened where
+-- the reference could fail an INSERT (long model names, token counts over 2^31).
+
+CREATE TABLE IF NOT EXISTS api_keys (
+    id                  UUID PRIMARY KEY,
+    key_hash            VARCHAR(64) NOT NULL UNIQUE,   -- BLAKE3 of the whole key, hex
+    key_hint            VARCHAR(32),                   -- mdm_sk_…abcd, for `keys list`
+    name                VARCHAR(255) NOT NULL,
+    description         TEXT,
+    is_active           BOOLEAN NOT NULL DEFAULT true,
+    created_at          TIMESTAMPTZ NOT NULL DEFAULT now(),
+    revoked_at          TIMESTAMPTZ,
+    last_used_at        TIMESTAMPTZ,
+    request_count       BIGINT NOT NULL DEFAULT 0
+);
+
+CREATE INDEX IF NOT EXISTS idx_api_keys_hash ON api_keys(key_hash) WHERE is_active = true;
+
+CREATE TABLE IF NOT EXISTS llm_requests (
+    id                      UUID PRIMARY KEY,          -- the gateway's request id (UUIDv7)
+    majordomo_api_key_id    UUID REFERENCES api_keys(id),
+    provider_api_key_hash   VARCHAR(64),               -- BLAKE3 of the provider credential, never the credential
+    provider_api_key_alias  VARCHAR(255),
+    provider                VARCHAR(100) NOT NULL,
+    model                   TEXT NOT NULL,
+    request_path            TEXT NOT NULL,
+    request_method          TEXT NOT NULL,
+    requested_at            TIMESTAMPTZ NOT NULL,
+    responded_at            TIMESTAMPTZ NOT NULL,
+    response_time_ms        INT NOT NULL,
+    time_to_first_byte_ms   INT,
+    input_tokens            BIGINT NOT NULL DEFAULT 0,
+    output_tokens           BIGINT NOT NULL DEFAULT 0,
+    cached_tokens           BIGINT DEFAULT 0,
+    cache_creation_tokens   BIGINT DEFAULT 0,
+    reasoning_tokens        BIGINT NOT NULL DEFAULT 0,
+    input_cost              NUMERIC(20, 10) NOT NULL DEFAULT 0,
+    output_cost             NUMERIC(20, 10) NOT NULL DEFAULT 0,
+    total_cost              NUMERIC(20, 10) NOT NULL DEFAULT 0,
+    price_found             BOOLEAN NOT NULL DEFAULT false,  -- false: costs are 0 because the model is unpriced
+    usage_complete          BOOLEAN NOT NULL DEFAULT false,  -- false: tokens are partial or unknown
+    status_code             INT NOT NULL,
+    error_message           TEXT,
+    raw_metadata            JSONB,
+    indexed_metadata        JSONB DEFAULT '{}',
+    request_body            TEXT,
+    response_body           TEXT,
+    created_at              TIMESTAMPTZ DEFAULT now(),
+    body_s3_key             TEXT,
+    model_alias_found       BOOLEAN GENERATED ALWAYS AS (price_found) STORED
+);
+
+CREATE INDEX IF NOT EXISTS idx_llm_requests_majordomo_key_time ON llm_requests(majordomo_api_key_id, requested_at DESC);
+CREATE INDEX IF NOT EXISTS idx_llm_requests_provider_key_time ON llm_requests(provider_api_key_hash, requested_at DESC);
+CREATE INDEX IF NOT EXISTS idx_llm_requests_indexed_metadata_gin ON llm_requests USING GIN (indexed_metadata);
+
+CREATE TABLE IF NOT EXISTS llm_requests_metadata_keys (
+    majordomo_api_key_id    UUID NOT NULL REFERENCES api_keys(id),
+    key_name                VARCHAR(255) NOT NULL,
+    display_name            VARCHAR(255),
+    key_type                VARCHAR(50) DEFAULT 'string',
+    is_required             BOOLEAN DEFAULT false,
+    is_active               BOOLEAN NOT NULL DEFAULT false,
+    activated_at            TIMESTAMPTZ,
+    request_count           BIGINT NOT NULL DEFAULT 0,
+    last_seen_at            TIMESTAMPTZ,
+    hll_state               BYTEA,
+    approx_cardinality      INT NOT NULL DEFAULT 0,
+    hll_updated_at          TIMESTAMPTZ,
+    created_at              TIMESTAMPTZ DEFAULT now(),
+    PRIMARY KEY (majordomo_api_key_id, key_name)
+);
+
+CREATE INDEX IF NOT EXISTS idx_llm_requests_metadata_keys_active ON llm_requests_metadata_keys(majordomo_api_key_id) WHERE is_active = true;

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Builds majordomo (release) and runs the gateway on :7680 with the embedded
+# SQLite store (./majordomo.db). Extra arguments go to `majordomo`, e.g.
+#   ./scripts/run.sh keys create --name "My key"
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/_prereqs.sh
+exec cargo run --release --locked --quiet -- "$@"

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit and property tests, and the end-to-end tests
+# through the real binary on SQLite AND on PostgreSQL (127.0.0.1:5432, started
+# here if it is installed but not running). PostgreSQL tests never skip: without
+# a server they fail.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/_prereqs.sh
+
+PGHOST_ADDR=${MAJORDOMO_TEST_PG_HOST:-127.0.0.1}
+pg_up() { pg_isready -q -h "$PGHOST_ADDR" -p 5432 2>/dev/null; }
+if ! pg_up; then
+  if command -v pg_ctlcluster >/dev/null 2>&1 && [[ -d /etc/postgresql ]]; then
+    echo "test.sh: starting PostgreSQL" >&2
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+    for _ in $(seq 1 30); do pg_up && break; sleep 1; done
+  fi
+fi
+if ! pg_up; then
+  echo "test.sh: PostgreSQL does not answer on $PGHOST_ADDR:5432; the PostgreSQL tests need it" >&2
+  exit 1
+fi
+
+cargo test --locked --all-targets "$@"

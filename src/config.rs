@@ -1,0 +1,1027 @@
+//! `majordomo.yaml` + `MAJORDOMO_*` environment → a validated [`Config`].
+//!
+//! Two stages, as the rest of the crate expects: this module only reads what
+//! the user wrote and checks it (no I/O beyond reading the file); the runtime
+//! objects (store, upstreams, caches) are built from the result elsewhere.
+//!
+//! Every leaf key has an environment override named `MAJORDOMO_` + the key
+//! path upper-cased with `_` (`storage.postgres.host` →
+//! `MAJORDOMO_STORAGE_POSTGRES_HOST`). The table [`ENV_KEYS`] lists them, so
+//! names with underscores (`max_body_bytes`) map without ambiguity. The
+//! environment is read through [`EnvSource`] so tests pass a map instead of
+//! mutating the process environment.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+/// Where configuration values come from besides the file.
+pub trait EnvSource {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl EnvSource for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// Errors while loading the configuration. Messages name the key and never
+/// contain the value of a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Occurs when the config file named with `-c` (or found) cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Occurs when the file is not valid YAML or a key has the wrong type or is unknown.
+    #[error("invalid config in {origin}: {message}")]
+    Parse { origin: String, message: String },
+    /// Occurs when an environment override cannot be parsed as its key's type.
+    #[error(
+        "invalid value in environment variable {var} (config key `{key}`): expected {expected}"
+    )]
+    Env {
+        var: String,
+        key: &'static str,
+        expected: &'static str,
+    },
+    /// Occurs when a value parses but is not allowed (e.g. port 0, unknown driver).
+    #[error("invalid config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub providers: ProvidersConfig,
+    pub upstream: UpstreamConfig,
+    pub auth: AuthConfig,
+    pub metadata: MetadataConfig,
+    pub logging: LoggingConfig,
+    pub s3: S3Config,
+    pub pricing: PricingConfig,
+    pub sink: SinkConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Worker threads for the proxy service (0 = one per CPU).
+    pub threads: usize,
+    /// Idle time allowed while reading a client's request.
+    #[serde(deserialize_with = "de_duration")]
+    pub read_timeout: Duration,
+    /// Time allowed for one write to a slow client.
+    #[serde(deserialize_with = "de_duration")]
+    pub write_timeout: Duration,
+    /// Largest request body accepted (413 above it).
+    pub max_body_bytes: u64,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+    /// How long an old process keeps serving open requests after an upgrade or SIGTERM.
+    pub grace_period_secs: u64,
+    /// Hard stop after the grace period.
+    pub graceful_shutdown_timeout_secs: u64,
+    pub error_log: Option<String>,
+    /// Idle upstream connections kept per proxy thread.
+    pub upstream_keepalive_pool_size: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "0.0.0.0".into(),
+            port: 7680,
+            threads: 0,
+            read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(120),
+            max_body_bytes: 32 * 1024 * 1024,
+            pid_file: "/tmp/majordomo.pid".into(),
+            upgrade_sock: "/tmp/majordomo_upgrade.sock".into(),
+            grace_period_secs: 60,
+            graceful_shutdown_timeout_secs: 10,
+            error_log: None,
+            upstream_keepalive_pool_size: 128,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageDriver {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `sqlite` (default) or `postgres`. When unset and a PostgreSQL host or
+    /// url is configured, PostgreSQL is used (the reference only had PostgreSQL).
+    pub driver: Option<StorageDriver>,
+    pub sqlite: SqliteConfig,
+    pub postgres: PostgresConfig,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            driver: None,
+            sqlite: SqliteConfig::default(),
+            postgres: PostgresConfig::default(),
+        }
+    }
+}
+
+impl StorageConfig {
+    pub fn effective_driver(&self) -> StorageDriver {
+        match self.driver {
+            Some(d) => d,
+            None if self.postgres.url.is_some() || self.postgres.host.is_some() => {
+                StorageDriver::Postgres
+            }
+            None => StorageDriver::Sqlite,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqliteConfig {
+    pub path: PathBuf,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        SqliteConfig {
+            path: PathBuf::from("./majordomo.db"),
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// A full `postgres://` URL; when set, the separate fields below are ignored.
+    pub url: Option<String>,
+    pub host: Option<String>,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub database: String,
+    /// `disable` or `prefer` (TLS to PostgreSQL is not built in; use a local socket or a sidecar).
+    pub sslmode: String,
+    pub max_conns: usize,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: None,
+            host: None,
+            port: 5432,
+            user: "postgres".into(),
+            password: None,
+            database: "majordomo".into(),
+            sslmode: "disable".into(),
+            max_conns: 20,
+        }
+    }
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    // Never print the password or a URL that may carry one.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &self.url.as_ref().map(|_| "<set>"))
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("database", &self.database)
+            .field("sslmode", &self.sslmode)
+            .field("max_conns", &self.max_conns)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvidersConfig {
+    pub openai: ProviderConfig,
+    pub anthropic: ProviderConfig,
+    pub gemini: ProviderConfig,
+}
+
+impl Default for ProvidersConfig {
+    fn default() -> Self {
+        ProvidersConfig {
+            openai: ProviderConfig::default(),
+            anthropic: ProviderConfig::default(),
+            gemini: ProviderConfig::default(),
+        }
+    }
+}
+
+impl ProvidersConfig {
+    pub fn get(&self, p: crate::provider::Provider) -> &ProviderConfig {
+        use crate::provider::Provider;
+        match p {
+            Provider::OpenAi => &self.openai,
+            Provider::Anthropic => &self.anthropic,
+            Provider::Gemini => &self.gemini,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderConfig {
+    /// Overrides the provider's public API (may carry a path prefix; `http://` allowed for local upstreams).
+    pub base_url: Option<String>,
+    /// Add `stream_options.include_usage` to OpenAI chat streams that lack it (and hide the extra chunk).
+    pub inject_stream_usage: bool,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig {
+            base_url: None,
+            inject_stream_usage: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub connect_timeout_secs: u64,
+    /// Longest silence allowed while reading an upstream response (reasoning models think for minutes).
+    pub read_timeout_secs: u64,
+    /// How long a resolved upstream address is reused before resolving again.
+    pub dns_ttl_secs: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout_secs: 10,
+            read_timeout_secs: 600,
+            dns_ttl_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// How long a validated key is trusted without asking the store again.
+    pub cache_ttl_secs: u64,
+    /// Unknown keys remembered (bounded, so a flood of random keys cannot grow memory).
+    pub negative_cache_size: u64,
+    pub negative_cache_ttl_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            cache_ttl_secs: 300,
+            negative_cache_size: 10_000,
+            negative_cache_ttl_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetadataConfig {
+    /// Most `X-Majordomo-*` metadata headers on one request.
+    pub max_keys: usize,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig {
+            max_keys: 32,
+            max_key_bytes: 64,
+            max_value_bytes: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyStorage {
+    None,
+    Postgres,
+    S3,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    pub body_storage: BodyStorage,
+    pub store_request_body: bool,
+    pub store_response_body: bool,
+    pub max_body_bytes: usize,
+    /// `text` or `json` log lines on stderr.
+    pub format: String,
+    /// `error`, `warn`, `info`, `debug`, `trace` (RUST_LOG wins when set).
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            body_storage: BodyStorage::None,
+            store_request_body: true,
+            store_response_body: true,
+            max_body_bytes: 1024 * 1024,
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    pub enabled: bool,
+    pub bucket: String,
+    pub region: String,
+    pub endpoint: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub path_style: bool,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            enabled: false,
+            bucket: "majordomo-logs".into(),
+            region: "us-east-1".into(),
+            endpoint: None,
+            access_key_id: None,
+            secret_access_key: None,
+            path_style: true,
+        }
+    }
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("enabled", &self.enabled)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field(
+                "access_key_id",
+                &self.access_key_id.as_ref().map(|_| "<set>"),
+            )
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<set>"),
+            )
+            .field("path_style", &self.path_style)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricingConfig {
+    /// llm-prices.com `current-v1.json` format; empty turns the refresh off.
+    pub remote_url: String,
+    #[serde(deserialize_with = "de_duration")]
+    pub refresh_interval: Duration,
+    /// A local price table (our snapshot format or the llm-prices format).
+    pub file: Option<PathBuf>,
+    /// Per-model prices (USD per million tokens) that win over every table.
+    pub overrides: BTreeMap<String, PriceOverride>,
+}
+
+impl Default for PricingConfig {
+    fn default() -> Self {
+        PricingConfig {
+            remote_url: "https://www.llm-prices.com/current-v1.json".into(),
+            refresh_interval: Duration::from_secs(3600),
+            file: None,
+            overrides: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceOverride {
+    #[serde(deserialize_with = "de_decimal")]
+    pub input: Decimal,
+    #[serde(deserialize_with = "de_decimal")]
+    pub output: Decimal,
+    #[serde(default, deserialize_with = "de_decimal_opt")]
+    pub input_cached: Option<Decimal>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// Records waiting for the writer; when full, records go to the spool instead.
+    pub channel_capacity: usize,
+    pub batch_max_events: usize,
+    pub batch_timeout_ms: u64,
+    pub spool_dir: PathBuf,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            channel_capacity: 65_536,
+            batch_max_events: 1_000,
+            batch_timeout_ms: 200,
+            spool_dir: PathBuf::from("./majordomo-spool"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Prometheus `/metrics` port on `server.host`; 0 turns the listener off
+    /// (`/metrics` is then still served on the main port).
+    pub port: u16,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { port: 9091 }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            storage: StorageConfig::default(),
+            providers: ProvidersConfig::default(),
+            upstream: UpstreamConfig::default(),
+            auth: AuthConfig::default(),
+            metadata: MetadataConfig::default(),
+            logging: LoggingConfig::default(),
+            s3: S3Config::default(),
+            pricing: PricingConfig::default(),
+            sink: SinkConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+/// The type of an overridable key, to turn an env string into a YAML value.
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Int,
+    Bool,
+}
+
+/// Every key that an environment variable may override.
+const ENV_KEYS: &[(&str, Kind)] = &[
+    ("server.host", Kind::Str),
+    ("server.port", Kind::Int),
+    ("server.threads", Kind::Int),
+    ("server.read_timeout", Kind::Str),
+    ("server.write_timeout", Kind::Str),
+    ("server.max_body_bytes", Kind::Int),
+    ("server.pid_file", Kind::Str),
+    ("server.upgrade_sock", Kind::Str),
+    ("server.grace_period_secs", Kind::Int),
+    ("server.graceful_shutdown_timeout_secs", Kind::Int),
+    ("server.error_log", Kind::Str),
+    ("server.upstream_keepalive_pool_size", Kind::Int),
+    ("storage.driver", Kind::Str),
+    ("storage.sqlite.path", Kind::Str),
+    ("storage.postgres.url", Kind::Str),
+    ("storage.postgres.host", Kind::Str),
+    ("storage.postgres.port", Kind::Int),
+    ("storage.postgres.user", Kind::Str),
+    ("storage.postgres.password", Kind::Str),
+    ("storage.postgres.database", Kind::Str),
+    ("storage.postgres.sslmode", Kind::Str),
+    ("storage.postgres.max_conns", Kind::Int),
+    ("providers.openai.base_url", Kind::Str),
+    ("providers.openai.inject_stream_usage", Kind::Bool),
+    ("providers.anthropic.base_url", Kind::Str),
+    ("providers.anthropic.inject_stream_usage", Kind::Bool),
+    ("providers.gemini.base_url", Kind::Str),
+    ("providers.gemini.inject_stream_usage", Kind::Bool),
+    ("upstream.connect_timeout_secs", Kind::Int),
+    ("upstream.read_timeout_secs", Kind::Int),
+    ("upstream.dns_ttl_secs", Kind::Int),
+    ("auth.cache_ttl_secs", Kind::Int),
+    ("auth.negative_cache_size", Kind::Int),
+    ("auth.negative_cache_ttl_secs", Kind::Int),
+    ("metadata.max_keys", Kind::Int),
+    ("metadata.max_key_bytes", Kind::Int),
+    ("metadata.max_value_bytes", Kind::Int),
+    ("logging.body_storage", Kind::Str),
+    ("logging.store_request_body", Kind::Bool),
+    ("logging.store_response_body", Kind::Bool),
+    ("logging.max_body_bytes", Kind::Int),
+    ("logging.format", Kind::Str),
+    ("logging.level", Kind::Str),
+    ("s3.enabled", Kind::Bool),
+    ("s3.bucket", Kind::Str),
+    ("s3.region", Kind::Str),
+    ("s3.endpoint", Kind::Str),
+    ("s3.access_key_id", Kind::Str),
+    ("s3.secret_access_key", Kind::Str),
+    ("s3.path_style", Kind::Bool),
+    ("pricing.remote_url", Kind::Str),
+    ("pricing.refresh_interval", Kind::Str),
+    ("pricing.file", Kind::Str),
+    ("sink.channel_capacity", Kind::Int),
+    ("sink.batch_max_events", Kind::Int),
+    ("sink.batch_timeout_ms", Kind::Int),
+    ("sink.spool_dir", Kind::Str),
+    ("metrics.port", Kind::Int),
+];
+
+/// The environment variable that overrides a key path.
+pub fn env_var_name(key: &str) -> String {
+    let mut name = String::with_capacity(10 + key.len());
+    name.push_str("MAJORDOMO_");
+    for c in key.chars() {
+        name.push(if c == '.' {
+            '_'
+        } else {
+            c.to_ascii_uppercase()
+        });
+    }
+    name
+}
+
+/// Picks the config file: `-c PATH` if given (must exist), else
+/// `./majordomo.yaml`, else `/etc/majordomo/majordomo.yaml`, else none.
+pub fn find_config_file(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    ["./majordomo.yaml", "/etc/majordomo/majordomo.yaml"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+impl Config {
+    /// Loads the file (if any), applies environment overrides and validates.
+    pub fn load(file: Option<&Path>, env: &dyn EnvSource) -> Result<Config, ConfigError> {
+        let (text, origin) = match file {
+            Some(path) => (
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?,
+                path.display().to_string(),
+            ),
+            None => (String::new(), "defaults".to_string()),
+        };
+        Config::from_yaml_and_env(&text, &origin, env)
+    }
+
+    pub fn from_yaml_and_env(
+        yaml: &str,
+        origin: &str,
+        env: &dyn EnvSource,
+    ) -> Result<Config, ConfigError> {
+        let mut root: serde_norway::Value = if yaml.trim().is_empty() {
+            serde_norway::Value::Mapping(Default::default())
+        } else {
+            serde_norway::from_str(yaml).map_err(|e| ConfigError::Parse {
+                origin: origin.to_string(),
+                message: e.to_string(),
+            })?
+        };
+        if root.is_null() {
+            root = serde_norway::Value::Mapping(Default::default());
+        }
+        let mut overridden = false;
+        for (key, kind) in ENV_KEYS {
+            let var = env_var_name(key);
+            if let Some(raw) = env.var(&var) {
+                let value = env_value(&raw, *kind).ok_or(ConfigError::Env {
+                    var: var.clone(),
+                    key,
+                    expected: match kind {
+                        Kind::Str => "a string",
+                        Kind::Int => "a non-negative integer",
+                        Kind::Bool => "true or false",
+                    },
+                })?;
+                set_path(&mut root, key, value).map_err(|message| ConfigError::Parse {
+                    origin: origin.to_string(),
+                    message,
+                })?;
+                overridden = true;
+            }
+        }
+        let origin = if overridden {
+            format!("{origin} + MAJORDOMO_* environment")
+        } else {
+            origin.to_string()
+        };
+        let config: Config =
+            serde_path_to_error::deserialize(root).map_err(|e| ConfigError::Parse {
+                origin: origin.clone(),
+                message: format!("key `{}`: {}", e.path(), redact(e.inner().to_string())),
+            })?;
+        config.validate()
+    }
+
+    fn validate(mut self) -> Result<Config, ConfigError> {
+        if self.server.port == 0 {
+            return Err(invalid("server.port", "must be between 1 and 65535"));
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err(invalid("server.max_body_bytes", "must be greater than 0"));
+        }
+        for p in crate::provider::Provider::ALL {
+            if let Some(url) = &self.providers.get(p).base_url {
+                crate::provider::upstream::BaseUrl::parse(url).map_err(|e| {
+                    ConfigError::Invalid {
+                        key: match p {
+                            crate::provider::Provider::OpenAi => "providers.openai.base_url",
+                            crate::provider::Provider::Anthropic => "providers.anthropic.base_url",
+                            crate::provider::Provider::Gemini => "providers.gemini.base_url",
+                        },
+                        message: e.to_string(),
+                    }
+                })?;
+            }
+        }
+        if self.storage.effective_driver() == StorageDriver::Postgres {
+            if !matches!(
+                self.storage.postgres.sslmode.as_str(),
+                "disable" | "prefer" | "allow"
+            ) {
+                return Err(invalid(
+                    "storage.postgres.sslmode",
+                    "must be disable, allow or prefer (TLS to PostgreSQL is not built in)",
+                ));
+            }
+            if self.storage.postgres.max_conns == 0 {
+                return Err(invalid("storage.postgres.max_conns", "must be at least 1"));
+            }
+        }
+        if self.storage.sqlite.path.as_os_str().is_empty() {
+            return Err(invalid("storage.sqlite.path", "must not be empty"));
+        }
+        // Resolve relative paths now: `-d` may change the working directory.
+        self.storage.sqlite.path = absolute(&self.storage.sqlite.path);
+        self.sink.spool_dir = absolute(&self.sink.spool_dir);
+        if !matches!(self.logging.format.as_str(), "text" | "json") {
+            return Err(invalid("logging.format", "must be text or json"));
+        }
+        if !matches!(
+            self.logging.level.as_str(),
+            "error" | "warn" | "info" | "debug" | "trace" | "off"
+        ) {
+            return Err(invalid(
+                "logging.level",
+                "must be one of error, warn, info, debug, trace, off",
+            ));
+        }
+        if self.sink.batch_max_events == 0 {
+            return Err(invalid("sink.batch_max_events", "must be at least 1"));
+        }
+        if self.sink.channel_capacity == 0 {
+            return Err(invalid("sink.channel_capacity", "must be at least 1"));
+        }
+        if self.auth.cache_ttl_secs == 0 {
+            return Err(invalid("auth.cache_ttl_secs", "must be at least 1"));
+        }
+        Ok(self)
+    }
+}
+
+fn invalid(key: &'static str, message: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.to_string(),
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => cwd.join(p.strip_prefix("./").unwrap_or(p)),
+        Err(_) => p.to_path_buf(),
+    }
+}
+
+/// serde's messages quote the offending value; a wrongly typed secret must not be echoed.
+fn redact(message: String) -> String {
+    match (message.find('"'), message.rfind('"')) {
+        (Some(a), Some(b)) if b > a => format!("{}\"…\"{}", &message[..a], &message[b + 1..]),
+        _ => message,
+    }
+}
+
+fn env_value(raw: &str, kind: Kind) -> Option<serde_norway::Value> {
+    use serde_norway::Value;
+    match kind {
+        Kind::Str => Some(Value::String(raw.to_string())),
+        Kind::Int => raw
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(|n| Value::Number(n.into())),
+        Kind::Bool => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Some(Value::Bool(true)),
+            "false" | "0" | "no" | "off" => Some(Value::Bool(false)),
+            _ => None,
+        },
+    }
+}
+
+fn set_path(
+    root: &mut serde_norway::Value,
+    key: &str,
+    value: serde_norway::Value,
+) -> Result<(), String> {
+    use serde_norway::Value;
+    let mut node = root;
+    let mut parts = key.split('.').peekable();
+    let mut walked = String::new();
+    while let Some(part) = parts.next() {
+        if !walked.is_empty() {
+            walked.push('.');
+        }
+        walked.push_str(part);
+        let map = match node {
+            Value::Mapping(m) => m,
+            Value::Null => {
+                *node = Value::Mapping(Default::default());
+                match node {
+                    Value::Mapping(m) => m,
+                    _ => unreachable!("just assigned a mapping"),
+                }
+            }
+            _ => return Err(format!("key `{walked}` must be a mapping")),
+        };
+        let k = Value::String(part.to_string());
+        if parts.peek().is_none() {
+            map.insert(k, value);
+            return Ok(());
+        }
+        node = map.entry(k).or_insert(Value::Null);
+    }
+    Ok(())
+}
+
+/// Accepts `250ms`, `30s`, `5m`, `1h`, `1d`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let secs = |m: u64| n.checked_mul(m).map(Duration::from_secs);
+    match unit.trim() {
+        "" | "s" => secs(1),
+        "ms" => Some(Duration::from_millis(n)),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => None,
+    }
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(n) => Ok(Duration::from_secs(n)),
+        Raw::Text(t) => parse_duration(&t).ok_or_else(|| {
+            serde::de::Error::custom("expected a duration such as 30s, 5m, 1h or 250ms")
+        }),
+    }
+}
+
+/// A price written as `2.5` or `"2.5"`; floats go through their shortest
+/// round-trip text so `0.075` stays exactly 0.075.
+fn de_decimal<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Float(f64),
+        Text(String),
+    }
+    let text = match Raw::deserialize(d)? {
+        Raw::Int(n) => n.to_string(),
+        Raw::Float(f) => f.to_string(),
+        Raw::Text(t) => t,
+    };
+    text.trim()
+        .parse::<Decimal>()
+        .ok()
+        .filter(|v| !v.is_sign_negative())
+        .ok_or_else(|| serde::de::Error::custom("expected a non-negative decimal price"))
+}
+
+fn de_decimal_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+    de_decimal(d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn no_file_and_no_env_gives_the_sqlite_default_on_port_7680() {
+        let c = Config::from_yaml_and_env("", "defaults", &env(&[])).unwrap();
+        assert_eq!(c.server.port, 7680);
+        assert_eq!(c.storage.effective_driver(), StorageDriver::Sqlite);
+        assert!(c.storage.sqlite.path.is_absolute());
+        assert_eq!(c.auth.cache_ttl_secs, 300);
+        assert_eq!(c.server.max_body_bytes, 32 * 1024 * 1024);
+    }
+
+    #[test]
+    fn the_shipped_example_config_loads() {
+        let c =
+            Config::from_yaml_and_env(include_str!("../conf/majordomo.yaml"), "example", &env(&[]))
+                .unwrap();
+        assert_eq!(c.storage.effective_driver(), StorageDriver::Sqlite);
+        assert_eq!(c.server.port, 7680);
+    }
+
+    #[test]
+    fn the_reference_example_config_loads() {
+        let yaml = r#"
+server:
+  host: "0.0.0.0"
+  port: 7680
+  read_timeout: 30s
+  write_timeout: 120s
+storage:
+  postgres:
+    host: localhost
+    port: 5432
+    database: majordomo
+    max_conns: 20
+logging:
+  body_storage: "none"
+s3:
+  enabled: true
+  bucket: "majordomo-logs"
+  region: "us-east-1"
+pricing:
+  remote_url: "https://www.llm-prices.com/current-v1.json"
+  refresh_interval: 1h
+"#;
+        let c = Config::from_yaml_and_env(yaml, "test", &env(&[])).unwrap();
+        assert_eq!(c.storage.effective_driver(), StorageDriver::Postgres);
+        assert_eq!(c.pricing.refresh_interval, Duration::from_secs(3600));
+        assert_eq!(c.server.write_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn env_overrides_keys_with_underscores_in_their_names() {
+        let c = Config::from_yaml_and_env(
+            "server:\n  port: 1234\n",
+            "test",
+            &env(&[
+                ("MAJORDOMO_SERVER_PORT", "9999"),
+                ("MAJORDOMO_SERVER_MAX_BODY_BYTES", "100"),
+                ("MAJORDOMO_STORAGE_POSTGRES_MAX_CONNS", "3"),
+                ("MAJORDOMO_STORAGE_DRIVER", "postgres"),
+                (
+                    "MAJORDOMO_PROVIDERS_OPENAI_BASE_URL",
+                    "http://127.0.0.1:1/v1",
+                ),
+                ("MAJORDOMO_PRICING_REMOTE_URL", ""),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.port, 9999);
+        assert_eq!(c.server.max_body_bytes, 100);
+        assert_eq!(c.storage.postgres.max_conns, 3);
+        assert_eq!(c.storage.effective_driver(), StorageDriver::Postgres);
+        assert_eq!(c.pricing.remote_url, "");
+        assert_eq!(
+            c.providers.openai.base_url.as_deref(),
+            Some("http://127.0.0.1:1/v1")
+        );
+    }
+
+    #[test]
+    fn a_bad_env_value_names_the_variable_and_key() {
+        let err = Config::from_yaml_and_env("", "t", &env(&[("MAJORDOMO_SERVER_PORT", "http")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MAJORDOMO_SERVER_PORT"), "{err}");
+        assert!(err.contains("server.port"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_naming_it() {
+        let err = Config::from_yaml_and_env("server:\n  prot: 1\n", "t", &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn a_wrongly_typed_password_is_not_echoed() {
+        let err = Config::from_yaml_and_env(
+            "storage:\n  postgres:\n    password: [\"hunter2secret\"]\n",
+            "t",
+            &env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("storage.postgres.password"), "{err}");
+        assert!(!err.contains("hunter2secret"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_base_url_is_an_error_naming_the_key() {
+        let err = Config::from_yaml_and_env(
+            "providers:\n  gemini:\n    base_url: ftp://x\n",
+            "t",
+            &env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("providers.gemini.base_url"), "{err}");
+    }
+
+    #[test]
+    fn durations_accept_units_and_plain_seconds() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("42"), Some(Duration::from_secs(42)));
+        assert_eq!(parse_duration("soon"), None);
+    }
+
+    #[test]
+    fn every_env_key_exists_in_the_config() {
+        // Setting each override to a plausible value must never be "unknown key".
+        for (key, kind) in ENV_KEYS {
+            let v = match kind {
+                Kind::Str => match *key {
+                    "storage.driver" => "sqlite",
+                    "logging.body_storage" => "none",
+                    "logging.format" => "json",
+                    "logging.level" => "info",
+                    "server.read_timeout" | "server.write_timeout" | "pricing.refresh_interval" => {
+                        "5s"
+                    }
+                    "storage.postgres.sslmode" => "disable",
+                    k if k.ends_with("base_url") => "http://127.0.0.1:9",
+                    _ => "x",
+                },
+                Kind::Int => "7",
+                Kind::Bool => "true",
+            };
+            let e = env(&[(env_var_name(key).as_str(), v)]);
+            Config::from_yaml_and_env("", "t", &e).unwrap_or_else(|err| panic!("{key}: {err}"));
+        }
+    }
+}

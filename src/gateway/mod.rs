@@ -1,0 +1,467 @@
+//! The Pingora `ProxyHttp` implementation: the request flow of SPEC §1.
+//!
+//! Each phase is a few lines that call the named, testable functions of the
+//! other modules (provider detection, key cache, metadata, usage parsing).
+//! Shared state lives on [`Gateway`] behind `Arc`s; per-request state in
+//! [`RequestCtx`].
+
+pub mod ctx;
+pub mod errors;
+pub mod health;
+pub mod metadata;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::config::Config;
+use crate::keys::cache::{KeyCache, KeyCacheSettings, KeyCheck};
+use crate::provider::upstream::{BaseUrl, Upstream};
+use crate::provider::{self, Provider};
+use crate::store::Store;
+pub use ctx::RequestCtx;
+use errors::GatewayError;
+
+/// Request headers never forwarded upstream besides `X-Majordomo-*`:
+/// hop-by-hop headers (RFC 9110 §7.6.1). Framing headers stay with Pingora.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+pub const REQUEST_ID_HEADER: &str = "x-majordomo-request-id";
+
+/// The gateway's shared state.
+pub struct Gateway {
+    upstreams: [Arc<Upstream>; 3],
+    keys: Arc<KeyCache>,
+    store: Store,
+    config: Arc<Config>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+}
+
+impl Gateway {
+    pub fn new(config: Arc<Config>, store: Store) -> Result<Gateway, String> {
+        let dns_ttl = Duration::from_secs(config.upstream.dns_ttl_secs);
+        let upstream = |p: Provider| -> Result<Arc<Upstream>, String> {
+            let url = config
+                .providers
+                .get(p)
+                .base_url
+                .as_deref()
+                .unwrap_or(p.default_base_url());
+            let base = BaseUrl::parse(url)
+                .map_err(|e| format!("providers.{}.base_url {e}", p.as_str()))?;
+            Ok(Arc::new(Upstream::new(base, dns_ttl)))
+        };
+        let keys = KeyCache::new(
+            store.clone(),
+            KeyCacheSettings {
+                ttl: Duration::from_secs(config.auth.cache_ttl_secs),
+                negative_capacity: config.auth.negative_cache_size,
+                negative_ttl: Duration::from_secs(config.auth.negative_cache_ttl_secs),
+            },
+        );
+        Ok(Gateway {
+            upstreams: [
+                upstream(Provider::OpenAi)?,
+                upstream(Provider::Anthropic)?,
+                upstream(Provider::Gemini)?,
+            ],
+            keys: Arc::new(keys),
+            store,
+            connect_timeout: Duration::from_secs(config.upstream.connect_timeout_secs),
+            read_timeout: Duration::from_secs(config.upstream.read_timeout_secs),
+            config,
+        })
+    }
+
+    /// The key cache, for revocation listeners to invalidate.
+    pub fn key_cache(&self) -> Arc<KeyCache> {
+        self.keys.clone()
+    }
+
+    fn upstream(&self, p: Provider) -> &Upstream {
+        &self.upstreams[p as usize]
+    }
+
+    /// Answers the request with a provider-shaped JSON error.
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        err: GatewayError,
+    ) -> Result<bool> {
+        let status = err.status();
+        ctx.error_message = Some(err.message());
+        // Keep the connection for the client's next request when the unread
+        // body is small enough to discard; never drain one refused for its size.
+        let small_body = matches!(content_length(session.req_header()), Some(n) if n <= DRAIN_LIMIT)
+            || !has_body(session.req_header());
+        if status == 413 || !small_body || session.drain_request_body().await.is_err() {
+            session.set_keepalive(None);
+        }
+        respond(
+            session,
+            ctx,
+            status,
+            "application/json",
+            err.body(ctx.provider),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Provider, key, metadata and size checks; `Err` is the answer to send.
+    async fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+        let req = session.req_header();
+        ctx.provider = provider::detect_from_path(req.uri.path());
+        if let Some(forced) = req.headers.get(metadata::PROVIDER_HEADER) {
+            let name = String::from_utf8_lossy(forced.as_bytes());
+            ctx.provider = Provider::from_name(&name)
+                .ok_or_else(|| GatewayError::UnknownProvider(name.into_owned()))?;
+        }
+        let key = req
+            .headers
+            .get(metadata::KEY_HEADER)
+            .ok_or(GatewayError::MissingKey)?
+            .to_str()
+            .map_err(|_| GatewayError::InvalidKey)?
+            .trim();
+        if !crate::keys::is_well_formed(key) {
+            return Err(GatewayError::InvalidKey);
+        }
+        match self.keys.check(key).await {
+            Ok(KeyCheck::Valid(id)) => ctx.api_key_id = Some(id),
+            Ok(KeyCheck::Invalid) => return Err(GatewayError::InvalidKey),
+            Err(e) => {
+                log::warn!("key validation unavailable: {e}");
+                return Err(GatewayError::AuthUnavailable);
+            }
+        }
+        ctx.metadata = metadata::collect(&req.headers, &self.config.metadata)
+            .map_err(GatewayError::BadMetadata)?;
+        if let Some(len) = content_length(req) {
+            if len > self.config.server.max_body_bytes {
+                return Err(GatewayError::BodyTooLarge {
+                    limit: self.config.server.max_body_bytes,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes a complete local response (keeps the connection alive, unlike
+/// Pingora's `respond_error`).
+async fn respond(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+) -> Result<()> {
+    let mut header = ResponseHeader::build(status, Some(4))?;
+    header.insert_header(http::header::CONTENT_TYPE, content_type)?;
+    header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    let mut id = [0u8; 36];
+    header.insert_header(REQUEST_ID_HEADER, ctx.request_id_str(&mut id))?;
+    ctx.status = status;
+    ctx.local_response = true;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+/// Largest unread request body discarded to keep a rejected client's connection.
+const DRAIN_LIMIT: u64 = 64 * 1024;
+
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || content_length(req).is_some_and(|n| n > 0)
+}
+
+fn content_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(answer) = health::route(session.req_header()) {
+            let (status, content_type, body) = answer.respond(&self.store).await;
+            respond(session, ctx, status, content_type, body).await?;
+            return Ok(true);
+        }
+        match self.admit(session, ctx).await {
+            Ok(()) => Ok(false),
+            Err(err) => self.reject(session, ctx, err).await,
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.request_body_bytes += chunk.len() as u64;
+            if ctx.request_body_bytes > self.config.server.max_body_bytes {
+                // A chunked body that outgrew the limit: abort before the rest goes upstream.
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over limit",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let up = self.upstream(ctx.provider);
+        let addr = up.address().await.map_err(|e| {
+            Error::because(ErrorType::ConnectNoRoute, "resolving the upstream host", e)
+        })?;
+        let mut peer = HttpPeer::new(addr, up.base.tls, up.base.host.clone());
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.total_connection_timeout = Some(self.connect_timeout);
+        peer.options.read_timeout = Some(self.read_timeout);
+        peer.options.write_timeout = Some(self.read_timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let up = self.upstream(ctx.provider);
+        if !up.base.path_prefix.is_empty() {
+            let pq = upstream_request
+                .uri
+                .path_and_query()
+                .map(|pq| pq.as_str())
+                .unwrap_or("/");
+            let uri = format!("{}{}", up.base.path_prefix, pq)
+                .parse::<http::Uri>()
+                .map_err(|e| {
+                    Error::because(ErrorType::InternalError, "building upstream uri", e)
+                })?;
+            upstream_request.set_uri(uri);
+        }
+        upstream_request.insert_header(http::header::HOST, up.base.host_header.as_str())?;
+        strip_gateway_headers(upstream_request);
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.status = upstream_response.status.as_u16();
+        let mut id = [0u8; 36];
+        upstream_response.insert_header(REQUEST_ID_HEADER, ctx.request_id_str(&mut id))?;
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if ctx.first_byte_at.is_none() && body.as_ref().is_some_and(|b| !b.is_empty()) {
+            ctx.first_byte_at = Some(std::time::Instant::now());
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let err = match error_answer(e) {
+            Some(err) => err,
+            None => {
+                // The client is gone: nothing to answer.
+                return FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                };
+            }
+        };
+        let status = err.status();
+        ctx.error_message = Some(err.message());
+        if session.response_written().is_none() {
+            session.set_keepalive(None);
+            if let Err(write_err) = respond(
+                session,
+                ctx,
+                status,
+                "application/json",
+                err.body(ctx.provider),
+            )
+            .await
+            {
+                log::debug!("could not send the error response: {write_err}");
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = if ctx.status == 0 {
+            e.and_then(error_answer).map(|a| a.status()).unwrap_or(499)
+        } else {
+            ctx.status
+        };
+        let mut id = [0u8; 36];
+        log::info!(
+            target: "majordomo::access",
+            "{} {} {} {} {} {}ms",
+            ctx.request_id_str(&mut id),
+            session.req_header().method,
+            session.req_header().uri.path(),
+            ctx.provider,
+            status,
+            ctx.started.elapsed().as_millis(),
+        );
+    }
+}
+
+/// What to answer for a proxy failure; `None` when the client itself failed.
+fn error_answer(e: &Error) -> Option<GatewayError> {
+    use ErrorType::*;
+    let answer = match e.etype() {
+        HTTPStatus(413) => GatewayError::BodyTooLarge { limit: 0 },
+        HTTPStatus(code) if *code >= 500 => GatewayError::Internal,
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout
+            if e.esource() == &ErrorSource::Upstream =>
+        {
+            GatewayError::UpstreamTimeout
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => GatewayError::UpstreamUnreachable,
+            ErrorSource::Downstream => match e.etype() {
+                ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout => {
+                    return None
+                }
+                _ => GatewayError::Internal,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
+                ConnectNoRoute | ConnectRefused | ConnectError | ConnectTimedout => {
+                    GatewayError::UpstreamUnreachable
+                }
+                _ => GatewayError::Internal,
+            },
+        },
+    };
+    Some(answer)
+}
+
+/// Removes `X-Majordomo-*`, hop-by-hop headers and headers the client named in
+/// `Connection`, keeping provider credentials untouched.
+fn strip_gateway_headers(req: &mut RequestHeader) {
+    let mut doomed: Vec<http::HeaderName> = Vec::new();
+    for (name, value) in req.headers.iter() {
+        if name.as_str().starts_with(metadata::HEADER_PREFIX) {
+            doomed.push(name.clone());
+        } else if name == http::header::CONNECTION {
+            for token in value.to_str().unwrap_or("").split(',') {
+                if let Ok(n) = http::HeaderName::from_bytes(token.trim().as_bytes()) {
+                    if n != http::header::CONTENT_LENGTH && n != http::header::TRANSFER_ENCODING {
+                        doomed.push(n);
+                    }
+                }
+            }
+        }
+    }
+    for name in doomed {
+        req.remove_header(&name);
+    }
+    for name in HOP_BY_HOP {
+        req.remove_header(*name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_and_hop_by_hop_headers_are_stripped_and_credentials_kept() {
+        let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+        req.insert_header("X-Majordomo-Key", "mdm_sk_x").unwrap();
+        req.insert_header("X-Majordomo-User-Id", "u").unwrap();
+        req.insert_header("Authorization", "Bearer sk-1").unwrap();
+        req.insert_header("x-api-key", "ak").unwrap();
+        req.insert_header("Connection", "keep-alive, X-Custom-Hop")
+            .unwrap();
+        req.insert_header("X-Custom-Hop", "1").unwrap();
+        req.insert_header("Keep-Alive", "timeout=5").unwrap();
+        req.insert_header("Content-Length", "10").unwrap();
+        strip_gateway_headers(&mut req);
+        let names: Vec<&str> = req.headers.keys().map(|k| k.as_str()).collect();
+        assert!(
+            !names.iter().any(|n| n.starts_with("x-majordomo")),
+            "{names:?}"
+        );
+        assert!(!names.contains(&"connection") && !names.contains(&"keep-alive"));
+        assert!(!names.contains(&"x-custom-hop"));
+        assert_eq!(req.headers.get("authorization").unwrap(), "Bearer sk-1");
+        assert_eq!(req.headers.get("x-api-key").unwrap(), "ak");
+        assert_eq!(req.headers.get("content-length").unwrap(), "10");
+    }
+
+    #[test]
+    fn upstream_failures_map_to_502_and_504() {
+        let refused = Error::explain(ErrorType::ConnectRefused, "x").into_up();
+        assert_eq!(error_answer(&refused).unwrap().status(), 502);
+        let timeout = Error::explain(ErrorType::ReadTimedout, "x").into_up();
+        assert_eq!(error_answer(&timeout).unwrap().status(), 504);
+        let gone = Error::explain(ErrorType::ConnectionClosed, "x").into_down();
+        assert!(error_answer(&gone).is_none());
+    }
+}

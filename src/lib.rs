@@ -1,0 +1,14 @@
+//! majordomo: an LLM API gateway on Pingora.
+//!
+//! Modules mirror the request flow: [`provider`] (which API, where),
+//! [`keys`] (who may call), [`gateway`] (the Pingora phases), [`store`]
+//! (PostgreSQL / SQLite); [`config`] and [`cli`] around them.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod gateway;
+pub mod keys;
+pub mod provider;
+pub mod serve;
+pub mod store;

@@ -1,0 +1,84 @@
+//! The `majordomo` binary: `serve` (default), `keys`, `migrate`.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use majordomo::cli::{Cli, Command};
+use majordomo::config::{find_config_file, Config, ProcessEnv};
+use majordomo::store::Store;
+
+fn init_logging(config: &Config) {
+    let mut builder = env_logger::Builder::new();
+    builder.parse_filters(&config.logging.level);
+    // Pingora is chatty at info about every proxy error it already reports to us.
+    builder.filter_module("pingora_proxy", log::LevelFilter::Warn);
+    builder.filter_module("pingora_core", log::LevelFilter::Warn);
+    if let Ok(filters) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&filters);
+    }
+    if config.logging.format == "json" {
+        builder.format(|buf, record| {
+            let line = serde_json::json!({
+                "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    let _ = builder.try_init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let file = find_config_file(cli.config.as_deref());
+    let config = match Config::load(file.as_deref(), &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("majordomo: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    match run(cli, config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("majordomo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
+    match cli.command {
+        None | Some(Command::Serve) => majordomo::serve::run(config, cli.serve),
+        Some(Command::Migrate) => {
+            let applied = majordomo::serve::migrate_blocking(&config, 1)?;
+            if applied.is_empty() {
+                println!("schema is up to date");
+            } else {
+                println!("applied migrations: {applied:?}");
+            }
+            Ok(())
+        }
+        Some(Command::Keys { command }) => runtime()?.block_on(async {
+            let store = Store::open(&config.storage)?;
+            store.migrate().await.context("applying migrations")?;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            majordomo::cli::keys::run(&store, command, &mut out).await
+        }),
+    }
+}

@@ -1,0 +1,200 @@
+//! Where a provider's requests go: a parsed base URL and its resolved address.
+//!
+//! Pingora's `HttpPeer::new` resolves host names synchronously and panics when
+//! resolution fails, so the address is resolved here, asynchronously, cached
+//! for `upstream.dns_ttl_secs`, and handed to Pingora as a socket address with
+//! the SNI passed separately.
+
+use std::net::SocketAddr;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+/// A validated upstream base URL (`http(s)://host[:port][/prefix]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash ("" when none).
+    pub path_prefix: String,
+    /// The `Host` header value sent upstream.
+    pub host_header: String,
+}
+
+/// Errors in a configured base URL.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BaseUrlError {
+    /// Occurs when the URL does not start with `http://` or `https://`.
+    #[error("must start with http:// or https://")]
+    Scheme,
+    /// Occurs when there is no host after the scheme.
+    #[error("has no host")]
+    NoHost,
+    /// Occurs when the port is not a number between 1 and 65535.
+    #[error("has an invalid port")]
+    Port,
+    /// Occurs when the URL carries a query, fragment or user info, which a base URL cannot use.
+    #[error("must not contain a query, fragment or user info")]
+    Extra,
+}
+
+impl BaseUrl {
+    pub fn parse(url: &str) -> Result<BaseUrl, BaseUrlError> {
+        let url = url.trim();
+        let (tls, rest) = if let Some(r) = strip_prefix_ci(url, "https://") {
+            (true, r)
+        } else if let Some(r) = strip_prefix_ci(url, "http://") {
+            (false, r)
+        } else {
+            return Err(BaseUrlError::Scheme);
+        };
+        if rest.contains(['?', '#', '@']) {
+            return Err(BaseUrlError::Extra);
+        }
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let end = v6.find(']').ok_or(BaseUrlError::NoHost)?;
+            let host = &v6[..end];
+            let port = match &v6[end + 1..] {
+                "" => default_port,
+                p => p
+                    .strip_prefix(':')
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .filter(|p| *p != 0)
+                    .ok_or(BaseUrlError::Port)?,
+            };
+            (host.to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (
+                    h.to_string(),
+                    p.parse::<u16>()
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or(BaseUrlError::Port)?,
+                ),
+                None => (authority.to_string(), default_port),
+            }
+        };
+        if host.is_empty() {
+            return Err(BaseUrlError::NoHost);
+        }
+        let host_for_header = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        let host_header = if port == default_port {
+            host_for_header
+        } else {
+            format!("{host_for_header}:{port}")
+        };
+        Ok(BaseUrl {
+            tls,
+            host,
+            port,
+            path_prefix: path.trim_end_matches('/').to_string(),
+            host_header,
+        })
+    }
+}
+
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix))
+        .then(|| &s[prefix.len()..])
+}
+
+/// One provider's upstream: its base URL and a cached resolved address.
+#[derive(Debug)]
+pub struct Upstream {
+    pub base: BaseUrl,
+    resolved: RwLock<Option<(SocketAddr, Instant)>>,
+    dns_ttl: Duration,
+}
+
+impl Upstream {
+    pub fn new(base: BaseUrl, dns_ttl: Duration) -> Upstream {
+        // Literal IPs never need resolving.
+        let literal = base
+            .host
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| (SocketAddr::new(ip, base.port), Instant::now()));
+        Upstream {
+            base,
+            resolved: RwLock::new(literal),
+            dns_ttl,
+        }
+    }
+
+    fn is_literal(&self) -> bool {
+        self.base.host.parse::<std::net::IpAddr>().is_ok()
+    }
+
+    /// The address to connect to, resolving (without blocking a thread) when
+    /// the cached one is older than the TTL. A failed refresh keeps using the
+    /// last good address.
+    pub async fn address(&self) -> std::io::Result<SocketAddr> {
+        let cached = *self.resolved.read().unwrap_or_else(|p| p.into_inner());
+        if let Some((addr, at)) = cached {
+            if self.is_literal() || at.elapsed() < self.dns_ttl {
+                return Ok(addr);
+            }
+        }
+        let lookup = tokio::net::lookup_host((self.base.host.as_str(), self.base.port)).await;
+        match lookup.map(|mut addrs| addrs.next()) {
+            Ok(Some(addr)) => {
+                *self.resolved.write().unwrap_or_else(|p| p.into_inner()) =
+                    Some((addr, Instant::now()));
+                Ok(addr)
+            }
+            Ok(None) => cached.map(|(a, _)| a).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "upstream host has no address")
+            }),
+            Err(e) => cached.map(|(a, _)| a).ok_or(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_default_port_and_no_prefix() {
+        let b = BaseUrl::parse("https://api.openai.com").unwrap();
+        assert!(b.tls);
+        assert_eq!(b.port, 443);
+        assert_eq!(b.path_prefix, "");
+        assert_eq!(b.host_header, "api.openai.com");
+    }
+
+    #[test]
+    fn http_with_port_and_path_prefix() {
+        let b = BaseUrl::parse("http://127.0.0.1:8080/proxy/openai/").unwrap();
+        assert!(!b.tls);
+        assert_eq!(b.port, 8080);
+        assert_eq!(b.path_prefix, "/proxy/openai");
+        assert_eq!(b.host_header, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn ipv6_literal() {
+        let b = BaseUrl::parse("http://[::1]:9000").unwrap();
+        assert_eq!(b.host, "::1");
+        assert_eq!(b.host_header, "[::1]:9000");
+    }
+
+    #[test]
+    fn bad_urls_are_rejected() {
+        assert_eq!(BaseUrl::parse("ftp://x"), Err(BaseUrlError::Scheme));
+        assert_eq!(BaseUrl::parse("http://"), Err(BaseUrlError::NoHost));
+        assert_eq!(BaseUrl::parse("http://h:0"), Err(BaseUrlError::Port));
+        assert_eq!(BaseUrl::parse("http://h:99999"), Err(BaseUrlError::Port));
+        assert_eq!(BaseUrl::parse("http://u:p@h"), Err(BaseUrlError::Extra));
+    }
+}

@@ -1,0 +1,106 @@
+//! `majordomo serve`: builds the Pingora server from majordomo.yaml and runs it.
+//!
+//! Pingora's `ServerConf` is derived from our config so users keep one file;
+//! `-d`, `-u` and `-t` keep Pingora's meaning. Nothing that starts threads
+//! (runtimes, pools with live connections) may exist before `run_forever`,
+//! which forks in daemon mode: migrations run on a runtime that is dropped
+//! before the server starts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+
+use crate::cli::ServeFlags;
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::store::Store;
+
+/// Applies migrations, retrying for a short while so a database that is still
+/// starting (compose, Kubernetes) does not fail the first start.
+pub fn migrate_blocking(config: &Config, attempts: u32) -> anyhow::Result<Vec<i64>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime for migrations")?;
+    rt.block_on(async {
+        let store = Store::open(&config.storage).context("opening the store")?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match store.migrate().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_transient() && attempt < attempts => {
+                    log::warn!("database not ready ({e}); retrying migrations");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context("applying migrations")),
+            }
+        }
+    })
+}
+
+fn server_conf(config: &Config, flags: &ServeFlags) -> ServerConf {
+    let s = &config.server;
+    let threads = if s.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        s.threads
+    };
+    ServerConf {
+        daemon: flags.daemon,
+        pid_file: s.pid_file.clone(),
+        upgrade_sock: s.upgrade_sock.clone(),
+        error_log: s.error_log.clone(),
+        threads,
+        grace_period_seconds: Some(s.grace_period_secs),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_secs),
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        ..ServerConf::default()
+    }
+}
+
+pub fn run(config: Config, flags: ServeFlags) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    if flags.test {
+        // Config already validated; also prove the store opens.
+        Store::open(&config.storage).context("opening the store")?;
+        println!("majordomo: configuration OK");
+        return Ok(());
+    }
+    let applied = migrate_blocking(&config, 15)?;
+    if !applied.is_empty() {
+        log::info!("applied migrations {applied:?}");
+    }
+    let store = Store::open(&config.storage).context("opening the store")?;
+    let gateway = Gateway::new(config.clone(), store).map_err(anyhow::Error::msg)?;
+
+    let opt = Opt {
+        upgrade: flags.upgrade,
+        daemon: flags.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config, &flags));
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        gateway,
+        "majordomo gateway",
+    );
+    let addr = format!("{}:{}", config.server.host, config.server.port);
+    proxy.add_tcp(&addr);
+    server.add_service(proxy);
+
+    log::info!(
+        "majordomo listening on {addr} (storage: {:?})",
+        config.storage.effective_driver()
+    );
+    server.run_forever()
+}

@@ -1,0 +1,170 @@
+//! Persistence: API keys and the request log, on PostgreSQL or SQLite.
+//!
+//! [`Store`] is a cheap, cloneable handle over either backend; both pass the
+//! same behaviour tests. Migrations are embedded in the binary and applied at
+//! start (and by `majordomo migrate`). Writes of request records are
+//! idempotent on the request id, so a replayed batch never duplicates a row.
+
+mod migrations;
+mod postgres;
+pub mod record;
+mod sqlite;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::config::{StorageConfig, StorageDriver};
+pub use record::RequestRecord;
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Occurs when the database cannot be reached or a connection fails; worth retrying.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Occurs when the database rejects a statement (constraint, type); retrying the same data will fail again.
+    #[error("database rejected the operation: {0}")]
+    Rejected(String),
+    /// Occurs when a migration cannot be applied.
+    #[error("migration {version} failed: {message}")]
+    Migration { version: i64, message: String },
+}
+
+impl StoreError {
+    /// Whether the same operation may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// An API key as stored (never the plaintext).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub name: String,
+    pub description: Option<String>,
+    pub key_hint: Option<String>,
+    pub is_active: bool,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub request_count: i64,
+}
+
+/// What `keys create` stores.
+pub struct NewKey<'a> {
+    pub name: &'a str,
+    pub description: Option<&'a str>,
+    pub key_hash: &'a str,
+    pub key_hint: &'a str,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Backend>,
+}
+
+enum Backend {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+impl Store {
+    /// Opens the configured backend. PostgreSQL connects lazily (the first
+    /// query opens the pool), so a database that is down at start does not
+    /// stop the gateway; SQLite opens (and creates) its file now.
+    pub fn open(cfg: &StorageConfig) -> Result<Store, StoreError> {
+        let backend = match cfg.effective_driver() {
+            StorageDriver::Sqlite => Backend::Sqlite(sqlite::SqliteStore::open(&cfg.sqlite.path)?),
+            StorageDriver::Postgres => Backend::Postgres(postgres::PgStore::new(&cfg.postgres)?),
+        };
+        Ok(Store {
+            inner: Arc::new(backend),
+        })
+    }
+
+    pub fn driver(&self) -> StorageDriver {
+        match &*self.inner {
+            Backend::Sqlite(_) => StorageDriver::Sqlite,
+            Backend::Postgres(_) => StorageDriver::Postgres,
+        }
+    }
+
+    /// Applies pending migrations; returns the versions applied now.
+    pub async fn migrate(&self) -> Result<Vec<i64>, StoreError> {
+        match &*self.inner {
+            Backend::Sqlite(s) => s.migrate().await,
+            Backend::Postgres(s) => s.migrate().await,
+        }
+    }
+
+    /// A cheap round trip, for `/readyz`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match &*self.inner {
+            Backend::Sqlite(s) => s.ping().await,
+            Backend::Postgres(s) => s.ping().await,
+        }
+    }
+
+    pub async fn create_key(&self, new: NewKey<'_>) -> Result<ApiKey, StoreError> {
+        match &*self.inner {
+            Backend::Sqlite(s) => s.create_key(new).await,
+            Backend::Postgres(s) => s.create_key(new).await,
+        }
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        match &*self.inner {
+            Backend::Sqlite(s) => s.list_keys().await,
+            Backend::Postgres(s) => s.list_keys().await,
+        }
+    }
+
+    pub async fn get_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
+        match &*self.inner {
+            Backend::Sqlite(s) => s.get_key(id).await,
+            Backend::Postgres(s) => s.get_key(id).await,
+        }
+    }
+
+    pub async fn update_key(
+        &self,
+        id: Uuid,
+        name: Option<&str>,
+        description: Option<&str>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        match &*self.inner {
+            Backend::Sqlite(s) => s.update_key(id, name, description).await,
+            Backend::Postgres(s) => s.update_key(id, name, description).await,
+        }
+    }
+
+    /// Revokes a key; returns it with its hash (for cache invalidation), or None if unknown.
+    pub async fn revoke_key(&self, id: Uuid) -> Result<Option<(ApiKey, String)>, StoreError> {
+        match &*self.inner {
+            Backend::Sqlite(s) => s.revoke_key(id).await,
+            Backend::Postgres(s) => s.revoke_key(id).await,
+        }
+    }
+
+    /// The id of the active key with this hash.
+    pub async fn find_active_key(&self, key_hash: &str) -> Result<Option<Uuid>, StoreError> {
+        match &*self.inner {
+            Backend::Sqlite(s) => s.find_active_key(key_hash).await,
+            Backend::Postgres(s) => s.find_active_key(key_hash).await,
+        }
+    }
+
+    /// Writes a batch of request records (idempotent on `id`) and adds the
+    /// newly written ones to their keys' `request_count` / `last_used_at`.
+    /// Returns how many rows were new.
+    pub async fn insert_requests(&self, batch: Arc<Vec<RequestRecord>>) -> Result<u64, StoreError> {
+        match &*self.inner {
+            Backend::Sqlite(s) => s.insert_requests(batch).await,
+            Backend::Postgres(s) => s.insert_requests(batch).await,
+        }
+    }
+}

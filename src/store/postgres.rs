@@ -1,0 +1,369 @@
+//! The PostgreSQL backend: a deadpool of tokio-postgres connections; request
+//! records go in with binary `COPY` into a per-session staging table, then one
+//! `INSERT … ON CONFLICT (id) DO NOTHING` that also adds the newly written rows
+//! to their keys' counters, all in one transaction.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::pin_mut;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+use super::migrations::{LEDGER_TABLE, MIGRATIONS};
+use super::{ApiKey, NewKey, RequestRecord, StoreError};
+use crate::config::PostgresConfig;
+
+/// The channel on which revocations are announced to every replica.
+pub const KEYS_CHANNEL: &str = "majordomo_keys";
+
+pub struct PgStore {
+    pool: Pool,
+}
+
+fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    // A server-side error with a SQLSTATE is about the statement or data;
+    // anything else (I/O, closed connection) is the database being away.
+    match e.code() {
+        Some(code)
+            if !code.code().starts_with("08")
+                && !code.code().starts_with("57")
+                && !code.code().starts_with("53") =>
+        {
+            StoreError::Rejected(e.to_string())
+        }
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_err(e),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+pub fn pg_config(cfg: &PostgresConfig) -> Result<tokio_postgres::Config, StoreError> {
+    let mut c = match &cfg.url {
+        Some(url) => url.parse::<tokio_postgres::Config>().map_err(|_| {
+            StoreError::Rejected("storage.postgres.url is not a valid PostgreSQL URL".into())
+        })?,
+        None => {
+            let mut c = tokio_postgres::Config::new();
+            c.host(cfg.host.as_deref().unwrap_or("localhost"))
+                .port(cfg.port)
+                .user(&cfg.user)
+                .dbname(&cfg.database);
+            if let Some(p) = &cfg.password {
+                c.password(p);
+            }
+            c
+        }
+    };
+    c.application_name("majordomo")
+        .connect_timeout(Duration::from_secs(5))
+        .keepalives(true);
+    Ok(c)
+}
+
+impl PgStore {
+    pub fn new(cfg: &PostgresConfig) -> Result<PgStore, StoreError> {
+        let config = pg_config(cfg)?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(cfg.max_conns)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(PgStore { pool })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    pub async fn migrate(&self) -> Result<Vec<i64>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        // One migrator at a time across replicas starting together.
+        tx.execute("SELECT pg_advisory_xact_lock(7680001)", &[])
+            .await
+            .map_err(pg_err)?;
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        ))
+        .await
+        .map_err(pg_err)?;
+        let mut applied = Vec::new();
+        for m in MIGRATIONS {
+            let done = tx
+                .query_opt(
+                    &format!("SELECT version FROM {LEDGER_TABLE} WHERE version = $1"),
+                    &[&m.version],
+                )
+                .await
+                .map_err(pg_err)?;
+            if done.is_none() {
+                tx.batch_execute(m.postgres)
+                    .await
+                    .map_err(|e| StoreError::Migration {
+                        version: m.version,
+                        message: e.to_string(),
+                    })?;
+                tx.execute(
+                    &format!("INSERT INTO {LEDGER_TABLE} (version, name) VALUES ($1, $2)"),
+                    &[&m.version, &m.name],
+                )
+                .await
+                .map_err(pg_err)?;
+                applied.push(m.version);
+            }
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(applied)
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(pg_err)?;
+        Ok(())
+    }
+
+    pub async fn create_key(&self, new: NewKey<'_>) -> Result<ApiKey, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                &format!(
+                    "INSERT INTO api_keys (id, key_hash, key_hint, name, description) VALUES ($1, $2, $3, $4, $5) RETURNING {KEY_COLUMNS}"
+                ),
+                &[&Uuid::now_v7(), &new.key_hash, &new.key_hint, &new.name, &new.description],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row_to_key(&row))
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"),
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows.iter().map(row_to_key).collect())
+    }
+
+    pub async fn get_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"),
+                &[&id],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row.as_ref().map(row_to_key))
+    }
+
+    pub async fn update_key(
+        &self,
+        id: Uuid,
+        name: Option<&str>,
+        description: Option<&str>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "UPDATE api_keys SET name = COALESCE($2, name), description = COALESCE($3, description) WHERE id = $1 RETURNING {KEY_COLUMNS}"
+                ),
+                &[&id, &name, &description],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row.as_ref().map(row_to_key))
+    }
+
+    pub async fn revoke_key(&self, id: Uuid) -> Result<Option<(ApiKey, String)>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let row = tx
+            .query_opt(
+                &format!(
+                    "UPDATE api_keys SET is_active = false, revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 RETURNING {KEY_COLUMNS}, key_hash"
+                ),
+                &[&id],
+            )
+            .await
+            .map_err(pg_err)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let hash: String = row.get("key_hash");
+        // Delivered to every listening replica when the transaction commits.
+        tx.execute("SELECT pg_notify($1, $2)", &[&KEYS_CHANNEL, &hash])
+            .await
+            .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(Some((row_to_key(&row), hash)))
+    }
+
+    pub async fn find_active_key(&self, key_hash: &str) -> Result<Option<Uuid>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT id FROM api_keys WHERE key_hash = $1 AND is_active")
+            .await
+            .map_err(pg_err)?;
+        let row = client
+            .query_opt(&stmt, &[&key_hash])
+            .await
+            .map_err(pg_err)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    pub async fn insert_requests(&self, batch: Arc<Vec<RequestRecord>>) -> Result<u64, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.batch_execute(STAGE_DDL).await.map_err(pg_err)?;
+        let sink = tx
+            .copy_in(&format!(
+                "COPY majordomo_stage ({COPY_COLUMNS}) FROM STDIN BINARY"
+            ))
+            .await
+            .map_err(pg_err)?;
+        let writer = BinaryCopyInWriter::new(sink, COPY_TYPES);
+        pin_mut!(writer);
+        for r in batch.iter() {
+            let metadata = r.raw_metadata.clone().map(serde_json::Value::Object);
+            let row: [&(dyn ToSql + Sync); 24] = [
+                &r.id,
+                &r.api_key_id,
+                &r.provider_api_key_hash,
+                &r.provider,
+                &r.model,
+                &r.request_path,
+                &r.request_method,
+                &r.requested_at,
+                &r.responded_at,
+                &r.response_time_ms,
+                &r.time_to_first_byte_ms,
+                &r.input_tokens,
+                &r.output_tokens,
+                &r.cached_tokens,
+                &r.cache_creation_tokens,
+                &r.reasoning_tokens,
+                &r.input_cost,
+                &r.output_cost,
+                &r.total_cost,
+                &r.price_found,
+                &r.usage_complete,
+                &r.status_code,
+                &r.error_message,
+                &metadata,
+            ];
+            writer.as_mut().write(&row).await.map_err(pg_err)?;
+        }
+        writer.finish().await.map_err(pg_err)?;
+        let row = tx
+            .query_one(
+                &format!(
+                    "WITH ins AS (
+                        INSERT INTO llm_requests ({COPY_COLUMNS})
+                        SELECT {COPY_COLUMNS} FROM majordomo_stage
+                        ON CONFLICT (id) DO NOTHING
+                        RETURNING majordomo_api_key_id, requested_at
+                     ), per_key AS (
+                        SELECT majordomo_api_key_id AS id, count(*) AS n, max(requested_at) AS t
+                        FROM ins WHERE majordomo_api_key_id IS NOT NULL GROUP BY 1
+                     ), upd AS (
+                        UPDATE api_keys k SET request_count = k.request_count + per_key.n,
+                               last_used_at = GREATEST(k.last_used_at, per_key.t)
+                        FROM per_key WHERE k.id = per_key.id
+                        RETURNING 1
+                     )
+                     SELECT count(*) FROM ins"
+                ),
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
+        let written: i64 = row.get(0);
+        tx.commit().await.map_err(pg_err)?;
+        Ok(written as u64)
+    }
+}
+
+const STAGE_DDL: &str = "CREATE TEMP TABLE IF NOT EXISTS majordomo_stage (
+    id UUID, majordomo_api_key_id UUID, provider_api_key_hash VARCHAR(64), provider VARCHAR(100),
+    model TEXT, request_path TEXT, request_method TEXT, requested_at TIMESTAMPTZ,
+    responded_at TIMESTAMPTZ, response_time_ms INT, time_to_first_byte_ms INT,
+    input_tokens BIGINT, output_tokens BIGINT, cached_tokens BIGINT, cache_creation_tokens BIGINT,
+    reasoning_tokens BIGINT, input_cost NUMERIC(20,10), output_cost NUMERIC(20,10),
+    total_cost NUMERIC(20,10), price_found BOOLEAN, usage_complete BOOLEAN, status_code INT,
+    error_message TEXT, raw_metadata JSONB
+) ON COMMIT DELETE ROWS";
+
+const COPY_COLUMNS: &str = "id, majordomo_api_key_id, provider_api_key_hash, provider, model, \
+    request_path, request_method, requested_at, responded_at, response_time_ms, \
+    time_to_first_byte_ms, input_tokens, output_tokens, cached_tokens, cache_creation_tokens, \
+    reasoning_tokens, input_cost, output_cost, total_cost, price_found, usage_complete, \
+    status_code, error_message, raw_metadata";
+
+const COPY_TYPES: &[Type] = &[
+    Type::UUID,
+    Type::UUID,
+    Type::VARCHAR,
+    Type::VARCHAR,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::INT4,
+    Type::INT4,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::NUMERIC,
+    Type::NUMERIC,
+    Type::NUMERIC,
+    Type::BOOL,
+    Type::BOOL,
+    Type::INT4,
+    Type::TEXT,
+    Type::JSONB,
+];
+
+const KEY_COLUMNS: &str =
+    "id, name, description, key_hint, is_active, created_at, revoked_at, last_used_at, request_count";
+
+fn row_to_key(r: &tokio_postgres::Row) -> ApiKey {
+    ApiKey {
+        id: r.get("id"),
+        name: r.get("name"),
+        description: r.get("description"),
+        key_hint: r.get("key_hint"),
+        is_active: r.get("is_active"),
+        created_at: r.get::<_, DateTime<Utc>>("created_at"),
+        revoked_at: r.get("revoked_at"),
+        last_used_at: r.get("last_used_at"),
+        request_count: r.get("request_count"),
+    }
+}

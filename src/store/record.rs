@@ -1,0 +1,37 @@
+//! One request's log row, as the sink hands it to the store.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Everything `llm_requests` records about one request. Column meanings are
+/// SPEC §4's; the sink serialises it to the spool as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub id: Uuid,
+    pub api_key_id: Option<Uuid>,
+    pub provider_api_key_hash: Option<String>,
+    pub provider: String,
+    pub model: String,
+    pub request_path: String,
+    pub request_method: String,
+    pub requested_at: DateTime<Utc>,
+    pub responded_at: DateTime<Utc>,
+    pub response_time_ms: i32,
+    pub time_to_first_byte_ms: Option<i32>,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cached_tokens: i64,
+    pub cache_creation_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub input_cost: Decimal,
+    pub output_cost: Decimal,
+    pub total_cost: Decimal,
+    pub price_found: bool,
+    pub usage_complete: bool,
+    pub status_code: i32,
+    pub error_message: Option<String>,
+    /// `X-Majordomo-*` metadata as a JSON object (name → first value).
+    pub raw_metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}

@@ -1,0 +1,325 @@
+//! The embedded SQLite backend: the zero-setup default for one machine.
+//!
+//! One connection in WAL mode behind a mutex; every call runs on tokio's
+//! blocking pool so no proxy thread ever waits on the file.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use uuid::Uuid;
+
+use super::migrations::{LEDGER_TABLE, MIGRATIONS};
+use super::{ApiKey, NewKey, RequestRecord, StoreError};
+
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn err(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::CannotOpen
+                    | rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::SystemIoFailure
+            ) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        other => StoreError::Rejected(other.to_string()),
+    }
+}
+
+pub(super) fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_ts(s: Option<String>) -> Option<DateTime<Utc>> {
+    s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+        }
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(err)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("sqlite task failed: {e}")))?
+    }
+
+    pub async fn migrate(&self) -> Result<Vec<i64>, StoreError> {
+        self.with(|c| {
+            c.execute_batch(&format!(
+                "CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            ))
+            .map_err(err)?;
+            let mut applied = Vec::new();
+            for m in MIGRATIONS {
+                let tx = c
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(err)?;
+                let done: Option<i64> = tx
+                    .query_row(
+                        &format!("SELECT version FROM {LEDGER_TABLE} WHERE version = ?1"),
+                        [m.version],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(err)?;
+                if done.is_none() {
+                    tx.execute_batch(m.sqlite).map_err(|e| StoreError::Migration {
+                        version: m.version,
+                        message: e.to_string(),
+                    })?;
+                    tx.execute(
+                        &format!("INSERT INTO {LEDGER_TABLE} (version, name, applied_at) VALUES (?1, ?2, ?3)"),
+                        params![m.version, m.name, ts(&Utc::now())],
+                    )
+                    .map_err(err)?;
+                    applied.push(m.version);
+                }
+                tx.commit().map_err(err)?;
+            }
+            Ok(applied)
+        })
+        .await
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(err))
+            .await
+    }
+
+    pub async fn create_key(&self, new: NewKey<'_>) -> Result<ApiKey, StoreError> {
+        let id = Uuid::now_v7();
+        let (name, description, hash, hint) = (
+            new.name.to_string(),
+            new.description.map(str::to_string),
+            new.key_hash.to_string(),
+            new.key_hint.to_string(),
+        );
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO api_keys (id, key_hash, key_hint, name, description, is_active, created_at, request_count)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, 0)",
+                params![id.to_string(), hash, hint, name, description, ts(&Utc::now())],
+            )
+            .map_err(err)?;
+            get(c, id)?.ok_or_else(|| StoreError::Rejected("inserted key not found".into()))
+        })
+        .await
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c
+                .prepare(&format!("{SELECT_KEY} ORDER BY created_at, id"))
+                .map_err(err)?;
+            let rows = stmt.query_map([], row_to_key).map_err(err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(err)
+        })
+        .await
+    }
+
+    pub async fn get_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
+        self.with(move |c| get(c, id)).await
+    }
+
+    pub async fn update_key(
+        &self,
+        id: Uuid,
+        name: Option<&str>,
+        description: Option<&str>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        let (name, description) = (name.map(str::to_string), description.map(str::to_string));
+        self.with(move |c| {
+            c.execute(
+                "UPDATE api_keys SET name = COALESCE(?2, name), description = COALESCE(?3, description) WHERE id = ?1",
+                params![id.to_string(), name, description],
+            )
+            .map_err(err)?;
+            get(c, id)
+        })
+        .await
+    }
+
+    pub async fn revoke_key(&self, id: Uuid) -> Result<Option<(ApiKey, String)>, StoreError> {
+        self.with(move |c| {
+            c.execute(
+                "UPDATE api_keys SET is_active = 0, revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+                params![id.to_string(), ts(&Utc::now())],
+            )
+            .map_err(err)?;
+            let hash: Option<String> = c
+                .query_row(
+                    "SELECT key_hash FROM api_keys WHERE id = ?1",
+                    [id.to_string()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(err)?;
+            match (get(c, id)?, hash) {
+                (Some(k), Some(h)) => Ok(Some((k, h))),
+                _ => Ok(None),
+            }
+        })
+        .await
+    }
+
+    pub async fn find_active_key(&self, key_hash: &str) -> Result<Option<Uuid>, StoreError> {
+        let hash = key_hash.to_string();
+        self.with(move |c| {
+            let id: Option<String> = c
+                .query_row(
+                    "SELECT id FROM api_keys WHERE key_hash = ?1 AND is_active = 1",
+                    [hash],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(err)?;
+            Ok(id.and_then(|s| Uuid::parse_str(&s).ok()))
+        })
+        .await
+    }
+
+    pub async fn insert_requests(&self, batch: Arc<Vec<RequestRecord>>) -> Result<u64, StoreError> {
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(err)?;
+            let mut written = 0u64;
+            // key id → (new rows, latest requested_at)
+            let mut per_key: std::collections::HashMap<Uuid, (i64, DateTime<Utc>)> =
+                Default::default();
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO llm_requests (
+                            id, majordomo_api_key_id, provider_api_key_hash, provider, model,
+                            request_path, request_method, requested_at, responded_at,
+                            response_time_ms, time_to_first_byte_ms, input_tokens, output_tokens,
+                            cached_tokens, cache_creation_tokens, reasoning_tokens, input_cost,
+                            output_cost, total_cost, price_found, usage_complete, status_code,
+                            error_message, raw_metadata)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                                 ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+                    )
+                    .map_err(err)?;
+                for r in batch.iter() {
+                    let n = stmt
+                        .execute(params![
+                            r.id.to_string(),
+                            r.api_key_id.map(|k| k.to_string()),
+                            r.provider_api_key_hash,
+                            r.provider,
+                            r.model,
+                            r.request_path,
+                            r.request_method,
+                            ts(&r.requested_at),
+                            ts(&r.responded_at),
+                            r.response_time_ms,
+                            r.time_to_first_byte_ms,
+                            r.input_tokens,
+                            r.output_tokens,
+                            r.cached_tokens,
+                            r.cache_creation_tokens,
+                            r.reasoning_tokens,
+                            r.input_cost.to_string(),
+                            r.output_cost.to_string(),
+                            r.total_cost.to_string(),
+                            r.price_found,
+                            r.usage_complete,
+                            r.status_code,
+                            r.error_message,
+                            r.raw_metadata
+                                .as_ref()
+                                .map(|m| serde_json::Value::Object(m.clone()).to_string()),
+                        ])
+                        .map_err(err)?;
+                    if n == 1 {
+                        written += 1;
+                        if let Some(k) = r.api_key_id {
+                            let e = per_key.entry(k).or_insert((0, r.requested_at));
+                            e.0 += 1;
+                            e.1 = e.1.max(r.requested_at);
+                        }
+                    }
+                }
+                let mut upd = tx
+                    .prepare_cached(
+                        "UPDATE api_keys SET request_count = request_count + ?2,
+                           last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < ?3 THEN ?3 ELSE last_used_at END
+                         WHERE id = ?1",
+                    )
+                    .map_err(err)?;
+                for (k, (n, t)) in per_key {
+                    upd.execute(params![k.to_string(), n, ts(&t)]).map_err(err)?;
+                }
+            }
+            tx.commit().map_err(err)?;
+            Ok(written)
+        })
+        .await
+    }
+}
+
+const SELECT_KEY: &str = "SELECT id, name, description, key_hint, is_active, created_at, revoked_at, last_used_at, request_count FROM api_keys";
+
+fn get(c: &Connection, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
+    c.query_row(
+        &format!("{SELECT_KEY} WHERE id = ?1"),
+        [id.to_string()],
+        row_to_key,
+    )
+    .optional()
+    .map_err(err)
+}
+
+fn row_to_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
+    let id: String = r.get(0)?;
+    Ok(ApiKey {
+        id: Uuid::parse_str(&id).unwrap_or_default(),
+        name: r.get(1)?,
+        description: r.get(2)?,
+        key_hint: r.get(3)?,
+        is_active: r.get(4)?,
+        created_at: parse_ts(r.get(5)?).unwrap_or_default(),
+        revoked_at: parse_ts(r.get(6)?),
+        last_used_at: parse_ts(r.get(7)?),
+        request_count: r.get(8)?,
+    })
+}

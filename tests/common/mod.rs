@@ -1,0 +1,349 @@
+//! The integration-test harness: a mock provider upstream (in-process), a
+//! store per test (a temporary SQLite file, or a fresh database on the local
+//! PostgreSQL), the real `majordomo` binary started on a free port against
+//! them, and the CLI run the same way a user runs it.
+//!
+//! Every behaviour test runs on both stores: write it as
+//! `async fn name(backend: Backend)` and list it in `both_stores!`.
+#![allow(dead_code)]
+
+pub mod mock_upstream;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+#[allow(unused_imports)]
+pub use mock_upstream::{canned, MockUpstream, ScriptedResponse};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_majordomo");
+pub const PG_HOST: &str = "127.0.0.1";
+pub const PG_PORT: u16 = 5432;
+pub const PG_USER: &str = "postgres";
+
+/// Runs each listed scenario once on SQLite and once on PostgreSQL.
+#[macro_export]
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name($crate::common::Backend::Sqlite).await }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name($crate::common::Backend::Postgres).await }
+            )*
+        }
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// One test's store and scratch directory; the PostgreSQL database is dropped with it.
+pub struct TestEnv {
+    pub backend: Backend,
+    pub dir: tempfile::TempDir,
+    pub pg_database: Option<String>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub async fn pg_admin() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host={PG_HOST} port={PG_PORT} user={PG_USER} dbname=postgres"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("PostgreSQL must be running on 127.0.0.1:5432 (the PostgreSQL tests never skip)");
+    tokio::spawn(conn);
+    client
+}
+
+impl TestEnv {
+    pub async fn new(backend: Backend) -> TestEnv {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pg_database = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => {
+                let name = format!(
+                    "mdm_test_{}_{}_{}",
+                    std::process::id(),
+                    COUNTER.fetch_add(1, Ordering::Relaxed),
+                    Instant::now().elapsed().subsec_nanos() % 100_000
+                );
+                pg_admin()
+                    .await
+                    .batch_execute(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create test database");
+                Some(name)
+            }
+        };
+        TestEnv {
+            backend,
+            dir,
+            pg_database,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.dir.path().join("majordomo.db")
+    }
+
+    /// The storage settings, as a user would give them in the environment.
+    pub fn store_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![];
+        match &self.pg_database {
+            None => {
+                env.push(("MAJORDOMO_STORAGE_DRIVER".into(), "sqlite".into()));
+                env.push((
+                    "MAJORDOMO_STORAGE_SQLITE_PATH".into(),
+                    self.sqlite_path().display().to_string(),
+                ));
+            }
+            Some(db) => {
+                env.push(("MAJORDOMO_STORAGE_DRIVER".into(), "postgres".into()));
+                env.push(("MAJORDOMO_STORAGE_POSTGRES_HOST".into(), PG_HOST.into()));
+                env.push((
+                    "MAJORDOMO_STORAGE_POSTGRES_PORT".into(),
+                    PG_PORT.to_string(),
+                ));
+                env.push(("MAJORDOMO_STORAGE_POSTGRES_USER".into(), PG_USER.into()));
+                env.push(("MAJORDOMO_STORAGE_POSTGRES_DATABASE".into(), db.clone()));
+            }
+        }
+        env.push((
+            "MAJORDOMO_SINK_SPOOL_DIR".into(),
+            self.dir.path().join("spool").display().to_string(),
+        ));
+        env
+    }
+
+    /// A `majordomo` command with this store, run in the scratch directory,
+    /// with no inherited `MAJORDOMO_*` settings.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("MAJORDOMO_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.current_dir(self.dir.path());
+        cmd.envs(self.store_env());
+        cmd.env("MAJORDOMO_PRICING_REMOTE_URL", "");
+        cmd
+    }
+
+    /// Runs the CLI and returns its output (whatever the exit status).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("run majordomo")
+    }
+
+    /// Runs the CLI, asserting success; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "majordomo {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// Creates a key with the CLI; returns (id, plaintext key).
+    pub fn create_key(&self, name: &str) -> (String, String) {
+        let out = self.cli_ok(&["keys", "create", "--name", name, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect("create --json");
+        (
+            v["id"].as_str().unwrap().to_string(),
+            v["key"].as_str().unwrap().to_string(),
+        )
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if let Some(db) = self.pg_database.take() {
+            // Drop runs inside the test's runtime: use a thread with its own.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    pg_admin()
+                        .await
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                        .await
+                })
+            })
+            .join();
+        }
+    }
+}
+
+/// A free TCP port on loopback (bound and released; small race accepted).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running `majordomo` process; killed when dropped.
+pub struct GatewayProcess {
+    pub child: Child,
+    pub port: u16,
+    pub log_path: PathBuf,
+}
+
+pub struct GatewayBuilder<'a> {
+    env: &'a TestEnv,
+    vars: Vec<(String, String)>,
+    args: Vec<String>,
+}
+
+impl TestEnv {
+    /// A gateway on this store with every provider pointed at `upstream`.
+    pub fn gateway<'a>(&'a self, upstream: &MockUpstream) -> GatewayBuilder<'a> {
+        let base = upstream.base_url();
+        GatewayBuilder {
+            env: self,
+            vars: vec![
+                ("MAJORDOMO_PROVIDERS_OPENAI_BASE_URL".into(), base.clone()),
+                (
+                    "MAJORDOMO_PROVIDERS_ANTHROPIC_BASE_URL".into(),
+                    base.clone(),
+                ),
+                ("MAJORDOMO_PROVIDERS_GEMINI_BASE_URL".into(), base),
+            ],
+            args: vec![],
+        }
+    }
+}
+
+impl GatewayBuilder<'_> {
+    pub fn env(mut self, k: &str, v: impl ToString) -> Self {
+        self.vars.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_string());
+        self
+    }
+
+    pub async fn start(self) -> GatewayProcess {
+        let port = free_port();
+        let log_path = self.env.path().join(format!("gateway-{port}.log"));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut cmd = self.env.command();
+        cmd.env("MAJORDOMO_SERVER_HOST", "127.0.0.1")
+            .env("MAJORDOMO_SERVER_PORT", port.to_string())
+            .env("MAJORDOMO_SERVER_THREADS", "2")
+            .env("MAJORDOMO_METRICS_PORT", "0")
+            .env(
+                "MAJORDOMO_SERVER_PID_FILE",
+                self.env.path().join("majordomo.pid").display().to_string(),
+            )
+            .env(
+                "MAJORDOMO_SERVER_UPGRADE_SOCK",
+                self.env.path().join("upgrade.sock").display().to_string(),
+            )
+            .envs(self.vars)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = cmd.spawn().expect("spawn majordomo");
+        let mut gw = GatewayProcess {
+            child,
+            port,
+            log_path,
+        };
+        gw.wait_ready(Duration::from_secs(30)).await;
+        gw
+    }
+}
+
+impl GatewayProcess {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "majordomo exited with {status} before it was ready:\n{}",
+                    self.log()
+                );
+            }
+            if let Ok(r) = client.get(self.url("/health")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "majordomo not ready:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends a signal (e.g. "TERM", "QUIT") to the process.
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP client for tests (no connection reuse surprises across tests).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}

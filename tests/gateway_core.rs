@@ -1,0 +1,649 @@
+//! Issue 2 "Gateway core": the proxy, keys, errors and health endpoints,
+//! end to end through the real binary, on SQLite and on PostgreSQL.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+const OPENAI_CHAT: &str = "/v1/chat/completions";
+
+fn chat_body() -> Value {
+    json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+}
+
+async fn health_and_readiness_answer(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let c = client();
+    let r = c.get(gw.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ok");
+    let r = c.get(gw.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"status": "ok"}));
+    assert_eq!(mock.request_count(), 0);
+}
+
+async fn requests_are_forwarded_unchanged_with_credentials_and_without_majordomo_headers(
+    backend: Backend,
+) {
+    let env = TestEnv::new(backend).await;
+    let (_, key) = env.create_key("forward");
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let body = serde_json::to_vec(&chat_body()).unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions?trace=1&x=%20y"))
+        .header("X-Majordomo-Key", &key)
+        .header("X-Majordomo-User-Id", "user_123")
+        .header("Authorization", "Bearer sk-upstream-secret")
+        .header("Content-Type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r
+        .headers()
+        .get("x-majordomo-request-id")
+        .expect("request id header")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let id = uuid::Uuid::parse_str(&id).unwrap();
+    assert_eq!(id.get_version_num(), 7);
+    let got: Value = r.json().await.unwrap();
+    assert_eq!(got["object"], "chat.completion");
+
+    let seen = mock.last_request().unwrap();
+    assert_eq!(seen.path, OPENAI_CHAT);
+    assert_eq!(seen.query.as_deref(), Some("trace=1&x=%20y"));
+    assert_eq!(seen.body.as_ref(), body.as_slice());
+    assert_eq!(
+        seen.header("authorization"),
+        Some("Bearer sk-upstream-secret")
+    );
+    assert_eq!(seen.header("host"), Some(mock.addr().to_string().as_str()));
+    assert!(
+        seen.headers
+            .iter()
+            .all(|(k, _)| !k.to_ascii_lowercase().starts_with("x-majordomo")),
+        "{:?}",
+        seen.headers
+    );
+}
+
+async fn each_provider_is_detected_from_its_path(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let (_, key) = env.create_key("providers");
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let c = client();
+
+    let r = c
+        .post(gw.url("/v1/messages"))
+        .header("X-Majordomo-Key", &key)
+        .header("x-api-key", "sk-ant-test")
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["type"], "message");
+    assert_eq!(
+        mock.last_request().unwrap().header("x-api-key"),
+        Some("sk-ant-test")
+    );
+
+    let r = c
+        .post(gw.url("/v1beta/models/gemini-2.5-flash:generateContent?key=gm-secret"))
+        .header("X-Majordomo-Key", &key)
+        .json(&json!({"contents": [{"parts": [{"text": "hi"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.json::<Value>().await.unwrap()["usageMetadata"].is_object());
+    let seen = mock.last_request().unwrap();
+    assert_eq!(seen.path, "/v1beta/models/gemini-2.5-flash:generateContent");
+    assert_eq!(seen.query.as_deref(), Some("key=gm-secret"));
+}
+
+async fn an_unknown_provider_header_is_a_400_that_never_reaches_the_upstream(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let (_, key) = env.create_key("p");
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let r = client()
+        .post(gw.url(OPENAI_CHAT))
+        .header("X-Majordomo-Key", &key)
+        .header("X-Majordomo-Provider", "azure")
+        .json(&chat_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.headers().get("x-majordomo-request-id").is_some());
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("azure"),
+        "{v}"
+    );
+
+    // A valid override wins over the path: Anthropic-shaped error for a chat path.
+    let r = client()
+        .post(gw.url(OPENAI_CHAT))
+        .header("X-Majordomo-Key", "mdm_sk_wrong")
+        .header("X-Majordomo-Provider", "ANTHROPIC")
+        .json(&chat_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["type"], "error");
+    assert_eq!(mock.request_count(), 0);
+}
+
+async fn bad_keys_get_401_in_the_providers_error_shape_and_never_reach_the_upstream(
+    backend: Backend,
+) {
+    let env = TestEnv::new(backend).await;
+    let (id, key) = env.create_key("to-revoke");
+    env.cli_ok(&["keys", "revoke", &id]);
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let c = client();
+    let unknown = format!("mdm_sk_{}", "A".repeat(43));
+    for (path, shape) in [
+        (OPENAI_CHAT, "openai"),
+        ("/v1/messages", "anthropic"),
+        ("/v1beta/models/gemini-2.5-pro:generateContent", "gemini"),
+    ] {
+        for presented in [
+            None,
+            Some("not-a-key"),
+            Some(unknown.as_str()),
+            Some(key.as_str()),
+        ] {
+            let mut req = c.post(gw.url(path)).json(&chat_body());
+            if let Some(k) = presented {
+                req = req.header("X-Majordomo-Key", k);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 401, "{path} {presented:?}");
+            assert_eq!(r.headers()["content-type"], "application/json");
+            let v: Value = r.json().await.unwrap();
+            match shape {
+                "openai" => assert_eq!(v["error"]["type"], "authentication_error", "{v}"),
+                "anthropic" => assert_eq!(v["error"]["type"], "authentication_error", "{v}"),
+                _ => assert_eq!(v["error"]["status"], "UNAUTHENTICATED", "{v}"),
+            }
+            assert!(v.to_string().contains("X-Majordomo-Key"), "{v}");
+        }
+    }
+    assert_eq!(mock.request_count(), 0);
+}
+
+async fn a_rejected_request_keeps_the_connection_alive(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let c = client();
+    for _ in 0..3 {
+        let r = c
+            .post(gw.url(OPENAI_CHAT))
+            .json(&chat_body())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        assert_ne!(
+            r.headers().get("connection").map(|v| v.to_str().unwrap()),
+            Some("close")
+        );
+        r.bytes().await.unwrap();
+    }
+}
+
+async fn oversized_bodies_get_413_and_never_reach_the_upstream(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let (_, key) = env.create_key("big");
+    let mock = MockUpstream::start().await;
+    let gw = env
+        .gateway(&mock)
+        .env("MAJORDOMO_SERVER_MAX_BODY_BYTES", 100_000)
+        .start()
+        .await;
+    let big = vec![b'x'; 200_000];
+    let r = client()
+        .post(gw.url(OPENAI_CHAT))
+        .header("X-Majordomo-Key", &key)
+        .header("Content-Type", "application/json")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "request_too_large", "{v}");
+    assert_eq!(mock.request_count(), 0);
+
+    // Chunked (no Content-Length): refused once it outgrows the limit; the
+    // upstream never receives a complete request.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..20).map(|_| Ok(vec![b'y'; 10_000])).collect();
+    let r = client()
+        .post(gw.url(OPENAI_CHAT))
+        .header("X-Majordomo-Key", &key)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), 413);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(mock.requests().iter().all(|q| q.body.len() < 200_000));
+}
+
+async fn large_bodies_stream_through_in_both_directions(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let (_, key) = env.create_key("large");
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    // Well over Pingora's 64 KiB request-body replay buffer.
+    let filler = "z".repeat(3 * 1024 * 1024);
+    let body = json!({"model": "text-embedding-3-small", "input": filler, "dimensions": 50_000});
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let r = client()
+        .post(gw.url("/v1/embeddings"))
+        .header("X-Majordomo-Key", &key)
+        .header("Content-Type", "application/json")
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["data"][0]["embedding"].as_array().unwrap().len(), 50_000);
+    assert_eq!(mock.last_request().unwrap().body.as_ref(), bytes.as_slice());
+}
+
+async fn streams_reach_the_client_while_the_upstream_is_still_sending(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let (_, key) = env.create_key("stream");
+    let mock = MockUpstream::start().await;
+    let pause = Duration::from_millis(1500);
+    mock.set_pause(pause);
+    let gw = env.gateway(&mock).start().await;
+    let c = client();
+    for (path, body) in [
+        (
+            OPENAI_CHAT,
+            json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "claude-sonnet-4-5", "stream": true, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            json!({"contents": []}),
+        ),
+    ] {
+        let started = Instant::now();
+        let r = c
+            .post(gw.url(path))
+            .header("X-Majordomo-Key", &key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let mut stream = r.bytes_stream();
+        let first = stream.next().await.unwrap().unwrap();
+        let first_at = started.elapsed();
+        assert!(!first.is_empty());
+        let mut all = first.to_vec();
+        while let Some(chunk) = stream.next().await {
+            all.extend_from_slice(&chunk.unwrap());
+        }
+        let done_at = started.elapsed();
+        assert!(
+            done_at >= pause,
+            "{path}: finished before the upstream's pause"
+        );
+        assert!(
+            first_at + Duration::from_millis(500) <= done_at,
+            "{path}: first event at {first_at:?}, end at {done_at:?}: the stream was buffered"
+        );
+        let text = String::from_utf8(all).unwrap();
+        assert!(text.contains("data:"), "{path}: {text}");
+    }
+}
+
+async fn upstream_errors_pass_through_unchanged(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let (_, key) = env.create_key("errors");
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let upstream_body = json!({"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}});
+    mock.push_response(
+        ScriptedResponse::json(429, upstream_body.clone()).with_header("retry-after", "7"),
+    );
+    let r = client()
+        .post(gw.url(OPENAI_CHAT))
+        .header("X-Majordomo-Key", &key)
+        .json(&chat_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "7");
+    assert!(r.headers().get("x-majordomo-request-id").is_some());
+    assert_eq!(r.json::<Value>().await.unwrap(), upstream_body);
+
+    mock.push_response(ScriptedResponse::bytes(
+        500,
+        "text/plain",
+        "upstream exploded",
+    ));
+    let r = client()
+        .post(gw.url(OPENAI_CHAT))
+        .header("X-Majordomo-Key", &key)
+        .json(&chat_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    assert_eq!(r.text().await.unwrap(), "upstream exploded");
+}
+
+async fn an_unreachable_upstream_is_a_502_and_a_silent_one_a_504(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let (_, key) = env.create_key("down");
+    let mock = MockUpstream::start().await;
+    // Nothing listens on this port.
+    let closed = free_port();
+    // This one accepts and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let hold = std::thread::spawn(move || {
+        let conns: Vec<_> = silent.incoming().take(1).collect();
+        std::thread::sleep(Duration::from_secs(6));
+        drop(conns);
+    });
+    let gw = env
+        .gateway(&mock)
+        .env(
+            "MAJORDOMO_PROVIDERS_OPENAI_BASE_URL",
+            format!("http://127.0.0.1:{closed}"),
+        )
+        .env(
+            "MAJORDOMO_PROVIDERS_ANTHROPIC_BASE_URL",
+            format!("http://127.0.0.1:{silent_port}"),
+        )
+        .env("MAJORDOMO_UPSTREAM_READ_TIMEOUT_SECS", 2)
+        .start()
+        .await;
+    let r = client()
+        .post(gw.url(OPENAI_CHAT))
+        .header("X-Majordomo-Key", &key)
+        .json(&chat_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "upstream_unreachable", "{v}");
+
+    let started = Instant::now();
+    let r = client()
+        .post(gw.url("/v1/messages"))
+        .header("X-Majordomo-Key", &key)
+        .json(&json!({"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "timeout_error", "{v}");
+    hold.join().unwrap();
+}
+
+async fn a_base_url_path_prefix_is_prepended(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let (_, key) = env.create_key("prefix");
+    let mock = MockUpstream::start().await;
+    let gw = env
+        .gateway(&mock)
+        .env(
+            "MAJORDOMO_PROVIDERS_OPENAI_BASE_URL",
+            format!("{}/openai/", mock.base_url()),
+        )
+        .start()
+        .await;
+    let r = client()
+        .post(gw.url("/v1/chat/completions?a=b"))
+        .header("X-Majordomo-Key", &key)
+        .json(&chat_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = mock.last_request().unwrap();
+    assert_eq!(seen.path, "/openai/v1/chat/completions");
+    assert_eq!(seen.query.as_deref(), Some("a=b"));
+}
+
+async fn the_key_lifecycle_works_from_the_cli_and_revocation_reaches_a_running_gateway(
+    backend: Backend,
+) {
+    let env = TestEnv::new(backend).await;
+    let out = env.cli_ok(&[
+        "keys",
+        "create",
+        "--name",
+        "Production API",
+        "--description",
+        "prod",
+    ]);
+    assert!(out.contains("mdm_sk_"), "{out}");
+    assert!(out.contains("will not be shown again"), "{out}");
+    let (id, key) = env.create_key("Dev Key");
+    assert!(key.starts_with("mdm_sk_") && key.len() == 50);
+
+    let list = env.cli_ok(&["keys", "list"]);
+    assert!(
+        list.contains("Production API") && list.contains("Dev Key"),
+        "{list}"
+    );
+    assert!(!list.contains(&key), "list must never show a plaintext key");
+    let listed: Value = serde_json::from_str(&env.cli_ok(&["keys", "list", "--json"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+
+    let got: Value = serde_json::from_str(&env.cli_ok(&["keys", "get", &id, "--json"])).unwrap();
+    assert_eq!(got["name"], "Dev Key");
+    assert_eq!(got["is_active"], true);
+
+    // Flags after the id (the reference's documented form) and before it.
+    env.cli_ok(&["keys", "update", &id, "--name", "Renamed"]);
+    env.cli_ok(&[
+        "keys",
+        "update",
+        "--description",
+        "Updated description",
+        &id,
+    ]);
+    let got: Value = serde_json::from_str(&env.cli_ok(&["keys", "get", "--json", &id])).unwrap();
+    assert_eq!(got["name"], "Renamed");
+    assert_eq!(got["description"], "Updated description");
+
+    let mock = MockUpstream::start().await;
+    let gw = env
+        .gateway(&mock)
+        .env("MAJORDOMO_AUTH_CACHE_TTL_SECS", 1)
+        .start()
+        .await;
+    let send = || {
+        client()
+            .post(gw.url(OPENAI_CHAT))
+            .header("X-Majordomo-Key", &key)
+            .json(&chat_body())
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 200);
+
+    let revoked = env.cli_ok(&["keys", "revoke", &id]);
+    assert!(revoked.contains("Revoked"), "{revoked}");
+    let got: Value = serde_json::from_str(&env.cli_ok(&["keys", "get", &id, "--json"])).unwrap();
+    assert_eq!(got["is_active"], false);
+    assert!(got["revoked_at"].is_string());
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = send().await.unwrap().status();
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            Instant::now() < deadline,
+            "revoked key still accepted after the cache TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn cli_mistakes_get_clear_errors(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let out = env.cli(&["keys", "get", "not-a-uuid"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a key id"));
+    let out = env.cli(&["keys", "revoke", &uuid::Uuid::now_v7().to_string()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no key with id"));
+    let (id, _) = env.create_key("x");
+    let out = env.cli(&["keys", "update", &id]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to update"));
+    let out = env.cli(&["keys", "create"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--name"));
+}
+
+async fn migrate_applies_the_schema_once(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let first = env.cli_ok(&["migrate"]);
+    assert!(first.contains("applied migrations: [1]"), "{first}");
+    let second = env.cli_ok(&["migrate"]);
+    assert!(second.contains("up to date"), "{second}");
+}
+
+both_stores!(
+    health_and_readiness_answer,
+    requests_are_forwarded_unchanged_with_credentials_and_without_majordomo_headers,
+    each_provider_is_detected_from_its_path,
+    an_unknown_provider_header_is_a_400_that_never_reaches_the_upstream,
+    bad_keys_get_401_in_the_providers_error_shape_and_never_reach_the_upstream,
+    a_rejected_request_keeps_the_connection_alive,
+    oversized_bodies_get_413_and_never_reach_the_upstream,
+    large_bodies_stream_through_in_both_directions,
+    streams_reach_the_client_while_the_upstream_is_still_sending,
+    upstream_errors_pass_through_unchanged,
+    an_unreachable_upstream_is_a_502_and_a_silent_one_a_504,
+    a_base_url_path_prefix_is_prepended,
+    the_key_lifecycle_works_from_the_cli_and_revocation_reaches_a_running_gateway,
+    cli_mistakes_get_clear_errors,
+    migrate_applies_the_schema_once,
+);
+
+/// PostgreSQL only: SQLite is a local file that cannot "go away" while open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_without_internals_when_the_database_is_gone() {
+    let env = TestEnv::new(Backend::Postgres).await;
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let db = env.pg_database.clone().unwrap();
+    pg_admin()
+        .await
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .await
+        .unwrap();
+    let r = client().get(gw.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v,
+        json!({"status": "error", "error": "database unavailable"})
+    );
+    // Liveness is unaffected.
+    assert_eq!(
+        client()
+            .get(gw.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[test]
+fn bad_config_is_a_clear_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.current_dir(dir.path()).args(args);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("MAJORDOMO_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(env.iter().copied());
+        cmd.output().unwrap()
+    };
+    let out = run(&["-t"], &[("MAJORDOMO_SERVER_PORT", "http")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("MAJORDOMO_SERVER_PORT") && err.contains("server.port"),
+        "{err}"
+    );
+
+    std::fs::write(dir.path().join("bad.yaml"), "server:\n  prot: 7680\n").unwrap();
+    let out = run(&["-c", "bad.yaml", "-t"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("prot"));
+
+    std::fs::write(
+        dir.path().join("secret.yaml"),
+        "storage:\n  postgres:\n    password: [\"hunter2-very-secret\"]\n",
+    )
+    .unwrap();
+    let out = run(&["-c", "secret.yaml", "-t"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("storage.postgres.password"), "{err}");
+    assert!(!err.contains("hunter2-very-secret"), "{err}");
+
+    let out = run(&["-c", "missing.yaml", "-t"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.yaml"));
+
+    let out = run(&["-t"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+}
