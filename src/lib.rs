@@ -9,6 +9,8 @@ pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod keys;
+pub mod pricing;
 pub mod provider;
 pub mod serve;
 pub mod store;
+pub mod usage;

@@ -1,0 +1,698 @@
+//! Token usage extraction from provider responses (SPEC §4).
+//!
+//! The gateway streams every response to the client as it arrives and feeds a
+//! copy of each chunk to a [`UsageParser`]; when the response ends (or the
+//! client or upstream goes away) [`UsageParser::finish`] says what the body
+//! reported: token counts in majordomo's provider-neutral meaning
+//! ([`Usage`]), the model, an in-band or error-body message, and whether the
+//! body reached its natural end.
+//!
+//! The parser is pure (no I/O, no Pingora types) and incremental: chunks may
+//! split the body anywhere, and memory stays bounded whatever the body's size.
+//! The layers, outermost first:
+//!
+//! 1. `decode`: `Content-Encoding` (gzip, deflate, br) is undone for the
+//!    parser's copy only.
+//! 2. The body format ([`BodyFormat`]): chosen from the content type and the
+//!    request path, or sniffed from the first byte when there is no content
+//!    type. JSON bodies go straight to the scanner; SSE streams go through
+//!    `sse`, which hands each event's data to the scanner.
+//! 3. `scan`: a streaming JSON scanner that keeps only the raw bytes of the
+//!    few values usage lives in (`usage`, `usageMetadata`, `model`, `error`,
+//!    `type`, …), each capped at 64 KiB.
+//! 4. The provider modules (`openai`, `anthropic`, `gemini`) turn those
+//!    values into [`Usage`] with the rules of the SPEC §4 table.
+//!
+//! Going over a cap (nesting, a captured value, an SSE event name), a
+//! malformed body or event, a corrupt or unsupported encoding: all make the
+//! usage unknown (`None`). None of them fails or alters the response.
+//!
+//! The request side lives in [`request`] (learning `model` / `stream`,
+//! injecting `stream_options.include_usage`) and [`strip`] (removing the usage
+//! chunk the gateway asked for on a client's behalf).
+
+mod anthropic;
+mod decode;
+mod gemini;
+mod openai;
+pub mod request;
+mod scan;
+mod sse;
+pub mod strip;
+#[cfg(test)]
+mod tests;
+
+use std::io::{self, Write};
+
+use serde_json::Value;
+
+use crate::provider::Provider;
+use decode::Decoder;
+use scan::{Capture, Scanner, Seg, Status, Target};
+
+pub use gemini::model_from_path as gemini_model_from_path;
+pub use request::{inject_include_usage, RequestInfo, RequestSniffer};
+pub use strip::InjectedUsageStripper;
+
+/// Longest model name kept, in bytes.
+pub const MODEL_CAP: usize = 256;
+/// Longest error message kept, in bytes.
+pub const ERROR_CAP: usize = 512;
+
+/// Token counts in majordomo's provider-neutral meaning (SPEC §4 table).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Every prompt token, cache reads and writes included.
+    pub input_tokens: u64,
+    /// Cache reads among them.
+    pub cached_tokens: u64,
+    /// Cache writes among them (total).
+    pub cache_creation_tokens: u64,
+    /// The part of cache writes known to be 1-hour (the rest is 5-minute).
+    pub cache_creation_1h_tokens: u64,
+    /// Every billed output token, reasoning / thoughts included.
+    pub output_tokens: u64,
+    /// Reasoning / thinking tokens among them.
+    pub reasoning_tokens: u64,
+}
+
+/// What kind of response body a parser expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// One JSON document (non-stream responses, error bodies).
+    Json,
+    /// A `text/event-stream`.
+    Sse,
+    /// A JSON array of response objects: Gemini `streamGenerateContent`
+    /// without `alt=sse`.
+    JsonArray,
+}
+
+impl BodyFormat {
+    /// The format a response has, from the request path and query and the
+    /// response's `Content-Type`. `None` when the content type does not say
+    /// (missing, `text/plain`, …): [`UsageParser`] then sniffs the body's
+    /// first non-whitespace byte (`{` / `[` → JSON, a field name or `:` → SSE,
+    /// anything else → unreadable, usage unknown).
+    ///
+    /// The request's `stream` flag is not needed: providers always answer a
+    /// stream request with `text/event-stream` (or, for Gemini without
+    /// `alt=sse`, a JSON array), and an error with JSON.
+    #[must_use]
+    pub fn detect(
+        provider: Provider,
+        path: &str,
+        query: Option<&str>,
+        content_type: Option<&str>,
+    ) -> Option<BodyFormat> {
+        let essence = content_type
+            .and_then(|ct| ct.split(';').next())
+            .map_or("", str::trim);
+        if essence.eq_ignore_ascii_case("text/event-stream") {
+            Some(BodyFormat::Sse)
+        } else if is_json_media_type(essence) {
+            Some(json_kind(provider, path, query))
+        } else {
+            None
+        }
+    }
+}
+
+fn is_json_media_type(essence: &str) -> bool {
+    let lower = essence.to_ascii_lowercase();
+    lower == "application/json" || lower.ends_with("+json") || lower == "text/json"
+}
+
+/// Json or JsonArray for a JSON body (the scanner reads both the same way;
+/// the distinction documents what is expected).
+fn json_kind(provider: Provider, path: &str, query: Option<&str>) -> BodyFormat {
+    if provider == Provider::Gemini && gemini::is_stream_path(path) && !gemini::wants_sse(query) {
+        BodyFormat::JsonArray
+    } else {
+        BodyFormat::Json
+    }
+}
+
+/// Result of parsing one response body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParsedResponse {
+    /// `None` = unknown: no usage seen, a malformed body, or a cap exceeded.
+    pub usage: Option<Usage>,
+    /// The response's `model` / `modelVersion`, at most [`MODEL_CAP`] bytes.
+    pub model: Option<String>,
+    /// A provider error message from an error body or an in-band stream
+    /// error, at most [`ERROR_CAP`] bytes.
+    pub error: Option<String>,
+    /// The body reached its natural end: the JSON document closed, or the
+    /// stream saw its terminal event (`[DONE]`, `message_stop`,
+    /// `response.completed`, a Gemini `finishReason`, an in-band error).
+    pub complete: bool,
+}
+
+/// Incremental usage parser for one response body. See the module docs.
+pub struct UsageParser {
+    input: Decoder<Body>,
+}
+
+impl std::fmt::Debug for UsageParser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsageParser").finish_non_exhaustive()
+    }
+}
+
+impl UsageParser {
+    /// `path` is the request path without query; `query` the raw query
+    /// string; `content_type` / `content_encoding` the upstream response
+    /// headers.
+    #[must_use]
+    pub fn new(
+        provider: Provider,
+        path: &str,
+        query: Option<&str>,
+        content_type: Option<&str>,
+        content_encoding: Option<&str>,
+    ) -> UsageParser {
+        let reader = match BodyFormat::detect(provider, path, query, content_type) {
+            Some(format) => Reader::for_format(provider, format),
+            None => Reader::Sniff(json_kind(provider, path, query)),
+        };
+        let body = Body {
+            provider: Some(provider),
+            reader,
+            extract: Extract::new(provider),
+            findings: Findings::default(),
+            no_usage: provider == Provider::Anthropic && anthropic::is_count_tokens(path),
+        };
+        UsageParser {
+            input: Decoder::new(content_encoding, body),
+        }
+    }
+
+    /// Feeds the next chunk of the body as received from upstream.
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.input.write(chunk);
+    }
+
+    /// Ends the body. Also valid after a truncated body: the usage seen so
+    /// far is returned, with `complete: false`.
+    #[must_use]
+    pub fn finish(self) -> ParsedResponse {
+        let (body, decode_error) = self.input.finish();
+        body.finish(decode_error.is_some())
+    }
+}
+
+/// Slots the provider modules capture into (see [`scan::Target`]).
+mod slot {
+    pub(super) const TYPE: usize = 0;
+    pub(super) const USAGE: usize = 1;
+    pub(super) const MODEL: usize = 2;
+    pub(super) const ERROR: usize = 3;
+    /// A top-level `message` (OpenAI responses' `error` event).
+    pub(super) const MESSAGE: usize = 4;
+    /// Gemini `finishReason` / `blockReason`.
+    pub(super) const FINISH: usize = 5;
+}
+
+/// Shorthand for target tables.
+const fn target(path: &'static [Seg], slot: usize) -> Target {
+    Target { path, slot }
+}
+
+/// Error objects written into a stream outside any SSE field.
+const STRAY_TARGETS: &[Target] = &[
+    target(&[Seg::Key("error")], slot::ERROR),
+    target(&[Seg::Item, Seg::Key("error")], slot::ERROR),
+];
+
+/// What is learned besides the token counts, the same for every provider.
+#[derive(Debug, Default)]
+struct Findings {
+    model: Option<String>,
+    error: Option<String>,
+    /// The stream saw its terminal event.
+    terminal: bool,
+    /// Usage can no longer be trusted (cap, malformed input, bad encoding).
+    unknown: bool,
+}
+
+impl Findings {
+    fn note_model(&mut self, capture: Option<&Capture>) {
+        if let Some(model) = captured_string(capture) {
+            self.model = Some(truncate_utf8(model, MODEL_CAP));
+        }
+    }
+
+    /// Records an error message; the first one is the cause, later ones are
+    /// fallout.
+    fn note_error(&mut self, message: Option<String>) -> bool {
+        match message {
+            Some(message) => {
+                self.error
+                    .get_or_insert_with(|| truncate_utf8(message, ERROR_CAP));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// One provider's interpretation of captured values.
+#[derive(Debug)]
+enum Extract {
+    OpenAi(openai::OpenAiUsage),
+    Anthropic(anthropic::AnthropicUsage),
+    Gemini(gemini::GeminiUsage),
+}
+
+impl Extract {
+    fn new(provider: Provider) -> Extract {
+        match provider {
+            Provider::OpenAi => Extract::OpenAi(Default::default()),
+            Provider::Anthropic => Extract::Anthropic(Default::default()),
+            Provider::Gemini => Extract::Gemini(Default::default()),
+        }
+    }
+
+    fn targets(provider: Provider) -> &'static [Target] {
+        match provider {
+            Provider::OpenAi => openai::TARGETS,
+            Provider::Anthropic => anthropic::TARGETS,
+            Provider::Gemini => gemini::TARGETS,
+        }
+    }
+
+    /// Takes in one complete JSON value: the whole body, or one event's data
+    /// (`event` is then the SSE event name).
+    fn value(&mut self, event: Option<&[u8]>, doc: &Scanner, findings: &mut Findings) {
+        let kind = captured_string(doc.capture(slot::TYPE))
+            .or_else(|| event.map(|e| String::from_utf8_lossy(e).into_owned()));
+        let kind = kind.as_deref().unwrap_or("");
+        match self {
+            Extract::OpenAi(u) => u.value(kind, doc, findings),
+            Extract::Anthropic(u) => u.value(kind, doc, findings),
+            Extract::Gemini(u) => u.value(doc, findings),
+        }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        match self {
+            Extract::OpenAi(u) => u.usage(),
+            Extract::Anthropic(u) => u.usage(),
+            Extract::Gemini(u) => u.usage(),
+        }
+    }
+}
+
+impl Default for Extract {
+    fn default() -> Self {
+        Extract::OpenAi(Default::default())
+    }
+}
+
+/// How the (decoded) body is being read.
+#[derive(Debug, Default)]
+enum Reader {
+    /// No content type said; the first non-whitespace byte decides. Holds
+    /// the JSON kind to use if it is JSON.
+    Sniff(BodyFormat),
+    Json(Box<Scanner>),
+    Sse(Box<SseState>),
+    /// Not something usage can be read from.
+    #[default]
+    Unreadable,
+}
+
+impl Reader {
+    fn for_format(provider: Provider, format: BodyFormat) -> Reader {
+        let targets = Extract::targets(provider);
+        match format {
+            BodyFormat::Json | BodyFormat::JsonArray => {
+                Reader::Json(Box::new(Scanner::new(targets)))
+            }
+            BodyFormat::Sse => Reader::Sse(Box::new(SseState {
+                reader: sse::SseReader::default(),
+                event: Scanner::new(targets),
+                stray: Scanner::new(STRAY_TARGETS),
+            })),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SseState {
+    reader: sse::SseReader,
+    /// Scans the current event's data; reset after each event.
+    event: Scanner,
+    /// Scans lines that are not SSE fields, for un-prefixed error objects.
+    stray: Scanner,
+}
+
+/// The decoded-body end of the pipeline: it is the decoder's output sink.
+#[derive(Debug, Default)]
+struct Body {
+    /// `None` only in the placeholder a decoder leaves behind when it hands
+    /// the body back (`Default` is needed for that).
+    provider: Option<Provider>,
+    reader: Reader,
+    extract: Extract,
+    findings: Findings,
+    /// The endpoint reports tokens that are not billed (`count_tokens`).
+    no_usage: bool,
+}
+
+impl Write for Body {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.feed(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Body {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        if let Reader::Sniff(json) = self.reader {
+            let Some(at) = bytes.iter().position(|b| !b.is_ascii_whitespace()) else {
+                return;
+            };
+            bytes = &bytes[at..];
+            let format = match bytes[0] {
+                b'{' | b'[' => Some(json),
+                b':' | b'd' | b'e' | b'i' | b'r' => Some(BodyFormat::Sse),
+                _ => None,
+            };
+            self.reader = match (format, self.provider) {
+                (Some(format), Some(provider)) => Reader::for_format(provider, format),
+                _ => Reader::Unreadable,
+            };
+        }
+        match &mut self.reader {
+            Reader::Json(scanner) => scanner.push(bytes),
+            Reader::Sse(state) => {
+                let SseState {
+                    reader,
+                    event,
+                    stray,
+                } = &mut **state;
+                let mut sink = EventSink {
+                    event,
+                    stray,
+                    extract: &mut self.extract,
+                    findings: &mut self.findings,
+                };
+                reader.push(bytes, &mut sink);
+            }
+            Reader::Sniff(_) | Reader::Unreadable => {}
+        }
+    }
+
+    fn finish(mut self, decode_failed: bool) -> ParsedResponse {
+        let findings = &mut self.findings;
+        findings.unknown |= decode_failed;
+        let complete = match &mut self.reader {
+            Reader::Json(scanner) => {
+                scanner.end_of_input();
+                let status = scanner.status();
+                if let Status::Failed(_) = status {
+                    findings.unknown = true;
+                }
+                self.extract.value(None, scanner, findings);
+                status == Status::Complete
+            }
+            Reader::Sse(state) => {
+                let SseState {
+                    reader,
+                    event,
+                    stray,
+                } = &mut **state;
+                let mut sink = EventSink {
+                    event,
+                    stray,
+                    extract: &mut self.extract,
+                    findings: &mut *findings,
+                };
+                reader.finish(&mut sink);
+                sink.stray_done(true);
+                findings.unknown |= reader.overflowed();
+                findings.terminal
+            }
+            Reader::Sniff(_) | Reader::Unreadable => {
+                findings.unknown = true;
+                false
+            }
+        };
+        let usage = if findings.unknown || self.no_usage {
+            None
+        } else {
+            self.extract.usage()
+        };
+        ParsedResponse {
+            usage,
+            model: findings.model.take(),
+            error: findings.error.take(),
+            complete: complete && !decode_failed,
+        }
+    }
+}
+
+/// Receives SSE framing results and runs each event's data through the
+/// scanner and the provider's extractor.
+struct EventSink<'a> {
+    event: &'a mut Scanner,
+    stray: &'a mut Scanner,
+    extract: &'a mut Extract,
+    findings: &'a mut Findings,
+}
+
+impl EventSink<'_> {
+    /// Looks for a complete error object among the stray lines.
+    fn stray_done(&mut self, at_eof: bool) {
+        if at_eof {
+            self.stray.end_of_input();
+        }
+        if let Some(capture) = self.stray.take_capture(slot::ERROR) {
+            if self.findings.note_error(error_message(Some(&capture))) {
+                self.findings.terminal = true;
+            }
+        }
+        if let Status::Failed(_) = self.stray.status() {
+            // Stray lines are outside the protocol: garbage there says
+            // nothing about the usage. Start over for the next line.
+            self.stray.reset();
+        }
+    }
+}
+
+impl sse::Handler for EventSink<'_> {
+    fn data(&mut self, bytes: &[u8]) {
+        self.event.push(bytes);
+    }
+
+    fn dispatch(&mut self, event: &sse::Event<'_>) {
+        if event.done {
+            self.findings.terminal = true;
+        } else {
+            self.event.end_of_input();
+            match self.event.status() {
+                Status::Complete => self.extract.value(event.name, self.event, self.findings),
+                Status::Empty => {}
+                // Cut off by the end of input: a truncated stream, not a
+                // malformed one.
+                Status::Partial if event.at_eof => {}
+                Status::Partial | Status::Failed(_) => self.findings.unknown = true,
+            }
+        }
+        self.event.reset();
+    }
+
+    fn stray(&mut self, bytes: &[u8]) {
+        self.stray.push(bytes);
+        if bytes == b"\n" {
+            self.stray_done(false);
+        }
+    }
+}
+
+/// A captured value parsed as JSON: `Ok(None)` when absent or `null`,
+/// `Err(())` when it cannot be trusted (over the cap, or not JSON).
+fn captured_json(capture: Option<&Capture>) -> Result<Option<Value>, ()> {
+    let Some(capture) = capture else {
+        return Ok(None);
+    };
+    if capture.truncated {
+        return Err(());
+    }
+    match serde_json::from_slice(&capture.bytes) {
+        Ok(Value::Null) => Ok(None),
+        Ok(value) => Ok(Some(value)),
+        Err(_) => Err(()),
+    }
+}
+
+/// A captured value that is a JSON string.
+fn captured_string(capture: Option<&Capture>) -> Option<String> {
+    match captured_json(capture) {
+        Ok(Some(Value::String(s))) => Some(s),
+        _ => None,
+    }
+}
+
+/// The message of a captured `error` value: `error.message` when it is an
+/// object with one, the string itself when it is a string, else the value's
+/// JSON text. `None` for `null` and absent values.
+fn error_message(capture: Option<&Capture>) -> Option<String> {
+    let capture = capture?;
+    match captured_json(Some(capture)) {
+        Ok(None) => None,
+        Ok(Some(Value::String(s))) => Some(s),
+        Ok(Some(Value::Object(map))) => match map.get("message") {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            _ => Some(Value::Object(map).to_string()),
+        },
+        Ok(Some(other)) => Some(other.to_string()),
+        Err(()) => Some(String::from_utf8_lossy(&capture.bytes).into_owned()),
+    }
+}
+
+/// The unsigned integer at `path` inside `value`, if there is one.
+fn count(value: &Value, path: &[&str]) -> Option<u64> {
+    path.iter()
+        .try_fold(value, |v, key| v.get(key))
+        .and_then(Value::as_u64)
+}
+
+/// Cuts `s` to at most `max` bytes without splitting a character.
+fn truncate_utf8(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let cut = (0..=max)
+            .rev()
+            .find(|&i| s.is_char_boundary(i))
+            .unwrap_or(0);
+        s.truncate(cut);
+    }
+    s
+}
+
+#[cfg(test)]
+mod send_sync {
+    //! The gateway keeps these in its per-request context, which crosses
+    //! threads.
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn parsers_can_live_in_the_request_context() {
+        assert_send_sync::<super::UsageParser>();
+        assert_send_sync::<super::RequestSniffer>();
+        assert_send_sync::<super::InjectedUsageStripper>();
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Helpers shared by the provider modules' tests.
+
+    use super::*;
+
+    /// How a test response is described.
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) struct Req<'a> {
+        pub provider: Provider,
+        pub path: &'a str,
+        pub query: Option<&'a str>,
+        pub content_type: Option<&'a str>,
+        pub content_encoding: Option<&'a str>,
+    }
+
+    impl<'a> Req<'a> {
+        pub(crate) fn new(provider: Provider, path: &'a str, content_type: &'a str) -> Self {
+            Req {
+                provider,
+                path,
+                query: None,
+                content_type: Some(content_type),
+                content_encoding: None,
+            }
+        }
+
+        pub(crate) fn parser(&self) -> UsageParser {
+            UsageParser::new(
+                self.provider,
+                self.path,
+                self.query,
+                self.content_type,
+                self.content_encoding,
+            )
+        }
+
+        /// Parses `body` pushed in one piece.
+        pub(crate) fn parse(&self, body: &[u8]) -> ParsedResponse {
+            let mut p = self.parser();
+            p.push(body);
+            p.finish()
+        }
+
+        /// Parses `body` split at the given offsets (ascending).
+        pub(crate) fn parse_split(&self, body: &[u8], splits: &[usize]) -> ParsedResponse {
+            let mut p = self.parser();
+            let mut from = 0;
+            for &at in splits {
+                p.push(&body[from..at]);
+                from = at;
+            }
+            p.push(&body[from..]);
+            p.finish()
+        }
+
+        /// Parses `body` and checks that every single split point and
+        /// one-byte chunks give the same result; returns it.
+        pub(crate) fn parse_everywhere(&self, body: &[u8]) -> ParsedResponse {
+            let whole = self.parse(body);
+            for at in 0..=body.len() {
+                assert_eq!(self.parse_split(body, &[at]), whole, "split at {at}");
+            }
+            let bytes: Vec<usize> = (1..body.len()).collect();
+            assert_eq!(self.parse_split(body, &bytes), whole, "one-byte chunks");
+            whole
+        }
+    }
+
+    pub(crate) fn usage(
+        input: u64,
+        cached: u64,
+        creation: u64,
+        creation_1h: u64,
+        output: u64,
+        reasoning: u64,
+    ) -> Usage {
+        Usage {
+            input_tokens: input,
+            cached_tokens: cached,
+            cache_creation_tokens: creation,
+            cache_creation_1h_tokens: creation_1h,
+            output_tokens: output,
+            reasoning_tokens: reasoning,
+        }
+    }
+
+    /// Joins SSE lines with `\n`.
+    pub(crate) fn lf(lines: &[&str]) -> Vec<u8> {
+        let mut out = lines.join("\n");
+        out.push('\n');
+        out.into_bytes()
+    }
+
+    /// The same text with CRLF line ends.
+    pub(crate) fn crlf(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(body.len() * 2);
+        for &b in body {
+            if b == b'\n' {
+                out.push(b'\r');
+            }
+            out.push(b);
+        }
+        out
+    }
+}

@@ -1,0 +1,406 @@
+//! OpenAI usage: chat completions, completions, embeddings, and responses.
+//!
+//! One extractor serves every endpoint, because the `usage` object says which
+//! shape it has: `prompt_tokens` / `completion_tokens` (chat, completions,
+//! embeddings, and OpenAI-compatible servers on unknown paths) or
+//! `input_tokens` / `output_tokens` (responses). Where it lives:
+//!
+//! - JSON bodies: top-level `usage` and `model`.
+//! - Chat streams: every chunk carries `"usage": null` except the final one
+//!   (`"choices": []`, present when `stream_options.include_usage` is true);
+//!   the stream ends with `data: [DONE]`. A chunk with `error` is an in-band
+//!   error.
+//! - Responses streams: `response.usage` / `response.model` on
+//!   `response.completed` (or `response.incomplete` / `response.failed`),
+//!   which end the stream; `response.failed` carries `response.error`, and an
+//!   `error` event its own top-level `message`.
+//!
+//! The last non-null `usage` wins.
+
+use serde_json::Value;
+
+use super::scan::{Scanner, Seg::Item, Seg::Key, Target};
+use super::slot::{ERROR, MESSAGE, MODEL, TYPE, USAGE};
+use super::{captured_json, count, error_message, target, Findings, Usage};
+
+pub(super) const TARGETS: &[Target] = &[
+    target(&[Key("type")], TYPE),
+    target(&[Key("usage")], USAGE),
+    target(&[Key("response"), Key("usage")], USAGE),
+    target(&[Key("model")], MODEL),
+    target(&[Key("response"), Key("model")], MODEL),
+    target(&[Key("error")], ERROR),
+    target(&[Key("response"), Key("error")], ERROR),
+    target(&[Key("message")], MESSAGE),
+    // Some OpenAI-compatible servers stream a bare array of chunks.
+    target(&[Item, Key("usage")], USAGE),
+];
+
+#[derive(Debug, Default)]
+pub(super) struct OpenAiUsage {
+    usage: Option<Usage>,
+}
+
+impl OpenAiUsage {
+    pub(super) fn value(&mut self, kind: &str, doc: &Scanner, findings: &mut Findings) {
+        match captured_json(doc.capture(USAGE)) {
+            Ok(Some(value)) => {
+                if let Some(usage) = usage_from(&value) {
+                    self.usage = Some(usage);
+                }
+            }
+            Ok(None) => {}
+            Err(()) => findings.unknown = true,
+        }
+        findings.note_model(doc.capture(MODEL));
+        let mut failed = findings.note_error(error_message(doc.capture(ERROR)));
+        match kind {
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                findings.terminal = true
+            }
+            "error" => {
+                failed |= findings.note_error(error_message(doc.capture(MESSAGE)));
+                findings.terminal = true;
+            }
+            _ => {}
+        }
+        if failed {
+            findings.terminal = true;
+        }
+    }
+
+    pub(super) fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
+
+/// Reads either usage shape; `None` when the object has neither.
+fn usage_from(value: &Value) -> Option<Usage> {
+    let has = |key: &str| value.get(key).is_some_and(Value::is_u64);
+    let get = |path: &[&str]| count(value, path).unwrap_or(0);
+    if has("input_tokens") || has("output_tokens") {
+        Some(Usage {
+            input_tokens: get(&["input_tokens"]),
+            cached_tokens: get(&["input_tokens_details", "cached_tokens"]),
+            cache_creation_tokens: get(&["input_tokens_details", "cache_write_tokens"]),
+            cache_creation_1h_tokens: 0,
+            output_tokens: get(&["output_tokens"]),
+            reasoning_tokens: get(&["output_tokens_details", "reasoning_tokens"]),
+        })
+    } else if has("prompt_tokens") || has("completion_tokens") {
+        Some(Usage {
+            input_tokens: get(&["prompt_tokens"]),
+            cached_tokens: get(&["prompt_tokens_details", "cached_tokens"]),
+            cache_creation_tokens: get(&["prompt_tokens_details", "cache_write_tokens"]),
+            cache_creation_1h_tokens: 0,
+            output_tokens: get(&["completion_tokens"]),
+            reasoning_tokens: get(&["completion_tokens_details", "reasoning_tokens"]),
+        })
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::super::testing::{crlf, lf, usage, Req};
+    use super::super::ParsedResponse;
+    use crate::provider::Provider;
+
+    pub(crate) const CHAT_JSON: &str = r#"{
+  "id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
+  "object": "chat.completion",
+  "created": 1741569952,
+  "model": "o4-mini-2025-04-16",
+  "choices": [
+    {
+      "index": 0,
+      "message": {
+        "role": "assistant",
+        "content": "Hello! \"usage\": {\"prompt_tokens\": 999} is just text \\",
+        "refusal": null,
+        "annotations": []
+      },
+      "logprobs": null,
+      "finish_reason": "stop"
+    }
+  ],
+  "usage": {
+    "prompt_tokens": 2006,
+    "completion_tokens": 300,
+    "total_tokens": 2306,
+    "prompt_tokens_details": { "cached_tokens": 1920, "cache_write_tokens": 64, "audio_tokens": 0 },
+    "completion_tokens_details": { "reasoning_tokens": 192, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0 }
+  },
+  "service_tier": "default",
+  "system_fingerprint": null
+}"#;
+
+    pub(crate) fn chat_stream() -> Vec<u8> {
+        lf(&[
+            r#"data: {"id":"chatcmpl-123","object":"chat.completion.chunk","created":1694268190,"model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_44709d6fcb","choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}],"usage":null}"#,
+            "",
+            r#"data: {"id":"chatcmpl-123","object":"chat.completion.chunk","created":1694268190,"model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_44709d6fcb","choices":[{"index":0,"delta":{"content":"Hello \"usage\":{} \n"},"logprobs":null,"finish_reason":null}],"usage":null}"#,
+            "",
+            ": keep-alive",
+            "",
+            r#"data: {"id":"chatcmpl-123","object":"chat.completion.chunk","created":1694268190,"model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_44709d6fcb","choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}],"usage":null}"#,
+            "",
+            r#"data: {"id":"chatcmpl-123","object":"chat.completion.chunk","created":1694268190,"model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_44709d6fcb","choices":[],"usage":{"prompt_tokens":1200,"completion_tokens":300,"total_tokens":1500,"prompt_tokens_details":{"cached_tokens":1024,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":128,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}"#,
+            "",
+            "data: [DONE]",
+            "",
+        ])
+    }
+
+    pub(crate) fn responses_stream() -> Vec<u8> {
+        lf(&[
+            "event: response.created",
+            r#"data: {"type":"response.created","sequence_number":0,"response":{"id":"resp_67c9fdcecf488190bdd9a0409de3a1ec07b8b0ad4e5eb654","object":"response","created_at":1741290958,"status":"in_progress","error":null,"incomplete_details":null,"instructions":"You are a helpful assistant.","max_output_tokens":null,"model":"gpt-5-2025-08-07","output":[],"parallel_tool_calls":true,"previous_response_id":null,"reasoning":{"effort":"medium","summary":null},"store":true,"temperature":1.0,"text":{"format":{"type":"text"}},"tool_choice":"auto","tools":[],"top_p":1.0,"truncation":"disabled","usage":null,"user":null,"metadata":{}}}"#,
+            "",
+            "event: response.output_text.delta",
+            r#"data: {"type":"response.output_text.delta","sequence_number":4,"item_id":"msg_67c9fdcf37fc8190ba82116e33fb28c507b8b0ad4e5eb654","output_index":1,"content_index":0,"delta":"Hi"}"#,
+            "",
+            "event: response.completed",
+            r#"data: {"type":"response.completed","sequence_number":9,"response":{"id":"resp_67c9fdcecf488190bdd9a0409de3a1ec07b8b0ad4e5eb654","object":"response","created_at":1741290958,"status":"completed","error":null,"incomplete_details":null,"model":"gpt-5-2025-08-07","output":[{"id":"rs_1","type":"reasoning","summary":[]},{"id":"msg_67c9fdcf37fc8190ba82116e33fb28c507b8b0ad4e5eb654","type":"message","status":"completed","role":"assistant","content":[{"type":"output_text","text":"Hi there!","annotations":[]}]}],"usage":{"input_tokens":3037,"input_tokens_details":{"cached_tokens":2944},"output_tokens":411,"output_tokens_details":{"reasoning_tokens":384},"total_tokens":3448},"user":null,"metadata":{}}}"#,
+            "",
+        ])
+    }
+
+    fn chat_sse() -> Req<'static> {
+        Req::new(
+            Provider::OpenAi,
+            "/v1/chat/completions",
+            "text/event-stream",
+        )
+    }
+
+    #[test]
+    fn chat_completion_json_reports_cache_reads_writes_and_reasoning() {
+        let req = Req::new(Provider::OpenAi, "/v1/chat/completions", "application/json");
+        let parsed = req.parse_everywhere(CHAT_JSON.as_bytes());
+        assert_eq!(
+            parsed,
+            ParsedResponse {
+                usage: Some(usage(2006, 1920, 64, 0, 300, 192)),
+                model: Some("o4-mini-2025-04-16".into()),
+                error: None,
+                complete: true,
+            }
+        );
+    }
+
+    #[test]
+    fn chat_stream_takes_usage_from_the_final_chunk_and_completes_on_done() {
+        let parsed = chat_sse().parse_everywhere(&chat_stream());
+        assert_eq!(
+            parsed,
+            ParsedResponse {
+                usage: Some(usage(1200, 1024, 0, 0, 300, 128)),
+                model: Some("gpt-4o-mini-2024-07-18".into()),
+                error: None,
+                complete: true,
+            }
+        );
+    }
+
+    #[test]
+    fn chat_stream_with_crlf_line_ends_parses_the_same() {
+        let body = crlf(&chat_stream());
+        assert_eq!(
+            chat_sse().parse_everywhere(&body),
+            chat_sse().parse(&chat_stream())
+        );
+    }
+
+    #[test]
+    fn chat_stream_without_include_usage_has_unknown_usage_but_completes() {
+        let body = lf(&[
+            r#"data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"stop"}]}"#,
+            "",
+            "data: [DONE]",
+            "",
+        ]);
+        let parsed = chat_sse().parse(&body);
+        assert_eq!(parsed.usage, None);
+        assert!(parsed.complete);
+        assert_eq!(parsed.model.as_deref(), Some("gpt-4o"));
+    }
+
+    #[test]
+    fn chat_stream_cut_before_done_is_incomplete() {
+        let body = chat_stream();
+        let cut = body.len() - "data: [DONE]\n\n".len();
+        let parsed = chat_sse().parse(&body[..cut]);
+        assert!(!parsed.complete);
+        assert_eq!(parsed.usage, Some(usage(1200, 1024, 0, 0, 300, 128)));
+        let parsed = chat_sse().parse(&body[..cut - 40]);
+        assert_eq!((parsed.usage, parsed.complete), (None, false));
+    }
+
+    #[test]
+    fn chat_stream_in_band_error_is_reported_and_ends_the_stream() {
+        let body = lf(&[
+            r#"data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{"content":"Hi"}}],"usage":null}"#,
+            "",
+            r#"data: {"error":{"message":"The server had an error while processing your request. Sorry about that!","type":"server_error","param":null,"code":null}}"#,
+            "",
+        ]);
+        let parsed = chat_sse().parse_everywhere(&body);
+        assert_eq!(
+            parsed.error.as_deref(),
+            Some("The server had an error while processing your request. Sorry about that!")
+        );
+        assert!(parsed.complete);
+        assert_eq!(parsed.usage, None);
+    }
+
+    #[test]
+    fn chat_stream_with_a_malformed_event_has_unknown_usage() {
+        let mut body = b"data: {\"choices\":[}\n\n".to_vec();
+        body.extend(chat_stream());
+        let parsed = chat_sse().parse(&body);
+        assert_eq!(parsed.usage, None);
+        assert!(parsed.complete);
+    }
+
+    #[test]
+    fn responses_json_reports_cached_and_reasoning_tokens() {
+        let body = r#"{"id":"resp_1","object":"response","created_at":1741476542,"status":"completed","error":null,"incomplete_details":null,"model":"o3-2025-04-16","output":[{"type":"message","id":"msg_1","status":"completed","role":"assistant","content":[{"type":"output_text","text":"ok","annotations":[]}]}],"usage":{"input_tokens":36,"input_tokens_details":{"cached_tokens":12},"output_tokens":87,"output_tokens_details":{"reasoning_tokens":64},"total_tokens":123}}"#;
+        let req = Req::new(Provider::OpenAi, "/v1/responses", "application/json");
+        assert_eq!(
+            req.parse_everywhere(body.as_bytes()),
+            ParsedResponse {
+                usage: Some(usage(36, 12, 0, 0, 87, 64)),
+                model: Some("o3-2025-04-16".into()),
+                error: None,
+                complete: true,
+            }
+        );
+    }
+
+    #[test]
+    fn responses_stream_takes_usage_from_response_completed() {
+        let req = Req::new(Provider::OpenAi, "/v1/responses", "text/event-stream");
+        assert_eq!(
+            req.parse_everywhere(&responses_stream()),
+            ParsedResponse {
+                usage: Some(usage(3037, 2944, 0, 0, 411, 384)),
+                model: Some("gpt-5-2025-08-07".into()),
+                error: None,
+                complete: true,
+            }
+        );
+    }
+
+    #[test]
+    fn responses_stream_failure_reports_the_error_message() {
+        let body = lf(&[
+            "event: response.created",
+            r#"data: {"type":"response.created","response":{"id":"resp_1","status":"in_progress","error":null,"model":"gpt-4.1","usage":null}}"#,
+            "",
+            "event: response.failed",
+            r#"data: {"type":"response.failed","response":{"id":"resp_1","status":"failed","error":{"code":"server_error","message":"The model failed to generate a response."},"model":"gpt-4.1","usage":null}}"#,
+            "",
+        ]);
+        let req = Req::new(Provider::OpenAi, "/v1/responses", "text/event-stream");
+        let parsed = req.parse_everywhere(&body);
+        assert_eq!(
+            parsed.error.as_deref(),
+            Some("The model failed to generate a response.")
+        );
+        assert!(parsed.complete);
+        assert_eq!(parsed.usage, None);
+    }
+
+    #[test]
+    fn responses_stream_error_event_uses_its_top_level_message() {
+        let body = lf(&[
+            "event: error",
+            r#"data: {"type":"error","code":"ERR_SOMETHING","message":"Something went wrong","param":null,"sequence_number":1}"#,
+            "",
+        ]);
+        let req = Req::new(Provider::OpenAi, "/v1/responses", "text/event-stream");
+        let parsed = req.parse(&body);
+        assert_eq!(parsed.error.as_deref(), Some("Something went wrong"));
+        assert!(parsed.complete);
+    }
+
+    #[test]
+    fn embeddings_and_completions_report_prompt_tokens_and_zero_when_absent() {
+        let embeddings = r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.0023064255,-0.009327292,-1e-5]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+        let req = Req::new(Provider::OpenAi, "/v1/embeddings", "application/json");
+        let parsed = req.parse_everywhere(embeddings.as_bytes());
+        assert_eq!(parsed.usage, Some(usage(8, 0, 0, 0, 0, 0)));
+        assert_eq!(parsed.model.as_deref(), Some("text-embedding-3-small"));
+
+        let completion = r#"{"id":"cmpl-1","object":"text_completion","created":1,"model":"gpt-3.5-turbo-instruct","choices":[{"text":"\n\nThis is","index":0,"logprobs":null,"finish_reason":"length"}],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#;
+        let req = Req::new(Provider::OpenAi, "/v1/completions", "application/json");
+        assert_eq!(
+            req.parse(completion.as_bytes()).usage,
+            Some(usage(5, 0, 0, 0, 7, 0))
+        );
+    }
+
+    #[test]
+    fn error_body_reports_the_message_and_no_usage() {
+        let body = br#"{
+    "error": {
+        "message": "Incorrect API key provided: sk-abc. You can find your API key at https://platform.openai.com/account/api-keys.",
+        "type": "invalid_request_error",
+        "param": null,
+        "code": "invalid_api_key"
+    }
+}
+"#;
+        let req = Req::new(
+            Provider::OpenAi,
+            "/v1/chat/completions",
+            "application/json; charset=utf-8",
+        );
+        let parsed = req.parse_everywhere(body);
+        assert_eq!(parsed.usage, None);
+        assert!(parsed
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("Incorrect API key provided")));
+        assert!(parsed.complete);
+    }
+
+    #[test]
+    fn non_json_error_body_has_no_error_and_no_usage() {
+        let req = Req::new(Provider::OpenAi, "/v1/chat/completions", "text/html");
+        let parsed = req.parse(b"<html><body>502 Bad Gateway</body></html>");
+        assert_eq!(parsed, ParsedResponse::default());
+        let req = Req::new(Provider::OpenAi, "/v1/chat/completions", "application/json");
+        let parsed = req.parse(b"<html><body>502 Bad Gateway</body></html>");
+        assert_eq!(parsed, ParsedResponse::default());
+    }
+
+    #[test]
+    fn malformed_json_body_has_unknown_usage() {
+        let body = CHAT_JSON.replace("\"total_tokens\": 2306,", "\"total_tokens\": 2306,,");
+        let req = Req::new(Provider::OpenAi, "/v1/chat/completions", "application/json");
+        let parsed = req.parse(body.as_bytes());
+        assert_eq!((parsed.usage, parsed.complete), (None, false));
+    }
+
+    #[test]
+    fn truncated_json_body_keeps_usage_seen_and_is_incomplete() {
+        let req = Req::new(Provider::OpenAi, "/v1/chat/completions", "application/json");
+        let cut = CHAT_JSON.find("\"service_tier\"").expect("present");
+        let parsed = req.parse(&CHAT_JSON.as_bytes()[..cut]);
+        assert_eq!(parsed.usage, Some(usage(2006, 1920, 64, 0, 300, 192)));
+        assert!(!parsed.complete);
+    }
+
+    #[test]
+    fn model_names_are_capped_on_a_char_boundary() {
+        let long = "é".repeat(200);
+        let body = format!(r#"{{"model":"{long}","usage":{{"prompt_tokens":1}}}}"#);
+        let req = Req::new(Provider::OpenAi, "/v1/chat/completions", "application/json");
+        let model = req.parse(body.as_bytes()).model.expect("model");
+        assert_eq!(model.len(), 256);
+        assert!(long.starts_with(&model));
+    }
+}

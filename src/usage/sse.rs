@@ -1,0 +1,401 @@
+//! Server-sent events framing over arbitrary chunk boundaries.
+//!
+//! Implements the parts of the WHATWG event-stream format that usage parsing
+//! needs: lines end in LF, CRLF or CR (a CR that ends one chunk and an LF that
+//! starts the next are one line end); lines starting with `:` are comments;
+//! `event:` names the event; several `data:` lines join with `\n`; a blank
+//! line dispatches the event; one space after the colon is dropped; `id:` and
+//! `retry:` are ignored.
+//!
+//! Data is never buffered here: its bytes are handed to the [`Handler`] as
+//! they arrive (the usage parser streams them into a [`super::scan::Scanner`],
+//! which has its own caps), so a multi-megabyte `response.completed` event
+//! costs no memory. Only the event name is held, up to [`EVENT_NAME_CAP`]
+//! bytes; a longer one sets [`SseReader::overflowed`].
+//!
+//! Lines that are not SSE fields at all (no known field name, e.g. a
+//! pretty-printed JSON error object that Gemini writes into a stream without
+//! `data:`) are handed to [`Handler::stray`] line by line instead of being
+//! dropped, so the caller can still find the error in them.
+//!
+//! At end of input the last line is ended and a pending event is dispatched
+//! with [`Event::at_eof`] set, so the caller can tell a cleanly terminated
+//! event from a possibly truncated one.
+
+/// Longest `event:` value kept.
+pub(crate) const EVENT_NAME_CAP: usize = 128;
+/// Longest field name recognised; `retry` is the longest real one.
+const FIELD_NAME_CAP: usize = 8;
+
+/// A dispatched event. Its data went to [`Handler::data`] beforehand.
+#[derive(Debug)]
+pub(crate) struct Event<'a> {
+    /// The `event:` value, if the event had one.
+    pub name: Option<&'a [u8]>,
+    /// The data was exactly `[DONE]` (OpenAI's end of stream marker).
+    pub done: bool,
+    /// Dispatched by the end of input rather than by a blank line.
+    pub at_eof: bool,
+}
+
+/// Receives what the reader finds.
+pub(crate) trait Handler {
+    /// More bytes of the current event's data (`\n` between data lines).
+    fn data(&mut self, bytes: &[u8]);
+    /// The current event is complete.
+    fn dispatch(&mut self, event: &Event<'_>);
+    /// Bytes of a line that is not an SSE field; a line ends with `b"\n"`.
+    fn stray(&mut self, bytes: &[u8]);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Data,
+    Event,
+    Ignored,
+    Stray,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    /// At the start of a line.
+    Start,
+    /// Reading a field name.
+    Name,
+    /// After `name:`, where one space may be dropped.
+    AfterColon(Field),
+    /// In the field value, up to the line end.
+    Value(Field),
+}
+
+/// Incremental event-stream reader. See the module docs.
+#[derive(Debug)]
+pub(crate) struct SseReader {
+    line: Line,
+    name: [u8; FIELD_NAME_CAP],
+    name_len: usize,
+    /// The previous byte was a CR ending a line; an LF now is part of it.
+    cr_pending: bool,
+    event_name: Vec<u8>,
+    has_event_name: bool,
+    has_data: bool,
+    data_len: u64,
+    data_head: [u8; 6],
+    overflowed: bool,
+}
+
+impl Default for SseReader {
+    fn default() -> Self {
+        SseReader {
+            line: Line::Start,
+            name: [0; FIELD_NAME_CAP],
+            name_len: 0,
+            cr_pending: false,
+            event_name: Vec::new(),
+            has_event_name: false,
+            has_data: false,
+            data_len: 0,
+            data_head: [0; 6],
+            overflowed: false,
+        }
+    }
+}
+
+impl SseReader {
+    /// Set once an event name went over [`EVENT_NAME_CAP`].
+    pub(crate) fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
+    pub(crate) fn push(&mut self, input: &[u8], h: &mut impl Handler) {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            if self.cr_pending {
+                self.cr_pending = false;
+                if b == b'\n' {
+                    i += 1;
+                    continue;
+                }
+            }
+            match self.line {
+                Line::Start => match b {
+                    b'\n' | b'\r' => {
+                        self.line_end(b, h);
+                        i += 1;
+                    }
+                    b':' => {
+                        self.line = Line::Value(Field::Ignored);
+                        i += 1;
+                    }
+                    _ => {
+                        self.name_len = 0;
+                        self.line = Line::Name;
+                    }
+                },
+                Line::Name => match b {
+                    b':' => {
+                        let field = self.field();
+                        if field == Field::Stray {
+                            h.stray(&self.name[..self.name_len]);
+                            h.stray(b":");
+                            self.line = Line::Value(Field::Stray);
+                        } else {
+                            self.line = Line::AfterColon(field);
+                        }
+                        i += 1;
+                    }
+                    b'\n' | b'\r' => {
+                        // A field without a colon has an empty value.
+                        let field = self.field();
+                        if field == Field::Stray {
+                            h.stray(&self.name[..self.name_len]);
+                        }
+                        self.begin_value(field, h);
+                        self.line = Line::Value(field);
+                    }
+                    _ if self.name_len == FIELD_NAME_CAP => {
+                        h.stray(&self.name[..self.name_len]);
+                        self.line = Line::Value(Field::Stray);
+                    }
+                    _ => {
+                        self.name[self.name_len] = b;
+                        self.name_len += 1;
+                        i += 1;
+                    }
+                },
+                Line::AfterColon(field) => {
+                    if b == b' ' {
+                        i += 1;
+                    }
+                    self.begin_value(field, h);
+                    self.line = Line::Value(field);
+                }
+                Line::Value(field) => {
+                    let rest = &input[i..];
+                    let end = rest.iter().position(|&c| c == b'\n' || c == b'\r');
+                    self.value(field, &rest[..end.unwrap_or(rest.len())], h);
+                    match end {
+                        Some(end) => {
+                            self.line_end(rest[end], h);
+                            i += end + 1;
+                        }
+                        None => i = input.len(),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the input: the last line ends and a pending event is dispatched.
+    pub(crate) fn finish(&mut self, h: &mut impl Handler) {
+        match self.line {
+            Line::Start => {}
+            Line::Name => {
+                let field = self.field();
+                if field == Field::Stray {
+                    h.stray(&self.name[..self.name_len]);
+                }
+                self.begin_value(field, h);
+                self.line_end(b'\n', h);
+            }
+            Line::AfterColon(field) => {
+                self.begin_value(field, h);
+                self.line_end(b'\n', h);
+            }
+            Line::Value(_) => self.line_end(b'\n', h),
+        }
+        self.dispatch(true, h);
+    }
+
+    fn field(&self) -> Field {
+        match &self.name[..self.name_len] {
+            b"data" => Field::Data,
+            b"event" => Field::Event,
+            b"id" | b"retry" => Field::Ignored,
+            _ => Field::Stray,
+        }
+    }
+
+    fn begin_value(&mut self, field: Field, h: &mut impl Handler) {
+        match field {
+            Field::Data => {
+                if self.has_data {
+                    self.data(b"\n", h);
+                }
+                self.has_data = true;
+            }
+            Field::Event => {
+                self.event_name.clear();
+                self.has_event_name = true;
+            }
+            Field::Ignored | Field::Stray => {}
+        }
+    }
+
+    fn value(&mut self, field: Field, bytes: &[u8], h: &mut impl Handler) {
+        match field {
+            Field::Data => self.data(bytes, h),
+            Field::Event => {
+                let room = EVENT_NAME_CAP.saturating_sub(self.event_name.len());
+                if bytes.len() > room {
+                    self.overflowed = true;
+                }
+                self.event_name
+                    .extend_from_slice(&bytes[..bytes.len().min(room)]);
+            }
+            Field::Stray => h.stray(bytes),
+            Field::Ignored => {}
+        }
+    }
+
+    fn data(&mut self, bytes: &[u8], h: &mut impl Handler) {
+        // Keep the first bytes of the data, to recognise `[DONE]`.
+        if let Some(head) = usize::try_from(self.data_len)
+            .ok()
+            .and_then(|at| self.data_head.get_mut(at..))
+        {
+            let n = head.len().min(bytes.len());
+            head[..n].copy_from_slice(&bytes[..n]);
+        }
+        self.data_len += bytes.len() as u64;
+        h.data(bytes);
+    }
+
+    fn line_end(&mut self, b: u8, h: &mut impl Handler) {
+        self.cr_pending = b == b'\r';
+        match self.line {
+            Line::Start => self.dispatch(false, h),
+            Line::Value(Field::Stray) => h.stray(b"\n"),
+            _ => {}
+        }
+        self.line = Line::Start;
+    }
+
+    fn dispatch(&mut self, at_eof: bool, h: &mut impl Handler) {
+        if self.has_data {
+            let event = Event {
+                name: self.has_event_name.then_some(self.event_name.as_slice()),
+                done: self.data_len == 6 && &self.data_head == b"[DONE]",
+                at_eof,
+            };
+            h.dispatch(&event);
+        }
+        self.has_data = false;
+        self.has_event_name = false;
+        self.event_name.clear();
+        self.data_len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what the reader reports, as text.
+    #[derive(Default)]
+    struct Log {
+        data: Vec<u8>,
+        events: Vec<String>,
+        stray: Vec<u8>,
+    }
+
+    impl Handler for Log {
+        fn data(&mut self, bytes: &[u8]) {
+            self.data.extend_from_slice(bytes);
+        }
+        fn dispatch(&mut self, event: &Event<'_>) {
+            let name = event.name.map(|n| String::from_utf8_lossy(n).into_owned());
+            self.events.push(format!(
+                "{}|{}{}{}",
+                name.unwrap_or_else(|| "-".into()),
+                String::from_utf8_lossy(&self.data),
+                if event.done { "|done" } else { "" },
+                if event.at_eof { "|eof" } else { "" },
+            ));
+            self.data.clear();
+        }
+        fn stray(&mut self, bytes: &[u8]) {
+            self.stray.extend_from_slice(bytes);
+        }
+    }
+
+    fn read_split(input: &[u8], splits: &[usize]) -> Log {
+        let mut reader = SseReader::default();
+        let mut log = Log::default();
+        let mut from = 0;
+        for &at in splits {
+            reader.push(&input[from..at], &mut log);
+            from = at;
+        }
+        reader.push(&input[from..], &mut log);
+        reader.finish(&mut log);
+        log
+    }
+
+    fn read(input: &[u8]) -> Log {
+        read_split(input, &[])
+    }
+
+    #[test]
+    fn events_with_names_multi_line_data_and_comments_are_framed() {
+        let log = read(b": hello\nevent: a\ndata: 1\ndata:2\nid: 7\n\ndata: [DONE]\n\n");
+        assert_eq!(log.events, ["a|1\n2", "-|[DONE]|done"]);
+        assert!(log.stray.is_empty());
+    }
+
+    #[test]
+    fn crlf_and_lone_cr_line_ends_are_equivalent_to_lf() {
+        let lf = read(b"event: x\ndata: {}\n\ndata: 2\n\n").events;
+        assert_eq!(
+            read(b"event: x\r\ndata: {}\r\n\r\ndata: 2\r\n\r\n").events,
+            lf
+        );
+        assert_eq!(read(b"event: x\rdata: {}\r\rdata: 2\r\r").events, lf);
+    }
+
+    #[test]
+    fn a_cr_lf_pair_split_across_chunks_is_one_line_end() {
+        let input = b"data: 1\r\n\r\ndata: 2\r\n\r\n";
+        let whole = read(input).events;
+        assert_eq!(whole, ["-|1", "-|2"]);
+        for split in 0..=input.len() {
+            assert_eq!(
+                read_split(input, &[split]).events,
+                whole,
+                "split at {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_one_space_after_the_colon_is_dropped() {
+        assert_eq!(read(b"data:  x\n\n").events, ["-| x"]);
+        assert_eq!(read(b"data\n\n").events, ["-|"]);
+    }
+
+    #[test]
+    fn an_unterminated_last_event_is_dispatched_at_eof() {
+        assert_eq!(read(b"data: {\"a\":1}").events, ["-|{\"a\":1}|eof"]);
+        assert_eq!(read(b"data: [DONE]\n").events, ["-|[DONE]|done|eof"]);
+    }
+
+    #[test]
+    fn lines_that_are_not_fields_go_to_stray() {
+        let log = read(b"data: 1\n\n{\n  \"error\": {\"code\": 503}\n}\n");
+        assert_eq!(log.events, ["-|1"]);
+        assert_eq!(log.stray, b"{\n  \"error\": {\"code\": 503}\n}\n");
+    }
+
+    #[test]
+    fn an_overlong_event_name_is_reported() {
+        let mut input = b"event: ".to_vec();
+        input.extend(std::iter::repeat_n(b'x', EVENT_NAME_CAP + 1));
+        input.extend(b"\ndata: 1\n\n");
+        let mut reader = SseReader::default();
+        let mut log = Log::default();
+        reader.push(&input, &mut log);
+        assert!(reader.overflowed());
+        assert_eq!(log.events.len(), 1);
+    }
+}

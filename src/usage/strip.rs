@@ -1,0 +1,404 @@
+//! Removes the usage-only chunk the gateway asked for on a client's behalf.
+//!
+//! When a client streams an OpenAI chat completion without
+//! `stream_options.include_usage`, the gateway injects it upstream (see
+//! [`super::request::inject_include_usage`]) and must then take the resulting
+//! usage chunk — an event whose data has `"choices": []` and a non-null
+//! `usage` object — back out, so the client receives exactly the stream it
+//! asked for. Every other byte passes unchanged.
+//!
+//! Events are the byte ranges up to and including the blank line that ends
+//! them (LF, CRLF or CR line ends, split anywhere across chunks). Complete
+//! events are released as soon as their chunk arrives; only an incomplete
+//! trailing event is held, up to [`HOLD_CAP`] bytes. An event that outgrows
+//! the cap is released as it comes (it is a content chunk; usage chunks are
+//! small) and stripping resumes with the next event. When a chunk holds only
+//! complete events, none of them stripped, and nothing was held, the chunk is
+//! returned as is, without a copy.
+//!
+//! The stripper works on the upstream's raw bytes, so it is only used with an
+//! identity `Content-Encoding` (the gateway asks for one on injected streams).
+
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+
+/// Most bytes of an incomplete event held back.
+pub const HOLD_CAP: usize = 256 * 1024;
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct InjectedUsageStripper {
+    /// The start of an incomplete event.
+    held: Vec<u8>,
+    /// The current event outgrew [`HOLD_CAP`] and is being passed through.
+    passing: bool,
+    /// The current line is empty so far (a line end now ends the event).
+    line_empty: bool,
+    /// The last byte was a CR; an LF now belongs to the same line end.
+    cr_pending: bool,
+    /// The event ended with that CR; whether it also owns the next LF is not
+    /// known yet.
+    end_pending: bool,
+}
+
+impl Default for InjectedUsageStripper {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A piece of the output being assembled.
+enum Piece {
+    Chunk(usize, usize),
+    Owned(Vec<u8>),
+}
+
+impl InjectedUsageStripper {
+    #[must_use]
+    pub fn new() -> Self {
+        InjectedUsageStripper {
+            held: Vec::new(),
+            passing: false,
+            line_empty: true,
+            cr_pending: false,
+            end_pending: false,
+        }
+    }
+
+    /// Takes the next upstream chunk, returns what the client gets now.
+    pub fn filter(&mut self, chunk: Bytes) -> Bytes {
+        let mut pieces: Vec<Piece> = Vec::new();
+        let mut event_start = 0;
+        for (i, &b) in chunk.iter().enumerate() {
+            if let Some(end) = self.event_end(i, b) {
+                self.release_event(&chunk, event_start, end, &mut pieces);
+                event_start = end;
+            }
+        }
+        let rest = &chunk[event_start..];
+        if self.passing {
+            pieces.push(Piece::Chunk(event_start, chunk.len()));
+        } else if self.held.len() + rest.len() > HOLD_CAP {
+            pieces.push(Piece::Owned(std::mem::take(&mut self.held)));
+            pieces.push(Piece::Chunk(event_start, chunk.len()));
+            self.passing = true;
+        } else {
+            self.held.extend_from_slice(rest);
+        }
+        assemble(&chunk, pieces)
+    }
+
+    /// The end of the stream: whatever is held, minus a usage event.
+    pub fn finish(&mut self) -> Bytes {
+        let held = std::mem::take(&mut self.held);
+        let complete = self.end_pending;
+        *self = InjectedUsageStripper::new();
+        if complete && is_usage_event(&held) {
+            Bytes::new()
+        } else {
+            Bytes::from(held)
+        }
+    }
+
+    /// Advances the line state over byte `i`; returns the offset in the chunk
+    /// where an event ended, if one did.
+    fn event_end(&mut self, i: usize, b: u8) -> Option<usize> {
+        let mut ended = None;
+        if self.cr_pending {
+            self.cr_pending = false;
+            let pending = std::mem::take(&mut self.end_pending);
+            if b == b'\n' {
+                return pending.then_some(i + 1);
+            }
+            if pending {
+                ended = Some(i);
+            }
+        }
+        match b {
+            b'\n' => {
+                if self.line_empty {
+                    // Two events cannot end at once: an LF right after a
+                    // resolved CR end is handled above.
+                    ended = Some(i + 1);
+                }
+                self.line_empty = true;
+            }
+            b'\r' => {
+                self.cr_pending = true;
+                self.end_pending = self.line_empty;
+                self.line_empty = true;
+            }
+            _ => self.line_empty = false,
+        }
+        ended
+    }
+
+    fn release_event(&mut self, chunk: &Bytes, start: usize, end: usize, pieces: &mut Vec<Piece>) {
+        if self.passing {
+            self.passing = false;
+            pieces.push(Piece::Chunk(start, end));
+        } else if self.held.is_empty() {
+            if !is_usage_event(&chunk[start..end]) {
+                pieces.push(Piece::Chunk(start, end));
+            }
+        } else {
+            self.held.extend_from_slice(&chunk[start..end]);
+            let event = std::mem::take(&mut self.held);
+            if !is_usage_event(&event) {
+                pieces.push(Piece::Owned(event));
+            }
+        }
+    }
+}
+
+/// Joins the pieces; a single contiguous range of the chunk is a zero-copy
+/// slice of it.
+fn assemble(chunk: &Bytes, pieces: Vec<Piece>) -> Bytes {
+    let mut merged: Vec<Piece> = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        match (merged.last_mut(), piece) {
+            (Some(Piece::Chunk(_, end)), Piece::Chunk(start, to)) if *end == start => *end = to,
+            (_, Piece::Chunk(start, to)) if start == to => {}
+            (_, Piece::Owned(bytes)) if bytes.is_empty() => {}
+            (_, piece) => merged.push(piece),
+        }
+    }
+    match merged.as_slice() {
+        [] => Bytes::new(),
+        [Piece::Chunk(start, end)] => chunk.slice(*start..*end),
+        _ => {
+            let mut out = BytesMut::new();
+            for piece in &merged {
+                match piece {
+                    Piece::Chunk(start, end) => out.extend_from_slice(&chunk[*start..*end]),
+                    Piece::Owned(bytes) => out.extend_from_slice(bytes),
+                }
+            }
+            out.freeze()
+        }
+    }
+}
+
+/// An event whose data is a JSON object with `"choices": []` and a `usage`
+/// object.
+fn is_usage_event(event: &[u8]) -> bool {
+    if !mentions_usage_object(event) {
+        return false;
+    }
+    let mut data = Vec::new();
+    let mut has_data = false;
+    for line in event.split(|&b| b == b'\n' || b == b'\r') {
+        let Some(value) = line.strip_prefix(b"data") else {
+            continue;
+        };
+        let value = match value {
+            [] => value,
+            [b':', b' ', rest @ ..] => rest,
+            [b':', rest @ ..] => rest,
+            _ => continue,
+        };
+        if has_data {
+            data.push(b'\n');
+        }
+        has_data = true;
+        data.extend_from_slice(value);
+    }
+    match serde_json::from_slice::<Value>(&data) {
+        Ok(value) => {
+            value
+                .get("choices")
+                .and_then(Value::as_array)
+                .is_some_and(Vec::is_empty)
+                && value.get("usage").is_some_and(Value::is_object)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Cheap pre-check: `"usage"` followed by `:` and `{`, so ordinary chunks
+/// (`"usage":null`) are not parsed at all.
+fn mentions_usage_object(event: &[u8]) -> bool {
+    const KEY: &[u8] = b"\"usage\"";
+    let mut from = 0;
+    while let Some(at) = event
+        .get(from..)
+        .and_then(|rest| rest.windows(KEY.len()).position(|w| w == KEY))
+    {
+        let after = &event[from + at + KEY.len()..];
+        let mut tokens = after.iter().filter(|b| !b.is_ascii_whitespace());
+        if tokens.next() == Some(&b':') && tokens.next() == Some(&b'{') {
+            return true;
+        }
+        from += at + 1;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::openai::tests::chat_stream;
+    use proptest::prelude::*;
+
+    const USAGE_EVENT: &str = r#"data: {"id":"chatcmpl-123","object":"chat.completion.chunk","created":1694268190,"model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_44709d6fcb","choices":[],"usage":{"prompt_tokens":1200,"completion_tokens":300,"total_tokens":1500,"prompt_tokens_details":{"cached_tokens":1024,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":128,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}"#;
+
+    /// The chat stream, and the same stream without its usage event.
+    fn streams(line_end: &str) -> (Vec<u8>, Vec<u8>) {
+        let upstream = String::from_utf8(chat_stream())
+            .expect("utf-8")
+            .replace('\n', line_end);
+        let event = format!("{USAGE_EVENT}{line_end}{line_end}");
+        assert!(upstream.contains(&event));
+        let client = upstream.replace(&event, "");
+        (upstream.into_bytes(), client.into_bytes())
+    }
+
+    fn run(upstream: &[u8], splits: &[usize]) -> Vec<u8> {
+        let body = Bytes::copy_from_slice(upstream);
+        let mut stripper = InjectedUsageStripper::new();
+        let mut out = Vec::new();
+        let mut from = 0;
+        for &at in splits.iter().chain(std::iter::once(&upstream.len())) {
+            out.extend_from_slice(&stripper.filter(body.slice(from..at)));
+            from = at;
+        }
+        out.extend_from_slice(&stripper.finish());
+        out
+    }
+
+    #[test]
+    fn the_usage_event_is_removed_at_every_split_point() {
+        for line_end in ["\n", "\r\n", "\r"] {
+            let (upstream, client) = streams(line_end);
+            assert_eq!(run(&upstream, &[]), client, "{line_end:?}");
+            for at in 0..=upstream.len() {
+                assert_eq!(run(&upstream, &[at]), client, "{line_end:?} split at {at}");
+            }
+            let bytes: Vec<usize> = (1..upstream.len()).collect();
+            assert_eq!(
+                run(&upstream, &bytes),
+                client,
+                "{line_end:?} one-byte chunks"
+            );
+        }
+    }
+
+    #[test]
+    fn a_usage_event_ending_the_stream_is_removed_at_finish() {
+        for tail in ["\n\n", "\r\r", "\r\n\r\n"] {
+            let upstream =
+                format!("data: {{\"choices\":[{{\"delta\":{{}}}}]}}\n\n{USAGE_EVENT}{tail}");
+            let client = "data: {\"choices\":[{\"delta\":{}}]}\n\n";
+            for at in 0..=upstream.len() {
+                assert_eq!(
+                    run(upstream.as_bytes(), &[at]),
+                    client.as_bytes(),
+                    "{tail:?} split at {at}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_stream_without_a_usage_event_passes_through_identical() {
+        let (_, client) = streams("\n");
+        for at in 0..=client.len() {
+            assert_eq!(run(&client, &[at]), client, "split at {at}");
+        }
+        let partial = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}";
+        assert_eq!(run(partial, &[10]), partial);
+    }
+
+    #[test]
+    fn a_chunk_of_complete_events_is_returned_without_a_copy() {
+        let (_, client) = streams("\n");
+        let chunk = Bytes::from(client);
+        let mut stripper = InjectedUsageStripper::new();
+        let out = stripper.filter(chunk.clone());
+        assert_eq!(out.as_ptr(), chunk.as_ptr());
+        assert_eq!(out.len(), chunk.len());
+        assert!(stripper.finish().is_empty());
+    }
+
+    #[test]
+    fn complete_events_are_released_before_an_incomplete_one() {
+        let mut stripper = InjectedUsageStripper::new();
+        let chunk = Bytes::from_static(b"data: {\"a\":1}\n\ndata: {\"b\"");
+        let out = stripper.filter(chunk.clone());
+        assert_eq!(&out[..], b"data: {\"a\":1}\n\n");
+        assert_eq!(out.as_ptr(), chunk.as_ptr());
+        assert_eq!(
+            &stripper.filter(Bytes::from_static(b":2}\n\n"))[..],
+            b"data: {\"b\":2}\n\n"
+        );
+    }
+
+    #[test]
+    fn an_event_over_the_hold_cap_is_passed_through_and_stripping_resumes() {
+        let big = format!(
+            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}],\"usage\":null}}\n\n",
+            "x".repeat(HOLD_CAP)
+        );
+        let upstream = format!("{big}{USAGE_EVENT}\n\ndata: [DONE]\n\n");
+        let splits: Vec<usize> = (1..upstream.len()).step_by(4096).collect();
+        assert_eq!(
+            run(upstream.as_bytes(), &splits),
+            format!("{big}data: [DONE]\n\n").as_bytes()
+        );
+    }
+
+    #[test]
+    fn chunks_with_choices_or_null_usage_are_not_usage_events() {
+        assert!(!is_usage_event(
+            b"data: {\"choices\":[{\"index\":0}],\"usage\":{\"prompt_tokens\":1}}\n\n"
+        ));
+        assert!(!is_usage_event(
+            b"data: {\"choices\":[],\"usage\":null}\n\n"
+        ));
+        assert!(!is_usage_event(b"data: [DONE]\n\n"));
+        assert!(is_usage_event(
+            b"data:{\"choices\" : [ ], \"usage\" :  {}}\n\n"
+        ));
+        assert!(is_usage_event(
+            b"data: {\"choices\":[],\ndata: \"usage\":{\"prompt_tokens\":1}}\n\n"
+        ));
+    }
+
+    /// Streams built from SSE-ish fragments, usage events included.
+    fn fragments() -> impl Strategy<Value = Vec<u8>> {
+        let pieces = prop_oneof![
+            Just("data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}"),
+            Just("data: {\"choices\":[{}],\"usage\":null}"),
+            Just("data: [DONE]"),
+            Just(": ping"),
+            Just("event: x"),
+            Just("\n"),
+            Just("\r"),
+            Just("\r\n"),
+            Just("data:"),
+            Just("{\"usage\":{}"),
+        ];
+        proptest::collection::vec(pieces, 0..16).prop_map(|p| p.concat().into_bytes())
+    }
+
+    proptest! {
+        #[test]
+        fn stripping_does_not_depend_on_chunking(stream in fragments(), mut cuts in proptest::collection::vec(any::<usize>(), 0..8)) {
+            for cut in &mut cuts {
+                *cut %= stream.len() + 1;
+            }
+            cuts.sort_unstable();
+            prop_assert_eq!(run(&stream, &cuts), run(&stream, &[]));
+        }
+
+        #[test]
+        fn any_chunking_strips_exactly_the_usage_event(mut cuts in proptest::collection::vec(0usize..2000, 0..12), crlf in any::<bool>()) {
+            let (upstream, client) = streams(if crlf { "\r\n" } else { "\n" });
+            for cut in &mut cuts {
+                *cut %= upstream.len() + 1;
+            }
+            cuts.sort_unstable();
+            prop_assert_eq!(run(&upstream, &cuts), client);
+        }
+    }
+}

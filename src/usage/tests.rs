@@ -1,0 +1,325 @@
+//! Properties that hold for every provider and format: chunking never
+//! changes the result, encodings are transparent, caps make usage unknown,
+//! and memory does not grow with the body.
+
+use proptest::prelude::*;
+
+use super::anthropic::tests::{message_stream, MESSAGE_JSON};
+use super::decode::tests::{brotli, gzip, raw_deflate, zlib};
+use super::gemini::tests::{array_stream, sse_stream, GENERATE_JSON};
+use super::openai::tests::{chat_stream, responses_stream, CHAT_JSON};
+use super::scan::{Scanner, CAPTURE_CAP, MAX_DEPTH};
+use super::testing::{usage, Req};
+use super::*;
+
+const GEMINI_STREAM: &str = "/v1beta/models/gemini-2.5-flash:streamGenerateContent";
+
+/// Every sample body with how it is requested.
+fn samples() -> Vec<(Req<'static>, Vec<u8>)> {
+    let gemini_sse = Req {
+        query: Some("alt=sse"),
+        ..Req::new(Provider::Gemini, GEMINI_STREAM, "text/event-stream")
+    };
+    vec![
+        (
+            Req::new(Provider::OpenAi, "/v1/chat/completions", "application/json"),
+            CHAT_JSON.as_bytes().to_vec(),
+        ),
+        (
+            Req::new(
+                Provider::OpenAi,
+                "/v1/chat/completions",
+                "text/event-stream",
+            ),
+            chat_stream(),
+        ),
+        (
+            Req::new(Provider::OpenAi, "/v1/responses", "text/event-stream"),
+            responses_stream(),
+        ),
+        (
+            Req::new(Provider::Anthropic, "/v1/messages", "application/json"),
+            MESSAGE_JSON.as_bytes().to_vec(),
+        ),
+        (
+            Req::new(Provider::Anthropic, "/v1/messages", "text/event-stream"),
+            message_stream(),
+        ),
+        (
+            Req::new(
+                Provider::Gemini,
+                "/v1beta/models/gemini-2.5-pro:generateContent",
+                "application/json",
+            ),
+            GENERATE_JSON.as_bytes().to_vec(),
+        ),
+        (gemini_sse, sse_stream()),
+        (
+            Req::new(Provider::Gemini, GEMINI_STREAM, "application/json"),
+            array_stream(),
+        ),
+    ]
+}
+
+#[test]
+fn every_sample_parses_to_complete_usage() {
+    for (req, body) in samples() {
+        let parsed = req.parse(&body);
+        assert!(parsed.usage.is_some(), "{req:?}");
+        assert!(parsed.model.is_some(), "{req:?}");
+        assert!(parsed.complete, "{req:?}");
+        assert_eq!(parsed.error, None, "{req:?}");
+    }
+}
+
+#[test]
+fn every_sample_gives_the_same_result_at_every_split_point_and_in_single_bytes() {
+    for (req, body) in samples() {
+        req.parse_everywhere(&body);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn any_chunking_of_any_sample_gives_the_same_result(sample in 0usize..8, mut cuts in proptest::collection::vec(any::<usize>(), 0..24)) {
+        let (req, body) = samples().swap_remove(sample);
+        for cut in &mut cuts {
+            *cut %= body.len() + 1;
+        }
+        cuts.sort_unstable();
+        prop_assert_eq!(req.parse_split(&body, &cuts), req.parse(&body));
+    }
+
+    #[test]
+    fn any_chunking_of_a_compressed_sample_gives_the_same_result(sample in 0usize..8, encoding in 0usize..4, mut cuts in proptest::collection::vec(any::<usize>(), 0..16)) {
+        let (req, plain) = samples().swap_remove(sample);
+        let (name, body) = match encoding {
+            0 => ("gzip", gzip(&plain)),
+            1 => ("deflate", zlib(&plain)),
+            2 => ("deflate", raw_deflate(&plain)),
+            _ => ("br", brotli(&plain)),
+        };
+        let req = Req { content_encoding: Some(name), ..req };
+        for cut in &mut cuts {
+            *cut %= body.len() + 1;
+        }
+        cuts.sort_unstable();
+        let expected = Req { content_encoding: None, ..req }.parse(&plain);
+        prop_assert_eq!(req.parse_split(&body, &cuts), expected);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512), sample in 0usize..8) {
+        let (req, _) = samples().swap_remove(sample);
+        let whole = req.parse(&body);
+        let halves = req.parse_split(&body, &[body.len() / 2]);
+        prop_assert_eq!(whole, halves);
+    }
+}
+
+#[test]
+fn encoded_bodies_parse_like_plain_ones_in_one_byte_chunks() {
+    for (req, plain) in samples() {
+        let expected = req.parse(&plain);
+        for (name, body) in [
+            ("gzip", gzip(&plain)),
+            ("deflate", zlib(&plain)),
+            ("deflate", raw_deflate(&plain)),
+            ("br", brotli(&plain)),
+        ] {
+            let req = Req {
+                content_encoding: Some(name),
+                ..req
+            };
+            let bytes: Vec<usize> = (1..body.len()).collect();
+            assert_eq!(req.parse_split(&body, &bytes), expected, "{name} {req:?}");
+        }
+    }
+}
+
+#[test]
+fn unsupported_or_corrupt_encodings_make_usage_unknown() {
+    let req = Req {
+        content_encoding: Some("zstd"),
+        ..Req::new(Provider::OpenAi, "/v1/chat/completions", "application/json")
+    };
+    assert_eq!(req.parse(CHAT_JSON.as_bytes()), ParsedResponse::default());
+    let req = Req {
+        content_encoding: Some("gzip"),
+        ..req
+    };
+    let parsed = req.parse(CHAT_JSON.as_bytes());
+    assert_eq!((parsed.usage, parsed.complete), (None, false));
+}
+
+#[test]
+fn a_truncated_compressed_stream_keeps_usage_seen_so_far() {
+    let plain = message_stream();
+    let body = gzip(&plain);
+    let req = Req {
+        content_encoding: Some("gzip"),
+        ..Req::new(Provider::Anthropic, "/v1/messages", "text/event-stream")
+    };
+    let parsed = req.parse(&body[..body.len() - 30]);
+    assert!(!parsed.complete);
+    assert_eq!(parsed.model.as_deref(), Some("claude-opus-4-1-20250805"));
+    assert!(parsed.usage.is_some_and(|u| u.input_tokens == 4325));
+}
+
+#[test]
+fn a_missing_content_type_is_sniffed_from_the_body() {
+    for (req, body) in samples() {
+        let sniffed = Req {
+            content_type: None,
+            ..req
+        };
+        assert_eq!(sniffed.parse_everywhere(&body), req.parse(&body), "{req:?}");
+    }
+    let req = Req {
+        content_type: None,
+        ..Req::new(Provider::OpenAi, "/v1/chat/completions", "")
+    };
+    assert_eq!(
+        req.parse(b"upstream connect error"),
+        ParsedResponse::default()
+    );
+    assert_eq!(req.parse(b""), ParsedResponse::default());
+}
+
+#[test]
+fn multi_line_data_is_joined_before_parsing() {
+    let body = b"event: message_delta\ndata: {\"type\":\"message_delta\",\ndata: \"usage\":{\"output_tokens\":7}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+    let req = Req::new(Provider::Anthropic, "/v1/messages", "text/event-stream");
+    assert_eq!(
+        req.parse_everywhere(body),
+        ParsedResponse {
+            usage: Some(usage(0, 0, 0, 0, 7, 0)),
+            model: None,
+            error: None,
+            complete: true,
+        }
+    );
+}
+
+#[test]
+fn an_over_cap_usage_value_makes_usage_unknown() {
+    let padding = "1".repeat(CAPTURE_CAP);
+    let body = format!(r#"{{"model":"gpt-4o","usage":{{"prompt_tokens":1,"pad":"{padding}"}}}}"#);
+    let req = Req::new(Provider::OpenAi, "/v1/chat/completions", "application/json");
+    let parsed = req.parse(body.as_bytes());
+    assert_eq!(parsed.usage, None);
+    assert_eq!(parsed.model.as_deref(), Some("gpt-4o"));
+    let sse = Req::new(
+        Provider::OpenAi,
+        "/v1/chat/completions",
+        "text/event-stream",
+    );
+    let parsed = sse.parse(format!("data: {body}\n\ndata: [DONE]\n\n").as_bytes());
+    assert_eq!((parsed.usage, parsed.complete), (None, true));
+}
+
+#[test]
+fn an_over_cap_event_name_makes_usage_unknown() {
+    let mut body = format!("event: {}\n", "x".repeat(sse::EVENT_NAME_CAP + 1)).into_bytes();
+    body.extend(message_stream());
+    let req = Req::new(Provider::Anthropic, "/v1/messages", "text/event-stream");
+    assert_eq!(req.parse(&body).usage, None);
+}
+
+#[test]
+fn nesting_over_the_depth_cap_makes_usage_unknown() {
+    let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+    let body = format!(r#"{{"usage":{{"prompt_tokens":1}},"x":{deep}}}"#);
+    let req = Req::new(Provider::OpenAi, "/v1/chat/completions", "application/json");
+    assert_eq!(req.parse(body.as_bytes()).usage, None);
+}
+
+#[test]
+fn long_error_messages_are_capped_on_a_char_boundary() {
+    let message = "ü".repeat(400);
+    let body = format!(r#"{{"error":{{"message":"{message}","type":"server_error"}}}}"#);
+    let req = Req::new(Provider::OpenAi, "/v1/chat/completions", "application/json");
+    let error = req.parse(body.as_bytes()).error.expect("error");
+    assert_eq!(error.len(), ERROR_CAP);
+    assert!(message.starts_with(&error));
+}
+
+/// Streams a ~50 MB embeddings response through `f` in 16 KiB chunks,
+/// without ever holding it.
+fn fifty_megabyte_embeddings(mut f: impl FnMut(&[u8])) -> u64 {
+    let vector: String = (0..1536)
+        .map(|i| {
+            format!(
+                "{}{:.9},",
+                if i % 3 == 0 { "-" } else { "" },
+                (i as f64) / 7919.0
+            )
+        })
+        .collect();
+    let vector = vector.trim_end_matches(',');
+    let mut total = 0u64;
+    let mut pending = br#"{"object":"list","data":["#.to_vec();
+    let items = 2700;
+    for i in 0..items {
+        pending.extend(
+            format!(r#"{{"object":"embedding","index":{i},"embedding":[{vector}]}}"#).bytes(),
+        );
+        if i + 1 < items {
+            pending.push(b',');
+        }
+        while pending.len() >= 16 * 1024 {
+            let rest = pending.split_off(16 * 1024);
+            f(&pending);
+            total += pending.len() as u64;
+            pending = rest;
+        }
+    }
+    pending.extend(br#"],"model":"text-embedding-3-small","usage":{"prompt_tokens":52000,"total_tokens":52000}}"#);
+    f(&pending);
+    total + pending.len() as u64
+}
+
+#[test]
+fn a_fifty_megabyte_embeddings_body_is_parsed_in_bounded_memory() {
+    let req = Req::new(Provider::OpenAi, "/v1/embeddings", "application/json");
+    let mut parser = req.parser();
+    let mut scanner = Scanner::new(openai::TARGETS);
+    let total = fifty_megabyte_embeddings(|chunk| {
+        parser.push(chunk);
+        scanner.push(chunk);
+    });
+    assert!(total > 45_000_000, "{total} bytes");
+    let parsed = parser.finish();
+    assert_eq!(parsed.usage, Some(usage(52000, 0, 0, 0, 0, 0)));
+    assert_eq!(parsed.model.as_deref(), Some("text-embedding-3-small"));
+    assert!(parsed.complete);
+    scanner.end_of_input();
+    assert!(
+        scanner.peak_capture() <= 128,
+        "captured at most {} bytes",
+        scanner.peak_capture()
+    );
+}
+
+#[test]
+fn a_multi_megabyte_sse_event_is_streamed_not_buffered() {
+    let text = "lorem ipsum \\\"quoted\\\" ".repeat(400_000);
+    let completed = format!(
+        r#"data: {{"type":"response.completed","response":{{"id":"resp_1","status":"completed","error":null,"model":"gpt-5","output":[{{"type":"message","content":[{{"type":"output_text","text":"{text}"}}]}}],"usage":{{"input_tokens":10,"input_tokens_details":{{"cached_tokens":0}},"output_tokens":2000000,"output_tokens_details":{{"reasoning_tokens":0}},"total_tokens":2000010}}}}}}"#
+    );
+    let body = format!("event: response.completed\n{completed}\n\n").into_bytes();
+    assert!(body.len() > 8_000_000);
+    let req = Req::new(Provider::OpenAi, "/v1/responses", "text/event-stream");
+    let splits: Vec<usize> = (1..body.len()).step_by(16 * 1024).collect();
+    let parsed = req.parse_split(&body, &splits);
+    assert_eq!(parsed.usage, Some(usage(10, 0, 0, 0, 2_000_000, 0)));
+    assert!(parsed.complete);
+    // The capture the event needed was the usage object, not the event.
+    let mut scanner = Scanner::new(openai::TARGETS);
+    scanner.push(&completed.as_bytes()["data: ".len()..]);
+    scanner.end_of_input();
+    assert_eq!(scanner.status(), scan::Status::Complete);
+    assert!(scanner.peak_capture() < 512);
+}
