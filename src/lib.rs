@@ -12,5 +12,6 @@ pub mod keys;
 pub mod pricing;
 pub mod provider;
 pub mod serve;
+pub mod sink;
 pub mod store;
 pub mod usage;

@@ -16,7 +16,10 @@ use pingora::server::Server;
 use crate::cli::ServeFlags;
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::pricing::live::{LivePrices, PriceRefreshService};
+use crate::sink::BatchSettings;
 use crate::store::Store;
+use pingora::services::background::background_service;
 
 /// Applies migrations, retrying for a short while so a database that is still
 /// starting (compose, Kubernetes) does not fail the first start.
@@ -77,7 +80,20 @@ pub fn run(config: Config, flags: ServeFlags) -> anyhow::Result<()> {
         log::info!("applied migrations {applied:?}");
     }
     let store = Store::open(&config.storage).context("opening the store")?;
-    let gateway = Gateway::new(config.clone(), store).map_err(anyhow::Error::msg)?;
+    let prices = Arc::new(LivePrices::from_config(&config.pricing).map_err(anyhow::Error::msg)?);
+    // The sink has its own store handle (its own pool), so key lookups and
+    // log writes never wait for each other's connections.
+    let sink_store = Store::open(&config.storage).context("opening the store")?;
+    let (sink, sink_service) = crate::sink::channel(
+        config.sink.channel_capacity,
+        sink_store,
+        BatchSettings {
+            max_events: config.sink.batch_max_events,
+            timeout: Duration::from_millis(config.sink.batch_timeout_ms),
+        },
+    );
+    let gateway =
+        Gateway::new(config.clone(), store, sink, prices.clone()).map_err(anyhow::Error::msg)?;
 
     let opt = Opt {
         upgrade: flags.upgrade,
@@ -97,6 +113,11 @@ pub fn run(config: Config, flags: ServeFlags) -> anyhow::Result<()> {
     let addr = format!("{}:{}", config.server.host, config.server.port);
     proxy.add_tcp(&addr);
     server.add_service(proxy);
+    server.add_service(background_service("request log sink", sink_service));
+    server.add_service(background_service(
+        "price refresh",
+        PriceRefreshService { prices },
+    ));
 
     log::info!(
         "majordomo listening on {addr} (storage: {:?})",

@@ -6,6 +6,19 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::provider::Provider;
+use crate::usage::{InjectedUsageStripper, RequestSniffer, StreamingUsageInjector, UsageParser};
+
+/// How the request body is watched on its way upstream.
+#[derive(Default)]
+pub enum BodyWatch {
+    /// No body, or nothing to learn from it.
+    #[default]
+    None,
+    /// Learn `model` / `stream` as the bytes pass.
+    Sniff(RequestSniffer),
+    /// Also add `stream_options.include_usage` to an OpenAI chat stream.
+    Inject(StreamingUsageInjector),
+}
 
 /// What the gateway knows about one request as it moves through the phases.
 pub struct RequestCtx {
@@ -27,6 +40,15 @@ pub struct RequestCtx {
     pub first_byte_at: Option<Instant>,
     /// A short message for the log row when the request failed.
     pub error_message: Option<String>,
+    /// The request body's `model`.
+    pub request_model: Option<String>,
+    pub body_watch: BodyWatch,
+    /// The gateway asked upstream for stream usage the client did not ask for.
+    pub injected_usage: bool,
+    /// Reads usage from the response body as it passes.
+    pub parser: Option<UsageParser>,
+    /// Hides the injected usage chunk from the client.
+    pub stripper: Option<InjectedUsageStripper>,
 }
 
 impl Default for RequestCtx {
@@ -43,6 +65,11 @@ impl Default for RequestCtx {
             status: 0,
             first_byte_at: None,
             error_message: None,
+            request_model: None,
+            body_watch: BodyWatch::None,
+            injected_usage: false,
+            parser: None,
+            stripper: None,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod ctx;
 pub mod errors;
 pub mod health;
 pub mod metadata;
+pub mod record;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,11 +23,16 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::config::Config;
 use crate::keys::cache::{KeyCache, KeyCacheSettings, KeyCheck};
+use crate::pricing::live::LivePrices;
 use crate::provider::upstream::{BaseUrl, Upstream};
 use crate::provider::{self, Provider};
+use crate::sink::SinkSender;
 use crate::store::Store;
+use crate::usage::{InjectedUsageStripper, RequestSniffer, StreamingUsageInjector, UsageParser};
+use ctx::BodyWatch;
 pub use ctx::RequestCtx;
 use errors::GatewayError;
+use record::Ending;
 
 /// Request headers never forwarded upstream besides `X-Majordomo-*`:
 /// hop-by-hop headers (RFC 9110 §7.6.1). Framing headers stay with Pingora.
@@ -48,12 +54,19 @@ pub struct Gateway {
     keys: Arc<KeyCache>,
     store: Store,
     config: Arc<Config>,
+    sink: SinkSender,
+    prices: Arc<LivePrices>,
     connect_timeout: Duration,
     read_timeout: Duration,
 }
 
 impl Gateway {
-    pub fn new(config: Arc<Config>, store: Store) -> Result<Gateway, String> {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        sink: SinkSender,
+        prices: Arc<LivePrices>,
+    ) -> Result<Gateway, String> {
         let dns_ttl = Duration::from_secs(config.upstream.dns_ttl_secs);
         let upstream = |p: Provider| -> Result<Arc<Upstream>, String> {
             let url = config
@@ -82,6 +95,8 @@ impl Gateway {
             ],
             keys: Arc::new(keys),
             store,
+            sink,
+            prices,
             connect_timeout: Duration::from_secs(config.upstream.connect_timeout_secs),
             read_timeout: Duration::from_secs(config.upstream.read_timeout_secs),
             config,
@@ -160,7 +175,25 @@ impl Gateway {
                 });
             }
         }
+        ctx.body_watch = self.body_watch(req, ctx.provider);
         Ok(())
+    }
+
+    /// Chat-completions bodies may get `stream_options.include_usage`; every
+    /// other body is only read for its `model`.
+    fn body_watch(&self, req: &RequestHeader, provider: Provider) -> BodyWatch {
+        if !has_body(req) {
+            return BodyWatch::None;
+        }
+        let injectable = provider == Provider::OpenAi
+            && req.method == http::Method::POST
+            && req.uri.path().trim_end_matches('/') == "/v1/chat/completions"
+            && self.config.providers.get(provider).inject_stream_usage;
+        if injectable {
+            BodyWatch::Inject(StreamingUsageInjector::new())
+        } else {
+            BodyWatch::Sniff(RequestSniffer::new())
+        }
     }
 }
 
@@ -229,7 +262,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(chunk) = body {
@@ -242,6 +275,7 @@ impl ProxyHttp for Gateway {
                 ));
             }
         }
+        watch_request_body(ctx, body, end_of_stream);
         Ok(())
     }
 
@@ -285,18 +319,47 @@ impl ProxyHttp for Gateway {
         }
         upstream_request.insert_header(http::header::HOST, up.base.host_header.as_str())?;
         strip_gateway_headers(upstream_request);
+        if matches!(ctx.body_watch, BodyWatch::Inject(_)) {
+            // The body may grow by the injected field: send it chunked, and
+            // ask for an uncompressed answer so the usage chunk can be removed.
+            upstream_request.remove_header(&http::header::CONTENT_LENGTH);
+            upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            upstream_request.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+        }
         Ok(())
     }
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.status = upstream_response.status.as_u16();
         let mut id = [0u8; 36];
         upstream_response.insert_header(REQUEST_ID_HEADER, ctx.request_id_str(&mut id))?;
+        let header = |name: http::header::HeaderName| {
+            upstream_response
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+        };
+        let content_type = header(http::header::CONTENT_TYPE);
+        let content_encoding = header(http::header::CONTENT_ENCODING);
+        let req = session.req_header();
+        ctx.parser = Some(UsageParser::new(
+            ctx.provider,
+            req.uri.path(),
+            req.uri.query(),
+            content_type,
+            content_encoding,
+        ));
+        let is_event_stream = content_type.is_some_and(|t| t.starts_with("text/event-stream"));
+        let identity = content_encoding.is_none_or(|e| e.eq_ignore_ascii_case("identity"));
+        if ctx.injected_usage && ctx.status == 200 && is_event_stream && identity {
+            ctx.stripper = Some(InjectedUsageStripper::new());
+            upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+        }
         Ok(())
     }
 
@@ -304,9 +367,25 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if let Some(chunk) = body.as_ref() {
+            if let Some(parser) = ctx.parser.as_mut() {
+                parser.push(chunk);
+            }
+        }
+        if let Some(stripper) = ctx.stripper.as_mut() {
+            if let Some(chunk) = body.take() {
+                *body = Some(stripper.filter(chunk));
+            }
+            if end_of_stream {
+                let rest = stripper.finish();
+                if !rest.is_empty() {
+                    *body = Some(concat(body.take(), rest));
+                }
+            }
+        }
         if ctx.first_byte_at.is_none() && body.as_ref().is_some_and(|b| !b.is_empty()) {
             ctx.first_byte_at = Some(std::time::Instant::now());
         }
@@ -352,11 +431,32 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = if ctx.status == 0 {
-            e.and_then(error_answer).map(|a| a.status()).unwrap_or(499)
-        } else {
-            ctx.status
+        let ending = match e {
+            None => Ending::Delivered,
+            Some(e) => match error_answer(e) {
+                None => Ending::ClientGone,
+                Some(answer) => {
+                    if ctx.status == 0 {
+                        ctx.status = answer.status();
+                    }
+                    if ctx.error_message.is_none() {
+                        ctx.error_message =
+                            Some(format!("{} ({})", answer.message(), e.etype().as_str()));
+                    }
+                    Ending::UpstreamFailed
+                }
+            },
         };
+        if ctx.status == 0 {
+            ctx.status = record::CLIENT_CLOSED;
+        }
+        let status = ctx.status;
+        if ctx.api_key_id.is_some() {
+            let parsed = ctx.parser.take().map(UsageParser::finish);
+            let prices = self.prices.current();
+            let row = record::build(ctx, session.req_header(), parsed, ending, &prices.table);
+            self.sink.submit(row);
+        }
         let mut id = [0u8; 36];
         log::info!(
             target: "majordomo::access",
@@ -368,6 +468,50 @@ impl ProxyHttp for Gateway {
             status,
             ctx.started.elapsed().as_millis(),
         );
+    }
+}
+
+/// Feeds the request body to its watcher; an injecting watcher may change
+/// what is forwarded (it holds back only the closing brace).
+fn watch_request_body(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: bool) {
+    match &mut ctx.body_watch {
+        BodyWatch::None => {}
+        BodyWatch::Sniff(sniffer) => {
+            if let Some(chunk) = body.as_ref() {
+                sniffer.push(chunk);
+            }
+            if end_of_stream {
+                if let BodyWatch::Sniff(sniffer) = std::mem::take(&mut ctx.body_watch) {
+                    ctx.request_model = sniffer.finish().model;
+                }
+            }
+        }
+        BodyWatch::Inject(injector) => {
+            if let Some(chunk) = body.take() {
+                *body = Some(injector.push(chunk));
+            }
+            if end_of_stream {
+                let (info, injected, rest) = injector.finish();
+                ctx.request_model = info.model;
+                ctx.injected_usage = injected;
+                if !rest.is_empty() {
+                    *body = Some(concat(body.take(), rest));
+                }
+                // Keep the variant: upstream_request_filter already chose chunked framing.
+            }
+        }
+    }
+}
+
+fn concat(first: Option<Bytes>, second: Bytes) -> Bytes {
+    match first {
+        Some(f) if !f.is_empty() => {
+            let mut v = Vec::with_capacity(f.len() + second.len());
+            v.extend_from_slice(&f);
+            v.extend_from_slice(&second);
+            Bytes::from(v)
+        }
+        _ => second,
     }
 }
 

@@ -24,6 +24,7 @@
 //! `cost` (the arithmetic).
 
 mod cost;
+pub mod live;
 mod matching;
 mod parse;
 mod table;

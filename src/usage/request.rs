@@ -282,3 +282,159 @@ mod tests {
         );
     }
 }
+
+/// The streaming form of the injection, used by the gateway: request bytes
+/// pass through as they arrive, except the closing `}` of the body (and any
+/// whitespace after it), which is held back until the end. Once the whole
+/// body has been seen, if it is one JSON object with `"stream": true` and no
+/// `stream_options` at all, `,"stream_options":{"include_usage":true}` goes
+/// out just before that brace. Memory is the sniffer's plus a few bytes;
+/// nothing is buffered. Because the length may change, the upstream request
+/// must be sent chunked.
+///
+/// A body that already has a `stream_options` object is left alone (a
+/// duplicate key would override the client's other options); its usage is
+/// then only known if the client asked for it.
+#[derive(Debug, Default)]
+pub struct StreamingUsageInjector {
+    scanner: Option<Scanner>,
+    held: Vec<u8>,
+    first: Option<u8>,
+}
+
+/// Held bytes beyond this mean the tail is not "`}` + whitespace": give up holding.
+const HELD_CAP: usize = 4096;
+
+impl StreamingUsageInjector {
+    #[must_use]
+    pub fn new() -> Self {
+        StreamingUsageInjector {
+            scanner: Some(Scanner::new(TARGETS)),
+            held: Vec::new(),
+            first: None,
+        }
+    }
+
+    /// Feeds a chunk; returns the bytes to forward now.
+    pub fn push(&mut self, chunk: bytes::Bytes) -> bytes::Bytes {
+        if let Some(s) = self.scanner.as_mut() {
+            s.push(&chunk);
+        }
+        if self.first.is_none() {
+            self.first = chunk.iter().copied().find(|b| !b.is_ascii_whitespace());
+        }
+        if self.held.is_empty() {
+            match closing_tail(&chunk) {
+                None => chunk,
+                Some(at) => {
+                    self.held.extend_from_slice(&chunk[at..]);
+                    chunk.slice(..at)
+                }
+            }
+        } else {
+            let mut joined = std::mem::take(&mut self.held);
+            joined.extend_from_slice(&chunk);
+            match closing_tail(&joined) {
+                Some(at) if joined.len() - at <= HELD_CAP => {
+                    self.held = joined.split_off(at);
+                    bytes::Bytes::from(joined)
+                }
+                _ => bytes::Bytes::from(joined),
+            }
+        }
+    }
+
+    /// Ends the body: returns what the request asked for, whether the
+    /// injection was made, and the last bytes to forward.
+    pub fn finish(&mut self) -> (RequestInfo, bool, bytes::Bytes) {
+        let mut scanner = self.scanner.take().unwrap_or_else(|| Scanner::new(TARGETS));
+        scanner.end_of_input();
+        let info = RequestInfo {
+            model: captured_string(scanner.capture(MODEL)).map(|m| truncate_utf8(m, MODEL_CAP)),
+            stream: is_true(scanner.capture(STREAM)),
+            include_usage: include_usage_is_true(&scanner),
+        };
+        let held = std::mem::take(&mut self.held);
+        let inject = scanner.status() == Status::Complete
+            && scanner.documents() == 1
+            && self.first == Some(b'{')
+            && info.stream
+            && scanner.capture(STREAM_OPTIONS).is_none()
+            && held.first() == Some(&b'}');
+        if !inject {
+            return (info, false, bytes::Bytes::from(held));
+        }
+        let mut out = Vec::with_capacity(INJECTED_FIELD.len() + held.len());
+        out.extend_from_slice(INJECTED_FIELD);
+        out.extend_from_slice(&held);
+        (info, true, bytes::Bytes::from(out))
+    }
+}
+
+const INJECTED_FIELD: &[u8] = br#","stream_options":{"include_usage":true}"#;
+
+/// Where a trailing `}` followed only by whitespace starts, if the data ends so.
+fn closing_tail(data: &[u8]) -> Option<usize> {
+    let last = data.iter().rposition(|b| !b.is_ascii_whitespace())?;
+    (data[last] == b'}').then_some(last)
+}
+
+#[cfg(test)]
+mod streaming_injector_tests {
+    use super::*;
+
+    fn run(body: &[u8], split: usize) -> (RequestInfo, bool, Vec<u8>) {
+        let mut inj = StreamingUsageInjector::new();
+        let mut out = Vec::new();
+        let split = split.min(body.len());
+        for part in [&body[..split], &body[split..]] {
+            out.extend_from_slice(&inj.push(bytes::Bytes::copy_from_slice(part)));
+        }
+        let (info, injected, tail) = inj.finish();
+        out.extend_from_slice(&tail);
+        (info, injected, out)
+    }
+
+    #[test]
+    fn a_stream_without_stream_options_gets_include_usage_at_every_split() {
+        let body =
+            br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"}"}]}  "#;
+        for split in 0..=body.len() {
+            let (info, injected, out) = run(body, split);
+            assert!(injected, "split {split}");
+            assert!(info.stream);
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["stream_options"]["include_usage"], true);
+            assert_eq!(v["messages"][0]["content"], "}");
+            assert_eq!(v["model"], "gpt-4o");
+        }
+    }
+
+    #[test]
+    fn bodies_that_need_nothing_pass_through_byte_for_byte() {
+        for body in [
+            &br#"{"model":"gpt-4o","messages":[]}"#[..],
+            br#"{"stream":true,"stream_options":{"include_usage":true}}"#,
+            br#"{"stream":true,"stream_options":{"include_obfuscation":false}}"#,
+            br#"{"stream":false}"#,
+            br#"[{"stream":true}]"#,
+            br#"{"stream":true"#,
+            b"not json }",
+            b"",
+        ] {
+            for split in 0..=body.len() {
+                let (_, injected, out) = run(body, split);
+                assert!(!injected, "{}", String::from_utf8_lossy(body));
+                assert_eq!(out, body);
+            }
+        }
+    }
+
+    #[test]
+    fn a_chunk_that_does_not_end_the_object_is_forwarded_without_copy() {
+        let mut inj = StreamingUsageInjector::new();
+        let chunk = bytes::Bytes::from_static(br#"{"model":"gpt-4o","#);
+        let out = inj.push(chunk.clone());
+        assert_eq!(out.as_ptr(), chunk.as_ptr());
+    }
+}

@@ -347,3 +347,169 @@ pub fn client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// One `llm_requests` row, read back the same way from either store.
+#[derive(Debug, Clone)]
+pub struct LogRow {
+    pub id: String,
+    pub api_key_id: Option<String>,
+    pub provider_api_key_hash: Option<String>,
+    pub provider: String,
+    pub model: String,
+    pub request_path: String,
+    pub request_method: String,
+    pub status_code: i64,
+    pub response_time_ms: i64,
+    pub time_to_first_byte_ms: Option<i64>,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cached_tokens: i64,
+    pub cache_creation_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub input_cost: rust_decimal::Decimal,
+    pub output_cost: rust_decimal::Decimal,
+    pub total_cost: rust_decimal::Decimal,
+    pub price_found: bool,
+    pub usage_complete: bool,
+    pub error_message: Option<String>,
+    pub raw_metadata: Option<serde_json::Value>,
+}
+
+const ROW_SQL: &str = "SELECT id, majordomo_api_key_id, provider_api_key_hash, provider, model, \
+    request_path, request_method, status_code, response_time_ms, time_to_first_byte_ms, \
+    input_tokens, output_tokens, cached_tokens, cache_creation_tokens, reasoning_tokens, \
+    input_cost, output_cost, total_cost, price_found, usage_complete, error_message, raw_metadata \
+    FROM llm_requests";
+
+const PG_ROW_SQL: &str = "SELECT id::text, majordomo_api_key_id::text, provider_api_key_hash, \
+    provider, model, request_path, request_method, status_code::bigint, response_time_ms::bigint, \
+    time_to_first_byte_ms::bigint, input_tokens, output_tokens, cached_tokens, \
+    cache_creation_tokens, reasoning_tokens, input_cost::text, output_cost::text, \
+    total_cost::text, price_found, usage_complete, error_message, raw_metadata::text \
+    FROM llm_requests";
+
+fn dec(s: &str) -> rust_decimal::Decimal {
+    s.parse().unwrap_or_else(|_| panic!("not a decimal: {s}"))
+}
+
+impl TestEnv {
+    pub async fn pg_client(&self) -> tokio_postgres::Client {
+        let db = self.pg_database.as_ref().expect("postgres env");
+        let (client, conn) = tokio_postgres::connect(
+            &format!("host={PG_HOST} port={PG_PORT} user={PG_USER} dbname={db}"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("connect to test database");
+        tokio::spawn(conn);
+        client
+    }
+
+    /// Every logged row (empty if the table does not exist yet).
+    pub async fn rows(&self) -> Vec<LogRow> {
+        match self.backend {
+            Backend::Postgres => {
+                let c = self.pg_client().await;
+                let rows = match c.query(PG_ROW_SQL, &[]).await {
+                    Ok(r) => r,
+                    Err(_) => return vec![],
+                };
+                rows.iter()
+                    .map(|r| LogRow {
+                        id: r.get(0),
+                        api_key_id: r.get(1),
+                        provider_api_key_hash: r.get(2),
+                        provider: r.get(3),
+                        model: r.get(4),
+                        request_path: r.get(5),
+                        request_method: r.get(6),
+                        status_code: r.get(7),
+                        response_time_ms: r.get(8),
+                        time_to_first_byte_ms: r.get(9),
+                        input_tokens: r.get(10),
+                        output_tokens: r.get(11),
+                        cached_tokens: r.get::<_, Option<i64>>(12).unwrap_or(0),
+                        cache_creation_tokens: r.get::<_, Option<i64>>(13).unwrap_or(0),
+                        reasoning_tokens: r.get(14),
+                        input_cost: dec(r.get(15)),
+                        output_cost: dec(r.get(16)),
+                        total_cost: dec(r.get(17)),
+                        price_found: r.get(18),
+                        usage_complete: r.get(19),
+                        error_message: r.get(20),
+                        raw_metadata: r
+                            .get::<_, Option<String>>(21)
+                            .map(|s| serde_json::from_str(&s).unwrap()),
+                    })
+                    .collect()
+            }
+            Backend::Sqlite => {
+                let path = self.sqlite_path();
+                tokio::task::spawn_blocking(move || {
+                    let c = rusqlite::Connection::open(path).unwrap();
+                    c.busy_timeout(Duration::from_secs(5)).unwrap();
+                    let Ok(mut stmt) = c.prepare(ROW_SQL) else {
+                        return vec![];
+                    };
+                    stmt.query_map([], |r| {
+                        Ok(LogRow {
+                            id: r.get(0)?,
+                            api_key_id: r.get(1)?,
+                            provider_api_key_hash: r.get(2)?,
+                            provider: r.get(3)?,
+                            model: r.get(4)?,
+                            request_path: r.get(5)?,
+                            request_method: r.get(6)?,
+                            status_code: r.get(7)?,
+                            response_time_ms: r.get(8)?,
+                            time_to_first_byte_ms: r.get(9)?,
+                            input_tokens: r.get(10)?,
+                            output_tokens: r.get(11)?,
+                            cached_tokens: r.get::<_, Option<i64>>(12)?.unwrap_or(0),
+                            cache_creation_tokens: r.get::<_, Option<i64>>(13)?.unwrap_or(0),
+                            reasoning_tokens: r.get(14)?,
+                            input_cost: dec(&r.get::<_, String>(15)?),
+                            output_cost: dec(&r.get::<_, String>(16)?),
+                            total_cost: dec(&r.get::<_, String>(17)?),
+                            price_found: r.get(18)?,
+                            usage_complete: r.get(19)?,
+                            error_message: r.get(20)?,
+                            raw_metadata: r
+                                .get::<_, Option<String>>(21)?
+                                .map(|s| serde_json::from_str(&s).unwrap()),
+                        })
+                    })
+                    .unwrap()
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap()
+                })
+                .await
+                .unwrap()
+            }
+        }
+    }
+
+    /// Waits until at least `n` rows are logged (the sink batches), then returns them all.
+    pub async fn wait_rows(&self, n: usize, timeout: Duration) -> Vec<LogRow> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let rows = self.rows().await;
+            if rows.len() >= n || Instant::now() >= deadline {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The row for one request id, waiting for it to be written.
+    pub async fn row(&self, request_id: &str) -> LogRow {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(r) = self.rows().await.into_iter().find(|r| r.id == request_id) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "no row for request {request_id}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

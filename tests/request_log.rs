@@ -1,0 +1,586 @@
+//! Issue 3 "Usage, cost and the request log": every request through the
+//! gateway becomes one exact, priced row, on SQLite and on PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::mock_upstream::{canned, Tokens};
+use common::*;
+use futures_util::StreamExt;
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+
+fn d(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+struct Case {
+    name: &'static str,
+    path: &'static str,
+    body: Value,
+    tokens: Tokens,
+    model: &'static str,
+    /// Hand-computed from conf/prices.json (USD per million tokens).
+    total_cost: Option<&'static str>,
+}
+
+fn cases() -> Vec<Case> {
+    let chat = |stream: bool| {
+        let mut b = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
+        if stream {
+            b["stream"] = json!(true);
+            b["stream_options"] = json!({"include_usage": true});
+        }
+        b
+    };
+    let messages = |stream: bool| {
+        json!({"model": "claude-sonnet-4-5-20250929", "max_tokens": 100, "stream": stream,
+               "messages": [{"role": "user", "content": "hi"}]})
+    };
+    // gpt-4o: 2.5 in, 1.25 cached, 10 out.
+    //   chat: 1034×2.5 + 200×1.25 + 567×10 = 8505 µ$  → 0.008505
+    //   responses: 2024×2.5 + 321×1.25 + 432×10 = 9781.25 µ$ → 0.00978125
+    // claude-sonnet-4.5: 3 in, no cached price (0.1×), 15 out; writes 5m 1.25×, 1h 2×:
+    //   1111×3 + 2222×0.3 + 300×3.75 + 33×6 + 444×15 = 11982.6 µ$ → 0.0119826
+    // gemini-2.5-flash: 0.3 in, 0.03 cached, 2.5 out:
+    //   552×0.3 + 456×0.03 + 308×2.5 = 949.28 µ$ → 0.00094928
+    vec![
+        Case {
+            name: "openai chat json",
+            path: "/v1/chat/completions",
+            body: chat(false),
+            tokens: canned::OPENAI_CHAT,
+            model: "gpt-4o",
+            total_cost: Some("0.008505"),
+        },
+        Case {
+            name: "openai chat sse",
+            path: "/v1/chat/completions",
+            body: chat(true),
+            tokens: canned::OPENAI_CHAT_STREAM,
+            model: "gpt-4o",
+            total_cost: Some("0.008505"),
+        },
+        Case {
+            name: "openai responses json",
+            path: "/v1/responses",
+            body: json!({"model": "gpt-4o", "input": "hi"}),
+            tokens: canned::OPENAI_RESPONSES,
+            model: "gpt-4o",
+            total_cost: Some("0.00978125"),
+        },
+        Case {
+            name: "openai responses sse",
+            path: "/v1/responses",
+            body: json!({"model": "gpt-4o", "input": "hi", "stream": true}),
+            tokens: canned::OPENAI_RESPONSES_STREAM,
+            model: "gpt-4o",
+            total_cost: Some("0.00978125"),
+        },
+        Case {
+            name: "openai embeddings",
+            path: "/v1/embeddings",
+            body: json!({"model": "text-embedding-3-small", "input": "hi"}),
+            tokens: canned::OPENAI_EMBEDDINGS,
+            model: "text-embedding-3-small",
+            total_cost: None,
+        },
+        Case {
+            name: "anthropic json",
+            path: "/v1/messages",
+            body: messages(false),
+            tokens: canned::ANTHROPIC_MESSAGES,
+            model: "claude-sonnet-4-5-20250929",
+            total_cost: Some("0.0119826"),
+        },
+        Case {
+            name: "anthropic sse",
+            path: "/v1/messages",
+            body: messages(true),
+            tokens: canned::ANTHROPIC_MESSAGES_STREAM,
+            model: "claude-sonnet-4-5-20250929",
+            total_cost: Some("0.0119826"),
+        },
+        Case {
+            name: "gemini json",
+            path: "/v1beta/models/gemini-2.5-flash:generateContent",
+            body: json!({"contents": []}),
+            tokens: canned::GEMINI,
+            model: "gemini-2.5-flash",
+            total_cost: Some("0.00094928"),
+        },
+        Case {
+            name: "gemini sse",
+            path: "/v1/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            body: json!({"contents": []}),
+            tokens: canned::GEMINI_STREAM,
+            model: "gemini-2.5-flash",
+            total_cost: Some("0.00094928"),
+        },
+        Case {
+            name: "gemini json array stream",
+            path: "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+            body: json!({"contents": []}),
+            tokens: canned::GEMINI_STREAM,
+            model: "gemini-2.5-flash",
+            total_cost: Some("0.00094928"),
+        },
+    ]
+}
+
+fn assert_tokens(row: &LogRow, t: &Tokens, what: &str) {
+    assert_eq!(row.input_tokens as u64, t.input, "{what}: input");
+    assert_eq!(row.output_tokens as u64, t.output, "{what}: output");
+    assert_eq!(row.cached_tokens as u64, t.cached, "{what}: cached");
+    assert_eq!(
+        row.cache_creation_tokens as u64, t.cache_creation,
+        "{what}: cache creation"
+    );
+    assert_eq!(
+        row.reasoning_tokens as u64, t.reasoning,
+        "{what}: reasoning"
+    );
+}
+
+async fn send(gw: &GatewayProcess, key: &str, path: &str, body: &Value) -> (u16, String, Bytes) {
+    let r = client()
+        .post(gw.url(path))
+        .header("X-Majordomo-Key", key)
+        .header("Authorization", "Bearer sk-provider-secret")
+        .header("X-Majordomo-User-Id", "user_42")
+        .header("X-Majordomo-Feature", "chat")
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let id = r.headers()["x-majordomo-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    (status, id, r.bytes().await.unwrap())
+}
+
+async fn each_provider_and_mode_logs_an_exact_priced_row(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let (key_id, key) = env.create_key("log");
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    for case in cases() {
+        let (status, id, _) = send(&gw, &key, case.path, &case.body).await;
+        assert_eq!(status, 200, "{}", case.name);
+        let row = env.row(&id).await;
+        assert_tokens(&row, &case.tokens, case.name);
+        assert_eq!(row.model, case.model, "{}", case.name);
+        assert_eq!(row.status_code, 200, "{}", case.name);
+        assert!(row.usage_complete, "{}: usage_complete", case.name);
+        assert_eq!(row.api_key_id.as_deref(), Some(key_id.as_str()));
+        assert_eq!(row.request_method, "POST");
+        assert_eq!(row.request_path, case.path.split('?').next().unwrap());
+        assert!(
+            row.error_message.is_none(),
+            "{}: {:?}",
+            case.name,
+            row.error_message
+        );
+        assert_eq!(
+            row.raw_metadata,
+            Some(json!({"user-id": "user_42", "feature": "chat"})),
+            "{}",
+            case.name
+        );
+        assert!(row.time_to_first_byte_ms.is_some());
+        match case.total_cost {
+            Some(total) => {
+                assert!(row.price_found, "{}", case.name);
+                assert_eq!(row.total_cost, d(total), "{}", case.name);
+                assert_eq!(row.input_cost + row.output_cost, row.total_cost);
+            }
+            None => {}
+        }
+    }
+    // Credentials never stored in clear.
+    for row in env.rows().await {
+        assert_ne!(
+            row.provider_api_key_hash.as_deref(),
+            Some("sk-provider-secret")
+        );
+        assert_eq!(
+            row.provider_api_key_hash.as_deref(),
+            Some(blake3::hash(b"sk-provider-secret").to_hex().as_str())
+        );
+    }
+    let info: Value =
+        serde_json::from_str(&env.cli_ok(&["keys", "get", &key_id, "--json"])).unwrap();
+    assert_eq!(info["request_count"], cases().len());
+    assert!(info["last_used_at"].is_string());
+}
+
+async fn an_injected_usage_chunk_is_hidden_from_the_client_and_still_logged(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let (_, key) = env.create_key("inject");
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let chunk = |i: usize, content: &str| {
+        format!(
+            "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{content}\"}},\"finish_reason\":null}}],\"usage\":null,\"n\":{i}}}\n\n"
+        )
+    };
+    let usage_event = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-2024-08-06\",\"choices\":[],\"usage\":{\"prompt_tokens\":1234,\"completion_tokens\":567,\"total_tokens\":1801,\"prompt_tokens_details\":{\"cached_tokens\":200},\"completion_tokens_details\":{\"reasoning_tokens\":64}}}\n\n".to_string();
+    let events = vec![
+        chunk(0, "Hel"),
+        chunk(1, "lo}"),
+        usage_event,
+        "data: [DONE]\n\n".to_string(),
+    ];
+    let expected: String = [events[0].clone(), events[1].clone(), events[3].clone()].concat();
+    // Split the upstream bytes at awkward places (mid-line, mid-JSON).
+    let all: String = events.concat();
+    let pieces: Vec<Bytes> = all
+        .as_bytes()
+        .chunks(7)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    mock.push_response(
+        ScriptedResponse::new(200)
+            .with_header("content-type", "text/event-stream")
+            .with_chunks(pieces),
+    );
+    let body =
+        json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let (status, id, got) = send(&gw, &key, "/v1/chat/completions", &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(String::from_utf8(got.to_vec()).unwrap(), expected);
+
+    let upstream_saw = mock.last_request().unwrap().json();
+    assert_eq!(upstream_saw["stream_options"]["include_usage"], true);
+    assert_eq!(upstream_saw["messages"], body["messages"]);
+
+    let row = env.row(&id).await;
+    assert_tokens(&row, &canned::OPENAI_CHAT, "injected");
+    assert_eq!(row.model, "gpt-4o-2024-08-06");
+    assert!(row.usage_complete && row.price_found);
+
+    // With injection turned off the request goes upstream untouched.
+    drop(gw);
+    let gw = env
+        .gateway(&mock)
+        .env("MAJORDOMO_PROVIDERS_OPENAI_INJECT_STREAM_USAGE", "false")
+        .start()
+        .await;
+    let (status, id, _) = send(&gw, &key, "/v1/chat/completions", &body).await;
+    assert_eq!(status, 200);
+    assert!(mock
+        .last_request()
+        .unwrap()
+        .json()
+        .get("stream_options")
+        .is_none());
+    let row = env.row(&id).await;
+    assert!(
+        !row.usage_complete,
+        "no usage was reported, so the row says so"
+    );
+}
+
+async fn a_gzip_upstream_body_reaches_the_client_untouched_and_is_parsed(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let (_, key) = env.create_key("gzip");
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let body = json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1000, "completion_tokens": 2000, "total_tokens": 3000}
+    });
+    let compressed = common::mock_upstream::gzip(&serde_json::to_vec(&body).unwrap());
+    mock.push_response(ScriptedResponse::gzip_json(200, body.clone()));
+    let raw_client = reqwest::Client::builder().no_gzip().build().unwrap();
+    let r = raw_client
+        .post(gw.url("/v1/chat/completions"))
+        .header("X-Majordomo-Key", &key)
+        .header("Accept-Encoding", "gzip")
+        .json(&json!({"model": "gpt-4o-mini", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let id = r.headers()["x-majordomo-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), compressed.as_slice());
+    let row = env.row(&id).await;
+    assert_eq!((row.input_tokens, row.output_tokens), (1000, 2000));
+    // gpt-4o-mini: 1000×0.15 + 2000×0.6 = 1350 µ$
+    assert_eq!(row.total_cost, d("0.00135"));
+}
+
+async fn a_client_that_disconnects_mid_stream_leaves_a_499_row_with_partial_usage(
+    backend: Backend,
+) {
+    let env = TestEnv::new(backend).await;
+    let (_, key) = env.create_key("gone");
+    let mock = MockUpstream::start().await;
+    mock.set_pause(Duration::from_secs(3));
+    let gw = env.gateway(&mock).start().await;
+    let r = client()
+        .post(gw.url("/v1/messages"))
+        .header("X-Majordomo-Key", &key)
+        .json(&json!({"model": "claude-sonnet-4-5", "max_tokens": 10, "stream": true, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-majordomo-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut stream = r.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("message_start"));
+    drop(stream);
+    let row = env.row(&id).await;
+    assert_eq!(row.status_code, 499);
+    assert!(!row.usage_complete);
+    // message_start already told the input side.
+    assert_eq!(row.input_tokens as u64, canned::ANTHROPIC_MESSAGES.input);
+    assert!(row.error_message.is_some());
+}
+
+async fn a_client_that_closes_right_after_done_is_not_a_disconnect(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let (_, key) = env.create_key("done");
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("X-Majordomo-Key", &key)
+        .json(&json!({"model": "gpt-4o", "stream": true, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-majordomo-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut stream = r.bytes_stream();
+    let mut seen = Vec::new();
+    while let Some(c) = stream.next().await {
+        seen.extend_from_slice(&c.unwrap());
+        if seen.ends_with(b"data: [DONE]\n\n") {
+            break; // like the OpenAI SDK: stop reading at [DONE]
+        }
+    }
+    drop(stream);
+    let row = env.row(&id).await;
+    assert_eq!(row.status_code, 200);
+    assert!(row.usage_complete);
+    assert_tokens(&row, &canned::OPENAI_CHAT, "done");
+}
+
+async fn upstream_errors_and_failures_are_logged_with_their_status(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let (_, key) = env.create_key("errors");
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let chat = json!({"model": "gpt-4o", "messages": []});
+    mock.push_response(ScriptedResponse::openai_error(
+        429,
+        "Rate limit reached for gpt-4o",
+    ));
+    let (status, id, _) = send(&gw, &key, "/v1/chat/completions", &chat).await;
+    assert_eq!(status, 429);
+    let row = env.row(&id).await;
+    assert_eq!(row.status_code, 429);
+    assert_eq!(
+        row.error_message.as_deref(),
+        Some("Rate limit reached for gpt-4o")
+    );
+    assert_eq!(row.input_tokens, 0);
+    assert_eq!(row.model, "gpt-4o");
+
+    mock.push_response(ScriptedResponse::anthropic_error(
+        500,
+        "Internal server error",
+    ));
+    let (status, id, _) = send(
+        &gw,
+        &key,
+        "/v1/messages",
+        &json!({"model": "claude-sonnet-4-5", "messages": []}),
+    )
+    .await;
+    assert_eq!(status, 500);
+    let row = env.row(&id).await;
+    assert_eq!(row.status_code, 500);
+    assert!(row.error_message.unwrap().contains("Internal server error"));
+
+    // The upstream dies mid-stream: the usage seen so far, flagged partial.
+    let events = vec![
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5-20250929\",\"content\":[],\"usage\":{\"input_tokens\":50,\"output_tokens\":1}}}".to_string(),
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}".to_string(),
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}".to_string(),
+    ];
+    mock.push_response(ScriptedResponse::sse(events).with_abort_after(2));
+    let r = client()
+        .post(gw.url("/v1/messages"))
+        .header("X-Majordomo-Key", &key)
+        .json(&json!({"model": "claude-sonnet-4-5", "stream": true, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-majordomo-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let _ = r.bytes().await; // an error: the body was cut
+    let row = env.row(&id).await;
+    assert!(!row.usage_complete);
+    assert_eq!(row.input_tokens, 50);
+    assert!(row.error_message.is_some());
+
+    // Unreachable upstream: a row with 502.
+    let gw2 = env
+        .gateway(&mock)
+        .env(
+            "MAJORDOMO_PROVIDERS_OPENAI_BASE_URL",
+            format!("http://127.0.0.1:{}", free_port()),
+        )
+        .start()
+        .await;
+    let (status, id, _) = send(&gw2, &key, "/v1/chat/completions", &chat).await;
+    assert_eq!(status, 502);
+    let row = env.row(&id).await;
+    assert_eq!(row.status_code, 502);
+    assert!(row.error_message.is_some());
+}
+
+async fn an_unknown_model_is_logged_unpriced_not_free(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let (_, key) = env.create_key("unpriced");
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let (_, id, _) = send(
+        &gw,
+        &key,
+        "/v1/chat/completions",
+        &json!({"model": "my-own-llama-70b", "messages": []}),
+    )
+    .await;
+    let row = env.row(&id).await;
+    assert_eq!(row.model, "my-own-llama-70b");
+    assert!(!row.price_found);
+    assert_eq!(row.total_cost, Decimal::ZERO);
+    assert_eq!(row.input_tokens as u64, canned::OPENAI_CHAT.input);
+}
+
+async fn a_price_override_in_the_config_wins(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let (_, key) = env.create_key("override");
+    std::fs::write(
+        env.path().join("majordomo.yaml"),
+        "pricing:\n  overrides:\n    my-own-llama-70b:\n      input: 1\n      output: 2\n",
+    )
+    .unwrap();
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let (_, id, _) = send(
+        &gw,
+        &key,
+        "/v1/chat/completions",
+        &json!({"model": "my-own-llama-70b", "messages": []}),
+    )
+    .await;
+    let row = env.row(&id).await;
+    assert!(row.price_found);
+    // 1234×1 + 567×2 = 2368 µ$ (no cached price: cached reads at the input price)
+    assert_eq!(row.total_cost, d("0.002368"));
+}
+
+async fn metadata_over_the_limits_is_a_400_with_a_clear_message(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let (_, key) = env.create_key("meta");
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let mut req = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("X-Majordomo-Key", &key)
+        .json(&json!({"model": "gpt-4o", "messages": []}));
+    for i in 0..40 {
+        req = req.header(format!("X-Majordomo-Tag-{i}"), "v");
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("metadata"),
+        "{v}"
+    );
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("X-Majordomo-Key", &key)
+        .header("X-Majordomo-User-Id", "x".repeat(5000))
+        .json(&json!({"model": "gpt-4o", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(mock.request_count(), 0);
+}
+
+async fn a_burst_of_500_concurrent_requests_gives_exactly_500_rows(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let (key_id, key) = env.create_key("burst");
+    let mock = MockUpstream::start().await;
+    mock.set_recording(false);
+    let gw = env.gateway(&mock).start().await;
+    let c = client();
+    let url = gw.url("/v1/chat/completions");
+    let tasks: Vec<_> = (0..500)
+        .map(|i| {
+            let (c, url, key) = (c.clone(), url.clone(), key.clone());
+            tokio::spawn(async move {
+                let stream = i % 2 == 0;
+                let r = c
+                    .post(url)
+                    .header("X-Majordomo-Key", key)
+                    .json(&json!({"model": "gpt-4o", "stream": stream, "messages": []}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                r.bytes().await.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rows = env.wait_rows(500, Duration::from_secs(30)).await;
+    assert_eq!(rows.len(), 500);
+    let ids: std::collections::HashSet<_> = rows.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(ids.len(), 500);
+    assert!(rows
+        .iter()
+        .all(|r| r.usage_complete && r.input_tokens as u64 == canned::OPENAI_CHAT.input));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.rows().await.len(), 500, "no extra rows");
+    let info: Value =
+        serde_json::from_str(&env.cli_ok(&["keys", "get", &key_id, "--json"])).unwrap();
+    assert_eq!(info["request_count"], 500);
+}
+
+both_stores!(
+    each_provider_and_mode_logs_an_exact_priced_row,
+    an_injected_usage_chunk_is_hidden_from_the_client_and_still_logged,
+    a_gzip_upstream_body_reaches_the_client_untouched_and_is_parsed,
+    a_client_that_disconnects_mid_stream_leaves_a_499_row_with_partial_usage,
+    a_client_that_closes_right_after_done_is_not_a_disconnect,
+    upstream_errors_and_failures_are_logged_with_their_status,
+    an_unknown_model_is_logged_unpriced_not_free,
+    a_price_override_in_the_config_wins,
+    metadata_over_the_limits_is_a_400_with_a_clear_message,
+    a_burst_of_500_concurrent_requests_gives_exactly_500_rows,
+);
