@@ -73,6 +73,11 @@ fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Some(Command::Prices { command, offline }) => runtime()?.block_on(async {
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            majordomo::cli::prices::run(&config, command, offline, &mut out).await
+        }),
         Some(Command::Keys { command }) => runtime()?.block_on(async {
             let store = Store::open(&config.storage)?;
             store.migrate().await.context("applying migrations")?;

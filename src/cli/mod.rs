@@ -3,6 +3,7 @@
 //! Thin: parses arguments and calls into the store, keys and server modules.
 
 pub mod keys;
+pub mod prices;
 
 use std::path::PathBuf;
 
@@ -52,4 +53,12 @@ pub enum Command {
     },
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Show the price table in use, or price a model.
+    Prices {
+        #[command(subcommand)]
+        command: Option<prices::PricesCommand>,
+        /// Do not refresh from pricing.remote_url.
+        #[arg(long, global = true)]
+        offline: bool,
+    },
 }

@@ -390,9 +390,14 @@ pub struct MockUpstream {
 impl MockUpstream {
     /// Bind `127.0.0.1:0` and serve in a task on the current tokio runtime.
     pub async fn start() -> MockUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on(0).await
+    }
+
+    /// Like [`start`](Self::start) on a chosen port (0 = any).
+    pub async fn start_on(port: u16) -> MockUpstream {
+        let listener = TcpListener::bind(("127.0.0.1", port))
             .await
-            .expect("mock upstream: bind 127.0.0.1:0");
+            .expect("mock upstream: bind 127.0.0.1");
         let addr = listener.local_addr().expect("mock upstream: local_addr");
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let inner = Arc::new(Inner {
