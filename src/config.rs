@@ -453,7 +453,13 @@ pub struct SinkConfig {
     pub channel_capacity: usize,
     pub batch_max_events: usize,
     pub batch_timeout_ms: u64,
+    /// Every accepted record is written here first (see the sink's spool docs).
     pub spool_dir: PathBuf,
+    /// A spool segment is sealed (and becomes replayable) at this size.
+    pub spool_segment_max_bytes: u64,
+    /// How often the spool is fsynced: what a power loss can cost. A killed
+    /// process loses nothing either way. 0 = fsync every record.
+    pub spool_fsync_interval_ms: u64,
 }
 
 impl Default for SinkConfig {
@@ -463,6 +469,8 @@ impl Default for SinkConfig {
             batch_max_events: 1_000,
             batch_timeout_ms: 200,
             spool_dir: PathBuf::from("./majordomo-spool"),
+            spool_segment_max_bytes: 8 * 1024 * 1024,
+            spool_fsync_interval_ms: 1000,
         }
     }
 }
@@ -566,6 +574,8 @@ const ENV_KEYS: &[(&str, Kind)] = &[
     ("sink.batch_max_events", Kind::Int),
     ("sink.batch_timeout_ms", Kind::Int),
     ("sink.spool_dir", Kind::Str),
+    ("sink.spool_segment_max_bytes", Kind::Int),
+    ("sink.spool_fsync_interval_ms", Kind::Int),
     ("metrics.port", Kind::Int),
 ];
 

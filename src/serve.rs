@@ -17,7 +17,7 @@ use crate::cli::ServeFlags;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::pricing::live::{LivePrices, PriceRefreshService};
-use crate::sink::BatchSettings;
+use crate::sink::SinkSettings;
 use crate::store::Store;
 use pingora::services::background::background_service;
 
@@ -85,13 +85,17 @@ pub fn run(config: Config, flags: ServeFlags) -> anyhow::Result<()> {
     // log writes never wait for each other's connections.
     let sink_store = Store::open(&config.storage).context("opening the store")?;
     let (sink, sink_service) = crate::sink::channel(
-        config.sink.channel_capacity,
         sink_store,
-        BatchSettings {
+        SinkSettings {
+            channel_capacity: config.sink.channel_capacity,
             max_events: config.sink.batch_max_events,
             timeout: Duration::from_millis(config.sink.batch_timeout_ms),
+            spool_dir: config.sink.spool_dir.clone(),
+            spool_segment_max_bytes: config.sink.spool_segment_max_bytes,
+            spool_fsync_interval: Duration::from_millis(config.sink.spool_fsync_interval_ms),
         },
-    );
+    )
+    .with_context(|| format!("sink.spool_dir {}", config.sink.spool_dir.display()))?;
     let gateway =
         Gateway::new(config.clone(), store, sink, prices.clone()).map_err(anyhow::Error::msg)?;
 

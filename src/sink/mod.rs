@@ -1,19 +1,28 @@
 //! The request-log sink: the proxy hands finished records over without
-//! waiting; a Pingora background service batches them into the store.
+//! waiting; a Pingora background service batches them into the store; the
+//! [`spool`] makes every accepted record durable first.
 //!
-//! `logging` calls [`SinkSender::submit`], a `try_send` on a bounded channel.
-//! [`SinkService`] takes records off the channel, closes a batch at
-//! `sink.batch_max_events` records or `sink.batch_timeout_ms` after its first
-//! record, and writes it in one store call (`COPY` on PostgreSQL, one
-//! transaction on SQLite). Writes are idempotent on the request id, so a batch
-//! retried after an ambiguous failure never duplicates a row. Transient
-//! failures are retried with jittered backoff; a batch the database rejects is
-//! split to isolate the poison record. Every outcome is counted in
-//! [`SinkStats`].
+//! `logging` calls [`SinkSender::submit`]: the record is appended to the
+//! spool (a `write(2)`, so it survives the process being killed) and then
+//! `try_send` on a bounded channel. [`SinkService`] takes records off the
+//! channel, closes a batch at `sink.batch_max_events` records or
+//! `sink.batch_timeout_ms` after its first, and writes it in one store call
+//! (`COPY` on PostgreSQL, one transaction on SQLite), then acknowledges the
+//! records' spool segments. When the channel is full, or the database fails,
+//! the records are left to the spool: their segments are marked for replay,
+//! and the replayer writes them once the database answers. Writes are
+//! idempotent on the request id, so nothing is ever written twice. A record
+//! the database rejects even alone goes to the dead letter file. Every
+//! outcome is counted in [`SinkStats`].
 
+pub mod spool;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -21,22 +30,29 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::mpsc;
 
 use crate::store::{RequestRecord, Store, StoreError};
+use spool::{SegmentId, SpoolWriter};
 
 /// Counters of what happened to records (exported as metrics).
 #[derive(Debug, Default)]
 pub struct SinkStats {
     /// Records accepted from the proxy.
     pub queued: AtomicU64,
-    /// Rows newly written to the store.
+    /// Rows newly written to the store (from the queue or a replay).
     pub written: AtomicU64,
-    /// Records the store already had (a retried batch); not an error.
+    /// Records the store already had (a replay of rows already written); not an error.
     pub duplicates: AtomicU64,
-    /// Records the store rejected even alone (kept in the log, never retried forever).
+    /// Records left to the spool because the channel was full or the database failed.
+    pub spooled: AtomicU64,
+    /// Records written from the spool.
+    pub replayed: AtomicU64,
+    /// Records the store rejected even alone, or undecodable spool bytes.
     pub dead_lettered: AtomicU64,
-    /// Records lost because the channel was full or closed. Must stay 0.
+    /// Records lost: the spool could not be written AND the channel was full. Must stay 0.
     pub dropped: AtomicU64,
-    /// Batch write attempts that failed and were retried.
-    pub retries: AtomicU64,
+    /// Spool appends that failed (the record still went to the queue).
+    pub spool_errors: AtomicU64,
+    /// Batch write attempts that failed.
+    pub failed_writes: AtomicU64,
 }
 
 impl SinkStats {
@@ -45,23 +61,58 @@ impl SinkStats {
     }
 }
 
+/// A record on its way to the store, with the spool segment holding its copy.
+struct Queued {
+    record: RequestRecord,
+    segment: Option<SegmentId>,
+}
+
+thread_local! {
+    /// Encoding buffer reused by each proxy thread.
+    static ENCODE_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// The proxy's side of the sink.
 #[derive(Clone)]
 pub struct SinkSender {
-    tx: mpsc::Sender<RequestRecord>,
+    tx: mpsc::Sender<Queued>,
+    spool: Arc<SpoolWriter>,
     stats: Arc<SinkStats>,
 }
 
 impl SinkSender {
-    /// Hands a record over without waiting.
+    /// Makes the record durable and hands it over, without waiting.
     pub fn submit(&self, record: RequestRecord) {
-        match self.tx.try_send(record) {
+        let segment = ENCODE_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            spool::encode(&record, &mut buf).and_then(|()| self.spool.append(&buf))
+        });
+        let segment = match segment {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.stats.spool_errors.fetch_add(1, Ordering::Relaxed);
+                log::error!("request log spool write failed: {e}");
+                None
+            }
+        };
+        match self.tx.try_send(Queued { record, segment }) {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
             }
-            Err(mpsc::error::TrySendError::Full(r)) | Err(mpsc::error::TrySendError::Closed(r)) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                log::error!("request log channel full: record {} dropped", r.id);
+            Err(mpsc::error::TrySendError::Full(q)) | Err(mpsc::error::TrySendError::Closed(q)) => {
+                match q.segment {
+                    Some(seg) => {
+                        self.spool.needs_replay(&seg);
+                        self.stats.spooled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => {
+                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        log::error!(
+                            "request log record {} lost: queue full and spool unwritable",
+                            q.record.id
+                        );
+                    }
+                }
             }
         }
     }
@@ -76,67 +127,95 @@ impl SinkSender {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct BatchSettings {
+#[derive(Debug, Clone)]
+pub struct SinkSettings {
+    pub channel_capacity: usize,
     pub max_events: usize,
     pub timeout: Duration,
+    pub spool_dir: PathBuf,
+    pub spool_segment_max_bytes: u64,
+    /// 0: fsync after every append.
+    pub spool_fsync_interval: Duration,
 }
 
-/// The background writer.
+/// The background writer and replayer.
 pub struct SinkService {
-    rx: Mutex<Option<mpsc::Receiver<RequestRecord>>>,
-    store: Store,
-    settings: BatchSettings,
-    stats: Arc<SinkStats>,
+    rx: Mutex<Option<mpsc::Receiver<Queued>>>,
+    core: Arc<SinkCore>,
 }
 
-/// Builds the two ends of the sink.
-pub fn channel(
-    capacity: usize,
+/// What the writer and the replayer share.
+pub struct SinkCore {
     store: Store,
-    settings: BatchSettings,
-) -> (SinkSender, SinkService) {
-    let (tx, rx) = mpsc::channel(capacity);
+    settings: SinkSettings,
+    spool: Arc<SpoolWriter>,
+    stats: Arc<SinkStats>,
+    /// Until then, queued batches go straight to the spool (the database just failed).
+    degraded_until: Mutex<Option<Instant>>,
+}
+
+/// Builds the two ends of the sink; fails when the spool directory is unusable.
+pub fn channel(
+    store: Store,
+    settings: SinkSettings,
+) -> Result<(SinkSender, SinkService), spool::SpoolError> {
+    let spool = Arc::new(SpoolWriter::open(
+        &settings.spool_dir,
+        settings.spool_segment_max_bytes,
+        settings.spool_fsync_interval.is_zero(),
+    )?);
+    let (tx, rx) = mpsc::channel(settings.channel_capacity);
     let stats = Arc::new(SinkStats::default());
-    (
+    Ok((
         SinkSender {
             tx,
+            spool: spool.clone(),
             stats: stats.clone(),
         },
         SinkService {
             rx: Mutex::new(Some(rx)),
-            store,
-            settings,
-            stats,
+            core: Arc::new(SinkCore {
+                store,
+                settings,
+                spool,
+                stats,
+                degraded_until: Mutex::new(None),
+            }),
         },
-    )
+    ))
 }
+
+const DEGRADED_FOR: Duration = Duration::from_secs(2);
+const REPLAY_EVERY: Duration = Duration::from_millis(500);
 
 impl SinkService {
     pub fn stats(&self) -> Arc<SinkStats> {
-        self.stats.clone()
+        self.core.stats.clone()
     }
 
+    /// The shared core, e.g. for an explicit replay.
+    pub fn core(&self) -> Arc<SinkCore> {
+        self.core.clone()
+    }
+}
+
+impl SinkCore {
     /// Takes up to a batch off the channel: waits for the first record, then
-    /// for more until the batch is full or its time is up. `None` when the
-    /// channel is closed and empty.
-    async fn next_batch(
-        &self,
-        rx: &mut mpsc::Receiver<RequestRecord>,
-    ) -> Option<Vec<RequestRecord>> {
+    /// for more until the batch is full or its time is up.
+    async fn next_batch(&self, rx: &mut mpsc::Receiver<Queued>) -> Option<Vec<Queued>> {
         let first = rx.recv().await?;
-        let mut batch = Vec::with_capacity(self.settings.max_events.min(4096));
+        let max = self.settings.max_events;
+        let mut batch = Vec::with_capacity(max.min(4096));
         batch.push(first);
         let deadline = tokio::time::Instant::now() + self.settings.timeout;
-        while batch.len() < self.settings.max_events {
-            // Take what is already there without a timer per record.
-            while batch.len() < self.settings.max_events {
+        while batch.len() < max {
+            while batch.len() < max {
                 match rx.try_recv() {
                     Ok(r) => batch.push(r),
                     Err(_) => break,
                 }
             }
-            if batch.len() >= self.settings.max_events {
+            if batch.len() >= max {
                 break;
             }
             match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -147,70 +226,199 @@ impl SinkService {
         Some(batch)
     }
 
-    /// Writes a batch, retrying transient failures with jittered backoff and
-    /// isolating records the database rejects.
-    pub async fn write_batch(&self, batch: Vec<RequestRecord>) {
-        let batch = Arc::new(batch);
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self.store.insert_requests(batch.clone()).await {
-                Ok(written) => {
-                    self.count_written(batch.len() as u64, written);
-                    return;
+    fn degraded(&self) -> bool {
+        self.degraded_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| Instant::now() < t)
+    }
+
+    fn set_degraded(&self, on: bool) {
+        *self
+            .degraded_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = on.then(|| Instant::now() + DEGRADED_FOR);
+    }
+
+    /// Writes a batch from the queue; on a database failure the records stay
+    /// in the spool for the replayer.
+    async fn write_queued(&self, batch: Vec<Queued>) {
+        let (records, segments): (Vec<RequestRecord>, Vec<Option<SegmentId>>) =
+            batch.into_iter().map(|q| (q.record, q.segment)).unzip();
+        if self.degraded() {
+            self.leave_to_spool(records, &segments);
+            return;
+        }
+        match self.write_records(records, false).await {
+            Ok(()) => self.ack(&segments),
+            Err(records) => self.leave_to_spool(records, &segments),
+        }
+    }
+
+    fn leave_to_spool(&self, records: Vec<RequestRecord>, segments: &[Option<SegmentId>]) {
+        let mut unspooled = Vec::new();
+        for (record, seg) in records.into_iter().zip(segments) {
+            match seg {
+                Some(seg) => {
+                    self.spool.needs_replay(seg);
+                    self.stats.spooled.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) if e.is_transient() => {
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    log::warn!(
-                        "request log write failed ({e}); retrying {} records",
-                        batch.len()
-                    );
-                    tokio::time::sleep(jitter(backoff)).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                None => unspooled.push(record),
+            }
+        }
+        if !unspooled.is_empty() {
+            // These exist only in memory: keep them until the database is back.
+            let stats = self.stats.clone();
+            let store = self.store.clone();
+            let dir = self.settings.spool_dir.clone();
+            tokio::spawn(async move {
+                let batch = Arc::new(unspooled);
+                let mut backoff = Duration::from_millis(200);
+                loop {
+                    match store.insert_requests(batch.clone()).await {
+                        Ok(n) => {
+                            stats.written.fetch_add(n, Ordering::Relaxed);
+                            return;
+                        }
+                        Err(StoreError::Rejected(why)) => {
+                            for r in batch.iter() {
+                                let _ = spool::dead_letter(&dir, r, &why);
+                                stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            }
+                            return;
+                        }
+                        Err(_) => {
+                            tokio::time::sleep(jitter(backoff)).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
                 }
-                Err(e) => {
-                    log::warn!("request log batch rejected ({e}); isolating the bad record");
-                    self.write_one_by_one(&batch).await;
-                    return;
+            });
+        }
+    }
+
+    fn ack(&self, segments: &[Option<SegmentId>]) {
+        let mut counts: HashMap<&SegmentId, u64> = HashMap::new();
+        for seg in segments.iter().flatten() {
+            *counts.entry(seg).or_default() += 1;
+        }
+        for (seg, n) in counts {
+            self.spool.ack(seg, n);
+        }
+    }
+
+    /// One attempt to write records; a rejected batch is split to isolate
+    /// (and dead-letter) the poison record. `Err` gives the records back
+    /// when the database is unavailable.
+    async fn write_records(
+        &self,
+        records: Vec<RequestRecord>,
+        replay: bool,
+    ) -> Result<(), Vec<RequestRecord>> {
+        let n = records.len() as u64;
+        let batch = Arc::new(records);
+        match self.store.insert_requests(batch.clone()).await {
+            Ok(written) => {
+                self.set_degraded(false);
+                self.count_written(n, written, replay);
+                Ok(())
+            }
+            Err(e) if e.is_transient() => {
+                self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
+                self.set_degraded(true);
+                log::warn!("request log write failed ({e}); {n} records left to the spool");
+                Err(Arc::try_unwrap(batch).unwrap_or_else(|b| (*b).clone()))
+            }
+            Err(e) => {
+                log::warn!("request log batch rejected ({e}); isolating the bad record");
+                for record in batch.iter() {
+                    let one = Arc::new(vec![record.clone()]);
+                    match self.store.insert_requests(one).await {
+                        Ok(written) => self.count_written(1, written, replay),
+                        Err(e) if e.is_transient() => {
+                            self.set_degraded(true);
+                            return Err(batch.iter().cloned().collect());
+                        }
+                        Err(e) => {
+                            self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            log::error!(
+                                "request log record {} rejected and dead-lettered: {e}",
+                                record.id
+                            );
+                            if let Err(e) =
+                                spool::dead_letter(&self.settings.spool_dir, record, &e.to_string())
+                            {
+                                log::error!("dead letter write failed: {e}");
+                            }
+                        }
+                    }
                 }
+                Ok(())
             }
         }
     }
 
-    async fn write_one_by_one(&self, batch: &[RequestRecord]) {
-        for record in batch {
-            let one = Arc::new(vec![record.clone()]);
-            let mut backoff = Duration::from_millis(50);
-            loop {
-                match self.store.insert_requests(one.clone()).await {
-                    Ok(written) => {
-                        self.count_written(1, written);
-                        break;
-                    }
-                    Err(StoreError::Rejected(why))
-                    | Err(StoreError::Migration { message: why, .. }) => {
-                        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                        log::error!(
-                            "request log record rejected by the database and dead-lettered: {why}; record: {}",
-                            serde_json::to_string(record).unwrap_or_default()
-                        );
-                        break;
-                    }
-                    Err(e) => {
-                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                        log::warn!("request log write failed ({e}); retrying");
-                        tokio::time::sleep(jitter(backoff)).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-        }
-    }
-
-    fn count_written(&self, attempted: u64, written: u64) {
+    fn count_written(&self, attempted: u64, written: u64, replay: bool) {
         self.stats.written.fetch_add(written, Ordering::Relaxed);
+        if replay {
+            self.stats.replayed.fetch_add(written, Ordering::Relaxed);
+        }
         self.stats
             .duplicates
             .fetch_add(attempted.saturating_sub(written), Ordering::Relaxed);
+    }
+
+    /// Replays every sealed segment nobody else is writing or delivering:
+    /// left over by an earlier process, or ours and marked for replay.
+    /// Returns false when the database failed (try again later).
+    pub async fn replay_once(&self) -> bool {
+        self.spool.seal_if_replay_needed();
+        let spool = self.spool.clone();
+        let dir = self.settings.spool_dir.clone();
+        let claimed = tokio::task::spawn_blocking(move || {
+            let active = spool.active_name();
+            spool::claim_sealed(&dir, |name| name == active || spool.is_in_flight(name))
+        })
+        .await
+        .unwrap_or_default();
+        for (path, _lock) in claimed {
+            let dir = self.settings.spool_dir.clone();
+            let p = path.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let offset = spool::read_ack(&p);
+                spool::read_segment(&dir, &p, offset)
+            })
+            .await;
+            let read = match read {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    log::error!("cannot read spool segment {}: {e}", path.display());
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            self.stats
+                .dead_lettered
+                .fetch_add(read.corrupt, Ordering::Relaxed);
+            let mut records = read.records;
+            while !records.is_empty() {
+                let take = records.len().min(self.settings.max_events);
+                let chunk: Vec<_> = records.drain(..take).collect();
+                let end = chunk.last().map(|(_, end)| *end).unwrap_or(0);
+                let recs: Vec<RequestRecord> = chunk.into_iter().map(|(r, _)| r).collect();
+                if self.write_records(recs, true).await.is_err() {
+                    return false;
+                }
+                if let Err(e) = spool::write_ack(&path, end) {
+                    log::warn!("spool ledger not written: {e}");
+                }
+            }
+            spool::remove_segment(&path);
+            if let Some(name) = path.file_name() {
+                self.spool.forget_replayed(&name.to_string_lossy());
+            }
+        }
+        true
     }
 }
 
@@ -223,14 +431,49 @@ fn jitter(d: Duration) -> Duration {
 
 #[async_trait]
 impl BackgroundService for SinkService {
-    async fn start(&self, _shutdown: ShutdownWatch) {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
         let Some(mut rx) = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
-        // Shutdown is not a reason to stop: requests still draining during the
-        // grace period keep logging, and the loop ends when every sender is gone.
-        while let Some(batch) = self.next_batch(&mut rx).await {
-            self.write_batch(batch).await;
+        let core = self.core.clone();
+        // The replayer and the fsync timer run beside the writer.
+        let background = tokio::spawn({
+            let core = core.clone();
+            async move {
+                let mut replay_tick = tokio::time::interval(REPLAY_EVERY);
+                let sync_every = core
+                    .settings
+                    .spool_fsync_interval
+                    .max(Duration::from_millis(10));
+                let mut sync_tick = tokio::time::interval(sync_every);
+                let mut shutdown_seen = false;
+                loop {
+                    tokio::select! {
+                        _ = replay_tick.tick() => {
+                            // The replay doubles as the probe that ends a degraded spell.
+                            if core.replay_once().await {
+                                core.set_degraded(false);
+                            } else {
+                                core.set_degraded(true);
+                            }
+                        }
+                        _ = sync_tick.tick() => core.spool.sync(),
+                        _ = shutdown.changed(), if !shutdown_seen => {
+                            shutdown_seen = true;
+                            core.spool.sync();
+                        }
+                    }
+                }
+            }
+        });
+        // Shutdown is not a reason to stop: requests still draining during
+        // the grace period keep logging, and whatever is not written when the
+        // process ends is in the spool for the next start.
+        while let Some(batch) = core.next_batch(&mut rx).await {
+            core.write_queued(batch).await;
         }
+        background.abort();
+        core.spool.sync();
+        core.spool.close();
     }
 }
