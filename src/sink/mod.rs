@@ -401,6 +401,7 @@ impl SinkCore {
                 .dead_lettered
                 .fetch_add(read.corrupt, Ordering::Relaxed);
             let mut records = read.records;
+            let total = records.len();
             while !records.is_empty() {
                 let take = records.len().min(self.settings.max_events);
                 let chunk: Vec<_> = records.drain(..take).collect();
@@ -412,6 +413,9 @@ impl SinkCore {
                 if let Err(e) = spool::write_ack(&path, end) {
                     log::warn!("spool ledger not written: {e}");
                 }
+            }
+            if total > 0 {
+                log::info!("replayed {total} records from spool segment {}", path.display());
             }
             spool::remove_segment(&path);
             if let Some(name) = path.file_name() {

@@ -513,3 +513,78 @@ impl TestEnv {
         }
     }
 }
+
+/// A TCP relay in front of a server (PostgreSQL), which a test can cut
+/// (every open connection dropped, new ones closed at once) and restore.
+pub struct TcpRelay {
+    pub port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+use std::sync::Arc;
+
+impl TcpRelay {
+    pub async fn start(target: (&'static str, u16)) -> TcpRelay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Default::default();
+        let (c, cs) = (cut.clone(), conns.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if c.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let handle = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                cs.lock().unwrap().push(handle);
+            }
+        });
+        TcpRelay {
+            port,
+            cut,
+            conns,
+            task,
+        }
+    }
+
+    /// The database "goes away": open connections die, new ones are refused.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+}
+
+impl TestEnv {
+    /// Store settings that reach PostgreSQL through `relay`.
+    pub fn via_relay(&self, relay: &TcpRelay) -> Vec<(String, String)> {
+        vec![(
+            "MAJORDOMO_STORAGE_POSTGRES_PORT".to_string(),
+            relay.port.to_string(),
+        )]
+    }
+}
