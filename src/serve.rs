@@ -16,6 +16,7 @@ use pingora::server::Server;
 use crate::cli::ServeFlags;
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::metrics::{Metrics, MetricsApp};
 use crate::pricing::live::{LivePrices, PriceRefreshService};
 use crate::sink::SinkSettings;
 use crate::store::Store;
@@ -96,8 +97,16 @@ pub fn run(config: Config, flags: ServeFlags) -> anyhow::Result<()> {
         },
     )
     .with_context(|| format!("sink.spool_dir {}", config.sink.spool_dir.display()))?;
-    let gateway =
-        Gateway::new(config.clone(), store, sink, prices.clone()).map_err(anyhow::Error::msg)?;
+    let metrics = Arc::new(Metrics::new());
+    let gateway = Gateway::new(
+        config.clone(),
+        store,
+        sink.clone(),
+        prices.clone(),
+        metrics.clone(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    metrics.attach(sink, gateway.key_cache(), prices.clone());
 
     let opt = Opt {
         upgrade: flags.upgrade,
@@ -118,6 +127,12 @@ pub fn run(config: Config, flags: ServeFlags) -> anyhow::Result<()> {
     proxy.add_tcp(&addr);
     server.add_service(proxy);
     server.add_service(background_service("request log sink", sink_service));
+    if config.metrics.port != 0 {
+        let mut metrics_service =
+            pingora::services::listening::Service::new("metrics".to_string(), MetricsApp(metrics));
+        metrics_service.add_tcp(&format!("{}:{}", config.server.host, config.metrics.port));
+        server.add_service(metrics_service);
+    }
     server.add_service(background_service(
         "price refresh",
         PriceRefreshService { prices },

@@ -28,7 +28,10 @@ async fn load(gw: &GatewayProcess, key: &str, n: usize, concurrency: usize) -> V
                     .await
                     .expect("the gateway answers even while the database is away");
                 assert_eq!(r.status(), 200);
-                let id = r.headers()["x-majordomo-request-id"].to_str().unwrap().to_string();
+                let id = r.headers()["x-majordomo-request-id"]
+                    .to_str()
+                    .unwrap()
+                    .to_string();
                 r.bytes().await.unwrap();
                 id
             }
@@ -45,7 +48,12 @@ fn assert_exactly(rows: &[LogRow], ids: &[String]) {
     assert_eq!(unique.len(), got.len(), "duplicate rows");
     let want: HashSet<&str> = ids.iter().map(|s| s.as_str()).collect();
     let missing: Vec<_> = want.difference(&unique).collect();
-    assert!(missing.is_empty(), "{} rows missing, e.g. {:?}", missing.len(), missing.first());
+    assert!(
+        missing.is_empty(),
+        "{} rows missing, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
     assert_eq!(unique.len(), want.len(), "rows for requests never made");
 }
 
@@ -70,18 +78,46 @@ async fn rows_survive_a_database_outage_under_load_without_duplicates() {
     while outage_started.elapsed() < Duration::from_secs(3) {
         ids.extend(load(&gw, &key, 50, 8).await);
     }
-    assert!(env.rows().await.len() < ids.len(), "the outage must hold rows back");
+    assert!(
+        env.rows().await.len() < ids.len(),
+        "the outage must hold rows back"
+    );
     relay.restore();
     ids.extend(load(&gw, &key, 100, 8).await);
 
     let rows = env.wait_rows(ids.len(), Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rows = if rows.len() == ids.len() { env.rows().await } else { rows };
+    let rows = if rows.len() == ids.len() {
+        env.rows().await
+    } else {
+        rows
+    };
     assert_exactly(&rows, &ids);
     let info: serde_json::Value =
         serde_json::from_str(&env.cli_ok(&["keys", "get", &key_id, "--json"])).unwrap();
-    assert_eq!(info["request_count"], ids.len(), "counters count each row once");
+    assert_eq!(
+        info["request_count"],
+        ids.len(),
+        "counters count each row once"
+    );
     assert!(!gw.log().contains("lost"), "{}", gw.log());
+    assert_eq!(
+        gw.metric("majordomo_sink_records_total{outcome=\"dropped\"}")
+            .await,
+        Some(0.0)
+    );
+    assert!(
+        gw.metric("majordomo_sink_records_total{outcome=\"spooled\"}")
+            .await
+            .unwrap()
+            > 0.0
+    );
+    assert!(
+        gw.metric("majordomo_sink_records_total{outcome=\"replayed\"}")
+            .await
+            .unwrap()
+            > 0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -113,9 +149,22 @@ async fn a_sigkilled_gateway_loses_no_accepted_record() {
     let gw2 = start(&relay).await;
     let rows = env.wait_rows(ids.len(), Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let rows = if rows.len() == ids.len() { env.rows().await } else { rows };
+    let rows = if rows.len() == ids.len() {
+        env.rows().await
+    } else {
+        rows
+    };
     assert_exactly(&rows, &ids);
-    assert!(gw2.log().contains("replayed"), "the rows came from the spool: {}", gw2.log());
+    assert!(
+        gw2.log().contains("replayed"),
+        "the rows came from the spool: {}",
+        gw2.log()
+    );
+    assert_eq!(
+        gw2.metric("majordomo_sink_records_total{outcome=\"dropped\"}")
+            .await,
+        Some(0.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -137,7 +186,10 @@ async fn a_sigterm_mid_stream_lets_the_stream_finish_and_writes_its_row() {
         .send()
         .await
         .unwrap();
-    let id = r.headers()["x-majordomo-request-id"].to_str().unwrap().to_string();
+    let id = r.headers()["x-majordomo-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let mut stream = r.bytes_stream();
     let mut body = stream.next().await.unwrap().unwrap().to_vec();
     gw.signal("TERM");

@@ -14,6 +14,7 @@ use crate::store::Store;
 pub enum HealthRoute {
     Health,
     Ready,
+    Metrics,
 }
 
 /// Whether the request is for one of the gateway's own endpoints.
@@ -24,13 +25,23 @@ pub fn route(req: &RequestHeader) -> Option<HealthRoute> {
     match req.uri.path() {
         "/health" | "/healthz" => Some(HealthRoute::Health),
         "/readyz" => Some(HealthRoute::Ready),
+        "/metrics" => Some(HealthRoute::Metrics),
         _ => None,
     }
 }
 
 impl HealthRoute {
-    pub async fn respond(self, store: &Store) -> (u16, &'static str, Bytes) {
+    pub async fn respond(
+        self,
+        store: &Store,
+        metrics: &crate::metrics::Metrics,
+    ) -> (u16, &'static str, Bytes) {
         match self {
+            HealthRoute::Metrics => (
+                200,
+                "text/plain; version=0.0.4",
+                Bytes::from(metrics.render()),
+            ),
             HealthRoute::Health => (200, "text/plain; charset=utf-8", Bytes::from_static(b"ok")),
             HealthRoute::Ready => {
                 match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {

@@ -23,6 +23,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::config::Config;
 use crate::keys::cache::{KeyCache, KeyCacheSettings, KeyCheck};
+use crate::metrics::Metrics;
 use crate::pricing::live::LivePrices;
 use crate::provider::upstream::{BaseUrl, Upstream};
 use crate::provider::{self, Provider};
@@ -56,6 +57,7 @@ pub struct Gateway {
     config: Arc<Config>,
     sink: SinkSender,
     prices: Arc<LivePrices>,
+    metrics: Arc<Metrics>,
     connect_timeout: Duration,
     read_timeout: Duration,
 }
@@ -66,6 +68,7 @@ impl Gateway {
         store: Store,
         sink: SinkSender,
         prices: Arc<LivePrices>,
+        metrics: Arc<Metrics>,
     ) -> Result<Gateway, String> {
         let dns_ttl = Duration::from_secs(config.upstream.dns_ttl_secs);
         let upstream = |p: Provider| -> Result<Arc<Upstream>, String> {
@@ -97,6 +100,7 @@ impl Gateway {
             store,
             sink,
             prices,
+            metrics,
             connect_timeout: Duration::from_secs(config.upstream.connect_timeout_secs),
             read_timeout: Duration::from_secs(config.upstream.read_timeout_secs),
             config,
@@ -248,7 +252,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if let Some(answer) = health::route(session.req_header()) {
-            let (status, content_type, body) = answer.respond(&self.store).await;
+            let (status, content_type, body) = answer.respond(&self.store, &self.metrics).await;
             respond(session, ctx, status, content_type, body).await?;
             return Ok(true);
         }
@@ -454,7 +458,10 @@ impl ProxyHttp for Gateway {
         if ctx.api_key_id.is_some() {
             let parsed = ctx.parser.take().map(UsageParser::finish);
             let prices = self.prices.current();
-            let row = record::build(ctx, session.req_header(), parsed, ending, &prices.table);
+            let (row, priced_as) =
+                record::build(ctx, session.req_header(), parsed, ending, &prices.table);
+            self.metrics
+                .observe(&row, priced_as.as_deref(), ending == Ending::UpstreamFailed);
             self.sink.submit(row);
         }
         let mut id = [0u8; 36];

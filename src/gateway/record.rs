@@ -34,7 +34,7 @@ pub fn build(
     parsed: Option<ParsedResponse>,
     ending: Ending,
     prices: &PriceTable,
-) -> RequestRecord {
+) -> (RequestRecord, Option<String>) {
     let parsed = parsed.unwrap_or_default();
     // A client that closes right after the stream's natural end (the OpenAI
     // SDK does after `[DONE]`) is not a disconnect.
@@ -50,10 +50,11 @@ pub fn build(
     let usage_complete = ending == Ending::Delivered && parsed.complete && parsed.usage.is_some();
     let usage = parsed.usage.unwrap_or_default();
     let model = choose_model(ctx, req, parsed.model);
-    let (cost, price_found) = match prices.lookup(&model, usage.input_tokens) {
-        Some(m) => (pricing::cost(ctx.provider, &usage, &m.price), true),
-        None => (pricing::Cost::default(), false),
+    let (cost, priced_as) = match prices.lookup(&model, usage.input_tokens) {
+        Some(m) => (pricing::cost(ctx.provider, &usage, &m.price), Some(m.id)),
+        None => (pricing::Cost::default(), None),
     };
+    let price_found = priced_as.is_some();
     let error_message = ctx
         .error_message
         .clone()
@@ -65,7 +66,7 @@ pub fn build(
             _ => None,
         });
     let elapsed = ctx.started.elapsed();
-    RequestRecord {
+    let record = RequestRecord {
         id: ctx.request_id,
         api_key_id: ctx.api_key_id,
         provider_api_key_hash: provider_credential_hash(ctx.provider, req),
@@ -92,7 +93,8 @@ pub fn build(
         status_code: i32::from(status),
         error_message,
         raw_metadata: metadata_json(&ctx.metadata),
-    }
+    };
+    (record, priced_as)
 }
 
 /// The model for pricing: the response's, else the request's, else the path's.
@@ -214,7 +216,7 @@ mod tests {
     #[test]
     fn a_client_that_leaves_after_the_end_of_the_stream_is_not_a_disconnect() {
         let r = req("/v1/chat/completions", &[]);
-        let rec = build(
+        let (rec, _) = build(
             &ctx(),
             &r,
             Some(parsed(true)),
@@ -230,7 +232,7 @@ mod tests {
     #[test]
     fn a_client_that_leaves_mid_stream_is_a_499_with_partial_usage() {
         let r = req("/v1/chat/completions", &[]);
-        let rec = build(
+        let (rec, _) = build(
             &ctx(),
             &r,
             Some(parsed(false)),
@@ -248,7 +250,7 @@ mod tests {
         let r = req("/v1/chat/completions", &[]);
         let mut p = parsed(true);
         p.model = Some("my-local-llama".into());
-        let rec = build(
+        let (rec, _) = build(
             &ctx(),
             &r,
             Some(p),
@@ -265,10 +267,10 @@ mod tests {
         let mut c = ctx();
         c.provider = Provider::Gemini;
         let r = req("/v1beta/models/gemini-2.5-pro:generateContent", &[]);
-        let rec = build(&c, &r, None, Ending::Delivered, &PriceTable::bundled());
+        let (rec, _) = build(&c, &r, None, Ending::Delivered, &PriceTable::bundled());
         assert_eq!(rec.model, "gemini-2.5-pro");
         c.request_model = Some("from-request".into());
-        let rec = build(&c, &r, None, Ending::Delivered, &PriceTable::bundled());
+        let (rec, _) = build(&c, &r, None, Ending::Delivered, &PriceTable::bundled());
         assert_eq!(rec.model, "from-request");
     }
 }

@@ -7,6 +7,7 @@
 //! [`KeyCache::invalidate_hash`] lets a revocation signal (LISTEN/NOTIFY)
 //! evict a key at once instead of waiting for the TTL.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ pub struct KeyCache {
     valid: Cache<[u8; 32], Uuid>,
     invalid: Cache<[u8; 32], ()>,
     store: Store,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 #[derive(Clone, Copy)]
@@ -48,6 +51,8 @@ impl KeyCache {
                 .max_capacity(s.negative_capacity)
                 .build(),
             store,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
@@ -55,11 +60,14 @@ impl KeyCache {
     pub async fn check(&self, key: &str) -> Result<KeyCheck, Arc<StoreError>> {
         let hash = super::hash(key);
         if let Some(id) = self.valid.get(&hash).await {
+            self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(KeyCheck::Valid(id));
         }
         if self.invalid.contains_key(&hash) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(KeyCheck::Invalid);
         }
+        self.misses.fetch_add(1, Ordering::Relaxed);
         let store = self.store.clone();
         let lookup = self
             .valid
@@ -90,6 +98,14 @@ impl KeyCache {
                 },
             },
         }
+    }
+
+    /// (hits, misses) since start.
+    pub fn hit_counts(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
     }
 
     /// Forgets a key at once (it was revoked or changed elsewhere).

@@ -415,7 +415,10 @@ impl SinkCore {
                 }
             }
             if total > 0 {
-                log::info!("replayed {total} records from spool segment {}", path.display());
+                log::info!(
+                    "replayed {total} records from spool segment {}",
+                    path.display()
+                );
             }
             spool::remove_segment(&path);
             if let Some(name) = path.file_name() {

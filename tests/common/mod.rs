@@ -588,3 +588,29 @@ impl TestEnv {
         )]
     }
 }
+
+impl GatewayProcess {
+    /// The value of one series from `/metrics` on the main port, e.g.
+    /// `majordomo_sink_records_total{outcome="dropped"}`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        parse_metric(&text, series)
+    }
+}
+
+pub fn parse_metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

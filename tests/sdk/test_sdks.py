@@ -11,7 +11,6 @@ import json
 import re
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 
 import anthropic
 import openai
@@ -26,6 +25,9 @@ MOCK_RS = REPO / "tests" / "common" / "mock_upstream.rs"
 PRICES_JSON = REPO / "conf" / "prices.json"
 
 TEXT = 'Hello from the "mock" upstream \u2713'
+# the mock's canned::TEXT_PIECES: one stream event (one Gemini chunk) each
+C_TEXT_PIECES = ["Hello", " from", ' the "mock"', " upstream", " \u2713"]
+assert "".join(C_TEXT_PIECES) == TEXT
 INVALID_KEY = "mdm_sk_" + "0" * 40
 INVALID_KEY_MESSAGE = "Invalid X-Majordomo-Key"
 
@@ -330,7 +332,7 @@ def test_openai_embeddings(gateway: Gateway, test_case: str):
     raw = client.embeddings.with_raw_response.create(model=EMBEDDING_MODEL, input="hello")
     result = raw.parse()
     assert len(result.data) == 1
-    assert len(result.data[0].embedding) == C.get("DEFAULT_EMBEDDING_DIMENSIONS", 8)
+    assert len(result.data[0].embedding) == C["DEFAULT_EMBEDDING_DIMENSIONS"]
     assert all(isinstance(x, float) for x in result.data[0].embedding)
     assert result.usage.prompt_tokens == OPENAI_EMBEDDINGS.input
     row = gateway.row_for(test_case)
@@ -481,6 +483,3 @@ def test_gemini_invalid_key(gateway: Gateway, test_case: str):
     assert exc.value.code == 401
     assert INVALID_KEY_MESSAGE in (exc.value.message or "")
 
-
-C_TEXT_PIECES = ["Hello", " from", ' the "mock"', " upstream", " \u2713"]
-assert "".join(C_TEXT_PIECES) == TEXT

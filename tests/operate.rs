@@ -1,0 +1,110 @@
+//! Issue 5 "Operate it": metrics, logs, revocation across replicas, upgrades.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_are_served_on_the_metrics_port_and_the_main_port() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let (_, key) = env.create_key("metrics");
+    let mock = MockUpstream::start().await;
+    let metrics_port = free_port();
+    let gw = env
+        .gateway(&mock)
+        .env("MAJORDOMO_METRICS_PORT", metrics_port)
+        .start()
+        .await;
+    for model in ["gpt-4o", "some-unknown-model"] {
+        let r = client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("X-Majordomo-Key", &key)
+            .json(&json!({"model": model, "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    env.wait_rows(2, Duration::from_secs(10)).await;
+    let text = client()
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let m = |s: &str| parse_metric(&text, s);
+    assert_eq!(
+        m(r#"majordomo_requests_total{model="gpt-4o",provider="openai",status="200"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        m(r#"majordomo_requests_total{model="unpriced",provider="openai",status="200"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        m(r#"majordomo_tokens_total{kind="input",provider="openai"}"#),
+        Some(2.0 * 1234.0),
+        "{text}"
+    );
+    assert_eq!(
+        m(r#"majordomo_request_duration_seconds_count{provider="openai"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        m(r#"majordomo_sink_records_total{outcome="dropped"}"#),
+        Some(0.0)
+    );
+    assert!(m("majordomo_pricing_models").unwrap() > 100.0);
+    assert!(m(r#"majordomo_key_cache_requests_total{result="hit"}"#).unwrap() >= 1.0);
+    assert!(m(r#"majordomo_cost_usd_total{provider="openai"}"#).unwrap() > 0.0);
+    // Same exposition on the main port.
+    assert!(gw.metric(r#"majordomo_sink_queue_depth"#).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_carry_the_request_id_and_never_a_secret() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let (_, key) = env.create_key("logs");
+    let mock = MockUpstream::start().await;
+    let gw = env
+        .gateway(&mock)
+        .env("MAJORDOMO_LOGGING_FORMAT", "json")
+        .start()
+        .await;
+    let r = client()
+        .post(gw.url("/v1/chat/completions?key=query-secret"))
+        .header("X-Majordomo-Key", &key)
+        .header("Authorization", "Bearer sk-log-secret")
+        .json(&json!({"model": "gpt-4o", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-majordomo-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    r.bytes().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gw.log().contains(&id) {
+        assert!(
+            Instant::now() < deadline,
+            "no access log line:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = gw.log();
+    let line = log.lines().find(|l| l.contains(&id)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line).expect("json log line");
+    assert_eq!(v["target"], "majordomo::access");
+    for secret in [key.as_str(), "sk-log-secret", "query-secret"] {
+        assert!(!log.contains(secret), "secret {secret} in the log");
+    }
+}
