@@ -22,3 +22,4 @@ if ! pg_up; then
 fi
 
 cargo test --locked --all-targets "$@"
+./tests/sdk/run.sh

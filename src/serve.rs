@@ -16,6 +16,7 @@ use pingora::server::Server;
 use crate::cli::ServeFlags;
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::keys::revocation::RevocationListener;
 use crate::metrics::{Metrics, MetricsApp};
 use crate::pricing::live::{LivePrices, PriceRefreshService};
 use crate::sink::SinkSettings;
@@ -107,6 +108,11 @@ pub fn run(config: Config, flags: ServeFlags) -> anyhow::Result<()> {
     )
     .map_err(anyhow::Error::msg)?;
     metrics.attach(sink, gateway.key_cache(), prices.clone());
+    let revocations = RevocationListener {
+        storage: config.storage.clone(),
+        store: Store::open(&config.storage).context("opening the store")?,
+        keys: gateway.key_cache(),
+    };
 
     let opt = Opt {
         upgrade: flags.upgrade,
@@ -127,6 +133,7 @@ pub fn run(config: Config, flags: ServeFlags) -> anyhow::Result<()> {
     proxy.add_tcp(&addr);
     server.add_service(proxy);
     server.add_service(background_service("request log sink", sink_service));
+    server.add_service(background_service("key revocations", revocations));
     if config.metrics.port != 0 {
         let mut metrics_service =
             pingora::services::listening::Service::new("metrics".to_string(), MetricsApp(metrics));

@@ -108,3 +108,86 @@ async fn access_log_lines_carry_the_request_id_and_never_a_secret() {
         assert!(!log.contains(secret), "secret {secret} in the log");
     }
 }
+
+async fn a_revoked_key_fails_on_every_replica_within_a_second(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let (id, key) = env.create_key("replicas");
+    let mock = MockUpstream::start().await;
+    // Two replicas on one store, with the default 5-minute cache TTL.
+    let a = env.gateway(&mock).start().await;
+    let b = env.gateway(&mock).start().await;
+    let send = |gw: &GatewayProcess| {
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("X-Majordomo-Key", &key)
+            .json(&json!({"model": "gpt-4o", "messages": []}))
+            .send()
+    };
+    assert_eq!(send(&a).await.unwrap().status(), 200);
+    assert_eq!(send(&b).await.unwrap().status(), 200);
+    // Let the listeners settle (PostgreSQL LISTEN / SQLite poller).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.cli_ok(&["keys", "revoke", &id]);
+    let revoked_at = Instant::now();
+    for gw in [&a, &b] {
+        loop {
+            let status = send(gw).await.unwrap().status();
+            if status == 401 {
+                break;
+            }
+            assert!(
+                revoked_at.elapsed() < Duration::from_secs(1),
+                "still accepted {:?} after the revocation",
+                revoked_at.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let took = revoked_at.elapsed();
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_revocation_listener_reconnects_after_losing_the_database() {
+    let env = TestEnv::new(Backend::Postgres).await;
+    let (id, key) = env.create_key("reconnect");
+    let relay = TcpRelay::start((PG_HOST, PG_PORT)).await;
+    let mock = MockUpstream::start().await;
+    let mut builder = env.gateway(&mock);
+    for (k, v) in env.via_relay(&relay) {
+        builder = builder.env(&k, v);
+    }
+    let gw = builder.start().await;
+    let send = || {
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("X-Majordomo-Key", &key)
+            .json(&json!({"model": "gpt-4o", "messages": []}))
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 200);
+    relay.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.restore();
+    // Wait for the listener to be back, then revoke (the CLI goes direct).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while gw.log().matches("listening for key revocations").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "listener never reconnected:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.cli_ok(&["keys", "revoke", &id]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while send().await.unwrap().status() != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "revocation not seen after reconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+both_stores!(a_revoked_key_fails_on_every_replica_within_a_second);

@@ -5,6 +5,7 @@
 //! once at creation. The validation cache lives in [`cache`].
 
 pub mod cache;
+pub mod revocation;
 
 use base64::Engine;
 

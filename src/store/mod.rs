@@ -6,7 +6,7 @@
 //! idempotent on the request id, so a replayed batch never duplicates a row.
 
 mod migrations;
-mod postgres;
+pub mod postgres;
 pub mod record;
 mod sqlite;
 
@@ -155,6 +155,15 @@ impl Store {
         match &*self.inner {
             Backend::Sqlite(s) => s.find_active_key(key_hash).await,
             Backend::Postgres(s) => s.find_active_key(key_hash).await,
+        }
+    }
+
+    /// Hashes of keys revoked at or after `since` (for stores without
+    /// notifications: SQLite is polled).
+    pub async fn revoked_since(&self, since: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+        match &*self.inner {
+            Backend::Sqlite(s) => s.revoked_since(since).await,
+            Backend::Postgres(_) => Ok(vec![]),
         }
     }
 

@@ -216,6 +216,18 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn revoked_since(&self, since: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+        let since = ts(&since);
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT key_hash FROM api_keys WHERE revoked_at >= ?1")
+                .map_err(err)?;
+            let rows = stmt.query_map([since], |r| r.get(0)).map_err(err)?;
+            rows.collect::<Result<Vec<String>, _>>().map_err(err)
+        })
+        .await
+    }
+
     pub async fn insert_requests(&self, batch: Arc<Vec<RequestRecord>>) -> Result<u64, StoreError> {
         self.with(move |c| {
             let tx = c
