@@ -23,3 +23,6 @@ fi
 
 cargo test --locked --all-targets "$@"
 ./tests/sdk/run.sh
+# A short zero-downtime upgrade (-u + SIGQUIT) under load, on both stores.
+UPGRADE_DURATION=6 ./scripts/upgrade-under-load.sh
+UPGRADE_DURATION=6 UPGRADE_STORE=postgres ./scripts/upgrade-under-load.sh
