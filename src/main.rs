@@ -78,6 +78,13 @@ fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             let mut out = stdout.lock();
             majordomo::cli::prices::run(&config, command, offline, &mut out).await
         }),
+        Some(Command::Metadata { command }) => runtime()?.block_on(async {
+            let store = Store::open(&config.storage)?;
+            store.migrate().await.context("applying migrations")?;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            majordomo::cli::metadata::run(&store, command, &mut out).await
+        }),
         Some(Command::Keys { command }) => runtime()?.block_on(async {
             let store = Store::open(&config.storage)?;
             store.migrate().await.context("applying migrations")?;

@@ -3,6 +3,7 @@
 //! Thin: parses arguments and calls into the store, keys and server modules.
 
 pub mod keys;
+pub mod metadata;
 pub mod prices;
 
 use std::path::PathBuf;
@@ -53,6 +54,11 @@ pub enum Command {
     },
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Metadata statistics per API key, and which metadata keys are indexed.
+    Metadata {
+        #[command(subcommand)]
+        command: metadata::MetadataCommand,
+    },
     /// Show the price table in use, or price a model.
     Prices {
         #[command(subcommand)]

@@ -5,6 +5,7 @@
 //! start (and by `majordomo migrate`). Writes of request records are
 //! idempotent on the request id, so a replayed batch never duplicates a row.
 
+pub mod hll;
 mod migrations;
 pub mod postgres;
 pub mod record;
@@ -52,6 +53,58 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub request_count: i64,
+}
+
+/// One row of `llm_requests_metadata_keys`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MetadataKey {
+    pub api_key_id: Uuid,
+    pub key_name: String,
+    pub is_active: bool,
+    pub activated_at: Option<DateTime<Utc>>,
+    pub request_count: i64,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub approx_cardinality: i64,
+}
+
+/// A batch's contribution to one (API key, metadata name) statistics row.
+pub(crate) struct MetadataDelta {
+    pub api_key_id: Uuid,
+    pub key_name: String,
+    pub count: i64,
+    pub last_seen: DateTime<Utc>,
+    pub sketch: hll::Hll,
+}
+
+/// Aggregates the metadata of the newly written records, sorted by
+/// (key, name) so concurrent replicas lock rows in the same order.
+pub(crate) fn metadata_deltas<'a>(
+    records: impl Iterator<Item = &'a RequestRecord>,
+) -> Vec<MetadataDelta> {
+    let mut by: std::collections::BTreeMap<(Uuid, &str), MetadataDelta> = Default::default();
+    for r in records {
+        let (Some(key), Some(meta)) = (r.api_key_id, r.raw_metadata.as_ref()) else {
+            continue;
+        };
+        for (name, value) in meta {
+            let d = by
+                .entry((key, name.as_str()))
+                .or_insert_with(|| MetadataDelta {
+                    api_key_id: key,
+                    key_name: name.clone(),
+                    count: 0,
+                    last_seen: r.requested_at,
+                    sketch: hll::Hll::default(),
+                });
+            d.count += 1;
+            d.last_seen = d.last_seen.max(r.requested_at);
+            match value {
+                serde_json::Value::String(v) => d.sketch.insert(v),
+                other => d.sketch.insert(&other.to_string()),
+            }
+        }
+    }
+    by.into_values().collect()
 }
 
 /// What `keys create` stores.
@@ -164,6 +217,32 @@ impl Store {
         match &*self.inner {
             Backend::Sqlite(s) => s.revoked_since(since).await,
             Backend::Postgres(_) => Ok(vec![]),
+        }
+    }
+
+    /// Metadata statistics, optionally for one API key.
+    pub async fn list_metadata_keys(
+        &self,
+        api_key: Option<Uuid>,
+    ) -> Result<Vec<MetadataKey>, StoreError> {
+        match &*self.inner {
+            Backend::Sqlite(s) => s.list_metadata_keys(api_key).await,
+            Backend::Postgres(s) => s.list_metadata_keys(api_key).await,
+        }
+    }
+
+    /// Turns indexing of a metadata key on or off for one API key (the row
+    /// is created if the key was never seen). New rows copy active keys'
+    /// values into `indexed_metadata`. Returns false if the API key is unknown.
+    pub async fn set_metadata_active(
+        &self,
+        api_key: Uuid,
+        name: &str,
+        active: bool,
+    ) -> Result<bool, StoreError> {
+        match &*self.inner {
+            Backend::Sqlite(s) => s.set_metadata_active(api_key, name, active).await,
+            Backend::Postgres(s) => s.set_metadata_active(api_key, name, active).await,
         }
     }
 

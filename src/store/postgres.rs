@@ -15,7 +15,7 @@ use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 use super::migrations::{LEDGER_TABLE, MIGRATIONS};
-use super::{ApiKey, NewKey, RequestRecord, StoreError};
+use super::{ApiKey, MetadataKey, NewKey, RequestRecord, StoreError};
 use crate::config::PostgresConfig;
 
 /// The channel on which revocations are announced to every replica.
@@ -279,14 +279,14 @@ impl PgStore {
             writer.as_mut().write(&row).await.map_err(pg_err)?;
         }
         writer.finish().await.map_err(pg_err)?;
-        let row = tx
-            .query_one(
+        let inserted = tx
+            .query(
                 &format!(
                     "WITH ins AS (
-                        INSERT INTO llm_requests ({COPY_COLUMNS})
-                        SELECT {COPY_COLUMNS} FROM majordomo_stage
+                        INSERT INTO llm_requests ({COPY_COLUMNS}, indexed_metadata)
+                        SELECT {COPY_COLUMNS}, {INDEXED_METADATA} FROM majordomo_stage s
                         ON CONFLICT (id) DO NOTHING
-                        RETURNING majordomo_api_key_id, requested_at
+                        RETURNING id, majordomo_api_key_id, requested_at
                      ), per_key AS (
                         SELECT majordomo_api_key_id AS id, count(*) AS n, max(requested_at) AS t
                         FROM ins WHERE majordomo_api_key_id IS NOT NULL GROUP BY 1
@@ -296,17 +296,121 @@ impl PgStore {
                         FROM per_key WHERE k.id = per_key.id
                         RETURNING 1
                      )
-                     SELECT count(*) FROM ins"
+                     SELECT id FROM ins"
                 ),
                 &[],
             )
             .await
             .map_err(pg_err)?;
-        let written: i64 = row.get(0);
+        let new_ids: std::collections::HashSet<Uuid> = inserted.iter().map(|r| r.get(0)).collect();
+        let deltas = super::metadata_deltas(batch.iter().filter(|r| new_ids.contains(&r.id)));
+        for d in deltas {
+            tx.execute(
+                "INSERT INTO llm_requests_metadata_keys (majordomo_api_key_id, key_name) VALUES ($1, $2)
+                 ON CONFLICT DO NOTHING",
+                &[&d.api_key_id, &d.key_name],
+            )
+            .await
+            .map_err(pg_err)?;
+            // The row lock serialises replicas merging their sketches.
+            let row = tx
+                .query_one(
+                    "SELECT hll_state FROM llm_requests_metadata_keys
+                     WHERE majordomo_api_key_id = $1 AND key_name = $2 FOR UPDATE",
+                    &[&d.api_key_id, &d.key_name],
+                )
+                .await
+                .map_err(pg_err)?;
+            let mut sketch = super::hll::Hll::from_bytes(row.get::<_, Option<&[u8]>>(0));
+            sketch.merge(&d.sketch);
+            let estimate = i32::try_from(sketch.estimate()).unwrap_or(i32::MAX);
+            tx.execute(
+                "UPDATE llm_requests_metadata_keys SET request_count = request_count + $3,
+                    last_seen_at = GREATEST(last_seen_at, $4), hll_state = $5,
+                    approx_cardinality = $6, hll_updated_at = now()
+                 WHERE majordomo_api_key_id = $1 AND key_name = $2",
+                &[
+                    &d.api_key_id,
+                    &d.key_name,
+                    &d.count,
+                    &d.last_seen,
+                    &sketch.as_bytes(),
+                    &estimate,
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
         tx.commit().await.map_err(pg_err)?;
-        Ok(written as u64)
+        Ok(new_ids.len() as u64)
+    }
+
+    pub async fn list_metadata_keys(
+        &self,
+        api_key: Option<Uuid>,
+    ) -> Result<Vec<MetadataKey>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT majordomo_api_key_id, key_name, is_active, activated_at, request_count,
+                        last_seen_at, approx_cardinality::bigint
+                 FROM llm_requests_metadata_keys
+                 WHERE $1::uuid IS NULL OR majordomo_api_key_id = $1
+                 ORDER BY majordomo_api_key_id, key_name",
+                &[&api_key],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| MetadataKey {
+                api_key_id: r.get(0),
+                key_name: r.get(1),
+                is_active: r.get(2),
+                activated_at: r.get(3),
+                request_count: r.get(4),
+                last_seen_at: r.get(5),
+                approx_cardinality: r.get(6),
+            })
+            .collect())
+    }
+
+    pub async fn set_metadata_active(
+        &self,
+        api_key: Uuid,
+        name: &str,
+        active: bool,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        if client
+            .query_opt("SELECT 1 FROM api_keys WHERE id = $1", &[&api_key])
+            .await
+            .map_err(pg_err)?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        client
+            .execute(
+                "INSERT INTO llm_requests_metadata_keys (majordomo_api_key_id, key_name, is_active, activated_at)
+                 VALUES ($1, $2, $3, CASE WHEN $3 THEN now() END)
+                 ON CONFLICT (majordomo_api_key_id, key_name) DO UPDATE
+                 SET is_active = $3,
+                     activated_at = CASE WHEN $3 THEN COALESCE(llm_requests_metadata_keys.activated_at, now()) END",
+                &[&api_key, &name, &active],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(true)
     }
 }
+
+/// The active metadata keys' values of a staged row, for `indexed_metadata`.
+const INDEXED_METADATA: &str = "COALESCE((SELECT jsonb_object_agg(e.key, e.value)
+    FROM jsonb_each(s.raw_metadata) e
+    JOIN llm_requests_metadata_keys m
+      ON m.majordomo_api_key_id = s.majordomo_api_key_id AND m.key_name = e.key AND m.is_active),
+    '{}'::jsonb)";
 
 const STAGE_DDL: &str = "CREATE TEMP TABLE IF NOT EXISTS majordomo_stage (
     id UUID, majordomo_api_key_id UUID, provider_api_key_hash VARCHAR(64), provider VARCHAR(100),

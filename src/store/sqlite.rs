@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use super::migrations::{LEDGER_TABLE, MIGRATIONS};
-use super::{ApiKey, NewKey, RequestRecord, StoreError};
+use super::{ApiKey, MetadataKey, NewKey, RequestRecord, StoreError};
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
@@ -234,6 +234,7 @@ impl SqliteStore {
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(err)?;
             let mut written = 0u64;
+            let mut new_rows: Vec<&RequestRecord> = Vec::new();
             // key id → (new rows, latest requested_at)
             let mut per_key: std::collections::HashMap<Uuid, (i64, DateTime<Utc>)> =
                 Default::default();
@@ -246,9 +247,13 @@ impl SqliteStore {
                             response_time_ms, time_to_first_byte_ms, input_tokens, output_tokens,
                             cached_tokens, cache_creation_tokens, reasoning_tokens, input_cost,
                             output_cost, total_cost, price_found, usage_complete, status_code,
-                            error_message, raw_metadata)
+                            error_message, raw_metadata, indexed_metadata)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                                 ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+                                 ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24,
+                                 (SELECT json_group_object(e.key, e.value) FROM json_each(?24) e
+                                  JOIN llm_requests_metadata_keys m
+                                    ON m.majordomo_api_key_id = ?2 AND m.key_name = e.key
+                                   AND m.is_active = 1))",
                     )
                     .map_err(err)?;
                 for r in batch.iter() {
@@ -284,6 +289,7 @@ impl SqliteStore {
                         .map_err(err)?;
                     if n == 1 {
                         written += 1;
+                        new_rows.push(r);
                         if let Some(k) = r.api_key_id {
                             let e = per_key.entry(k).or_insert((0, r.requested_at));
                             e.0 += 1;
@@ -301,9 +307,109 @@ impl SqliteStore {
                 for (k, (n, t)) in per_key {
                     upd.execute(params![k.to_string(), n, ts(&t)]).map_err(err)?;
                 }
+                for d in super::metadata_deltas(new_rows.into_iter()) {
+                    let key = d.api_key_id.to_string();
+                    let stored: Option<Vec<u8>> = tx
+                        .query_row(
+                            "SELECT hll_state FROM llm_requests_metadata_keys
+                             WHERE majordomo_api_key_id = ?1 AND key_name = ?2",
+                            params![key, d.key_name],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map_err(err)?
+                        .flatten();
+                    let mut sketch = super::hll::Hll::from_bytes(stored.as_deref());
+                    sketch.merge(&d.sketch);
+                    tx.execute(
+                        "INSERT INTO llm_requests_metadata_keys
+                            (majordomo_api_key_id, key_name, request_count, last_seen_at, hll_state,
+                             approx_cardinality, hll_updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT (majordomo_api_key_id, key_name) DO UPDATE SET
+                            request_count = request_count + excluded.request_count,
+                            last_seen_at = max(coalesce(last_seen_at, ''), excluded.last_seen_at),
+                            hll_state = excluded.hll_state,
+                            approx_cardinality = excluded.approx_cardinality,
+                            hll_updated_at = excluded.hll_updated_at",
+                        params![
+                            key,
+                            d.key_name,
+                            d.count,
+                            ts(&d.last_seen),
+                            sketch.as_bytes(),
+                            sketch.estimate() as i64,
+                            ts(&Utc::now())
+                        ],
+                    )
+                    .map_err(err)?;
+                }
             }
             tx.commit().map_err(err)?;
             Ok(written)
+        })
+        .await
+    }
+}
+
+impl SqliteStore {
+    pub async fn list_metadata_keys(
+        &self,
+        api_key: Option<Uuid>,
+    ) -> Result<Vec<MetadataKey>, StoreError> {
+        let filter = api_key.map(|k| k.to_string());
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT majordomo_api_key_id, key_name, is_active, activated_at, request_count,
+                            last_seen_at, approx_cardinality
+                     FROM llm_requests_metadata_keys
+                     WHERE ?1 IS NULL OR majordomo_api_key_id = ?1
+                     ORDER BY majordomo_api_key_id, key_name",
+                )
+                .map_err(err)?;
+            let rows = stmt
+                .query_map([filter], |r| {
+                    let id: String = r.get(0)?;
+                    Ok(MetadataKey {
+                        api_key_id: Uuid::parse_str(&id).unwrap_or_default(),
+                        key_name: r.get(1)?,
+                        is_active: r.get(2)?,
+                        activated_at: parse_ts(r.get(3)?),
+                        request_count: r.get(4)?,
+                        last_seen_at: parse_ts(r.get(5)?),
+                        approx_cardinality: r.get(6)?,
+                    })
+                })
+                .map_err(err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(err)
+        })
+        .await
+    }
+
+    pub async fn set_metadata_active(
+        &self,
+        api_key: Uuid,
+        name: &str,
+        active: bool,
+    ) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.with(move |c| {
+            let key = api_key.to_string();
+            if get(c, api_key)?.is_none() {
+                return Ok(false);
+            }
+            let now = ts(&Utc::now());
+            c.execute(
+                "INSERT INTO llm_requests_metadata_keys (majordomo_api_key_id, key_name, is_active, activated_at)
+                 VALUES (?1, ?2, ?3, CASE WHEN ?3 THEN ?4 END)
+                 ON CONFLICT (majordomo_api_key_id, key_name) DO UPDATE SET
+                    is_active = ?3,
+                    activated_at = CASE WHEN ?3 THEN coalesce(activated_at, ?4) END",
+                params![key, name, active, now],
+            )
+            .map_err(err)?;
+            Ok(true)
         })
         .await
     }
