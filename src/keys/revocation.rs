@@ -4,9 +4,11 @@
 //! PostgreSQL: `keys revoke` (from any process) sends `NOTIFY majordomo_keys,
 //! '<key hash>'` in the revoking transaction; this service `LISTEN`s on a
 //! dedicated connection and evicts the key from the local cache. When that
-//! connection is lost, notifications may have been missed: the whole cache is
-//! dropped (validated again on next use, so nothing revoked survives) and the
-//! listener reconnects with backoff; the cache TTL bounds the worst case.
+//! connection is lost the listener reconnects with backoff, and on every
+//! (re)connect drops the whole cache: notifications sent meanwhile may have
+//! been missed, so every key is validated again. While the database is away
+//! the cache keeps serving (a revocation needs the database too); the cache
+//! TTL bounds the worst case.
 //! SQLite (one machine, possibly several processes during an upgrade): the
 //! store is polled every 250 ms for newly revoked keys.
 
@@ -90,7 +92,6 @@ impl RevocationListener {
                     }
                     driver.abort();
                     drop(client);
-                    self.keys.invalidate_all();
                     log::warn!("key revocation listener disconnected; reconnecting");
                 }
                 Err(e) => log::warn!("key revocation listener cannot connect: {e}"),
