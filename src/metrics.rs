@@ -236,6 +236,11 @@ fn render_sources(s: &Sources, out: &mut String) {
         "majordomo_sink_errors_total{{kind=\"spool\"}} {}",
         g(&stats.spool_errors)
     );
+    let _ = writeln!(
+        out,
+        "majordomo_sink_errors_total{{kind=\"body_upload\"}} {}",
+        g(&stats.body_upload_failures)
+    );
     let (hits, misses) = s.keys.hit_counts();
     let _ = writeln!(
         out,

@@ -14,11 +14,12 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 
 use crate::cli::ServeFlags;
-use crate::config::Config;
+use crate::config::{BodyStorage, Config};
 use crate::gateway::Gateway;
 use crate::keys::revocation::RevocationListener;
 use crate::metrics::{Metrics, MetricsApp};
 use crate::pricing::live::{LivePrices, PriceRefreshService};
+use crate::sink::bodies::BodyStore;
 use crate::sink::SinkSettings;
 use crate::store::Store;
 use pingora::services::background::background_service;
@@ -95,6 +96,12 @@ pub fn run(config: Config, flags: ServeFlags) -> anyhow::Result<()> {
             spool_dir: config.sink.spool_dir.clone(),
             spool_segment_max_bytes: config.sink.spool_segment_max_bytes,
             spool_fsync_interval: Duration::from_millis(config.sink.spool_fsync_interval_ms),
+            bodies: match config.logging.body_storage {
+                BodyStorage::S3 => Some(Arc::new(
+                    BodyStore::from_config(&config.s3).map_err(anyhow::Error::msg)?,
+                )),
+                BodyStorage::None | BodyStorage::Postgres => None,
+            },
         },
     )
     .with_context(|| format!("sink.spool_dir {}", config.sink.spool_dir.display()))?;

@@ -5,6 +5,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::capture::BodyCapture;
 use crate::provider::Provider;
 use crate::usage::{InjectedUsageStripper, RequestSniffer, StreamingUsageInjector, UsageParser};
 
@@ -49,6 +50,11 @@ pub struct RequestCtx {
     pub parser: Option<UsageParser>,
     /// Hides the injected usage chunk from the client.
     pub stripper: Option<InjectedUsageStripper>,
+    /// Copies of the bodies for `logging.body_storage`.
+    pub request_capture: Option<BodyCapture>,
+    pub response_capture: Option<BodyCapture>,
+    /// The upstream response's `Content-Encoding`, if not identity.
+    pub response_encoding: Option<String>,
 }
 
 impl Default for RequestCtx {
@@ -70,6 +76,9 @@ impl Default for RequestCtx {
             injected_usage: false,
             parser: None,
             stripper: None,
+            request_capture: None,
+            response_capture: None,
+            response_encoding: None,
         }
     }
 }

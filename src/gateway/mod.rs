@@ -5,6 +5,7 @@
 //! Shared state lives on [`Gateway`] behind `Arc`s; per-request state in
 //! [`RequestCtx`].
 
+pub mod capture;
 pub mod ctx;
 pub mod errors;
 pub mod health;
@@ -180,6 +181,15 @@ impl Gateway {
             }
         }
         ctx.body_watch = self.body_watch(req, ctx.provider);
+        let logging = &self.config.logging;
+        if logging.body_storage != crate::config::BodyStorage::None {
+            if logging.store_request_body {
+                ctx.request_capture = Some(capture::BodyCapture::new(logging.max_body_bytes));
+            }
+            if logging.store_response_body {
+                ctx.response_capture = Some(capture::BodyCapture::new(logging.max_body_bytes));
+            }
+        }
         Ok(())
     }
 
@@ -279,6 +289,9 @@ impl ProxyHttp for Gateway {
                 ));
             }
         }
+        if let (Some(capture), Some(chunk)) = (ctx.request_capture.as_mut(), body.as_ref()) {
+            capture.push(chunk);
+        }
         watch_request_body(ctx, body, end_of_stream);
         Ok(())
     }
@@ -358,6 +371,9 @@ impl ProxyHttp for Gateway {
             content_type,
             content_encoding,
         ));
+        ctx.response_encoding = content_encoding
+            .filter(|e| !e.eq_ignore_ascii_case("identity"))
+            .map(str::to_string);
         let is_event_stream = content_type.is_some_and(|t| t.starts_with("text/event-stream"));
         let identity = content_encoding.is_none_or(|e| e.eq_ignore_ascii_case("identity"));
         if ctx.injected_usage && ctx.status == 200 && is_event_stream && identity {
@@ -389,6 +405,9 @@ impl ProxyHttp for Gateway {
                     *body = Some(concat(body.take(), rest));
                 }
             }
+        }
+        if let (Some(capture), Some(chunk)) = (ctx.response_capture.as_mut(), body.as_ref()) {
+            capture.push(chunk);
         }
         if ctx.first_byte_at.is_none() && body.as_ref().is_some_and(|b| !b.is_empty()) {
             ctx.first_byte_at = Some(std::time::Instant::now());

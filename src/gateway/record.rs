@@ -29,7 +29,7 @@ pub enum Ending {
 pub const CLIENT_CLOSED: u16 = 499;
 
 pub fn build(
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
     req: &RequestHeader,
     parsed: Option<ParsedResponse>,
     ending: Ending,
@@ -93,6 +93,12 @@ pub fn build(
         status_code: i32::from(status),
         error_message,
         raw_metadata: metadata_json(&ctx.metadata),
+        request_body: ctx.request_capture.take().and_then(|c| c.finish(None)),
+        response_body: ctx
+            .response_capture
+            .take()
+            .and_then(|c| c.finish(ctx.response_encoding.as_deref())),
+        body_s3_key: None,
     };
     (record, priced_as)
 }
@@ -217,7 +223,7 @@ mod tests {
     fn a_client_that_leaves_after_the_end_of_the_stream_is_not_a_disconnect() {
         let r = req("/v1/chat/completions", &[]);
         let (rec, _) = build(
-            &ctx(),
+            &mut ctx(),
             &r,
             Some(parsed(true)),
             Ending::ClientGone,
@@ -233,7 +239,7 @@ mod tests {
     fn a_client_that_leaves_mid_stream_is_a_499_with_partial_usage() {
         let r = req("/v1/chat/completions", &[]);
         let (rec, _) = build(
-            &ctx(),
+            &mut ctx(),
             &r,
             Some(parsed(false)),
             Ending::ClientGone,
@@ -251,7 +257,7 @@ mod tests {
         let mut p = parsed(true);
         p.model = Some("my-local-llama".into());
         let (rec, _) = build(
-            &ctx(),
+            &mut ctx(),
             &r,
             Some(p),
             Ending::Delivered,
@@ -267,10 +273,10 @@ mod tests {
         let mut c = ctx();
         c.provider = Provider::Gemini;
         let r = req("/v1beta/models/gemini-2.5-pro:generateContent", &[]);
-        let (rec, _) = build(&c, &r, None, Ending::Delivered, &PriceTable::bundled());
+        let (rec, _) = build(&mut c, &r, None, Ending::Delivered, &PriceTable::bundled());
         assert_eq!(rec.model, "gemini-2.5-pro");
         c.request_model = Some("from-request".into());
-        let (rec, _) = build(&c, &r, None, Ending::Delivered, &PriceTable::bundled());
+        let (rec, _) = build(&mut c, &r, None, Ending::Delivered, &PriceTable::bundled());
         assert_eq!(rec.model, "from-request");
     }
 }

@@ -15,6 +15,7 @@
 //! the database rejects even alone goes to the dead letter file. Every
 //! outcome is counted in [`SinkStats`].
 
+pub mod bodies;
 pub mod spool;
 
 use std::cell::RefCell;
@@ -53,6 +54,8 @@ pub struct SinkStats {
     pub spool_errors: AtomicU64,
     /// Batch write attempts that failed.
     pub failed_writes: AtomicU64,
+    /// Bodies that could not be stored in S3 (their rows are written without).
+    pub body_upload_failures: AtomicU64,
 }
 
 impl SinkStats {
@@ -136,6 +139,8 @@ pub struct SinkSettings {
     pub spool_segment_max_bytes: u64,
     /// 0: fsync after every append.
     pub spool_fsync_interval: Duration,
+    /// Where bodies go when `logging.body_storage` is s3.
+    pub bodies: Option<Arc<bodies::BodyStore>>,
 }
 
 /// The background writer and replayer.
@@ -312,9 +317,12 @@ impl SinkCore {
     /// when the database is unavailable.
     async fn write_records(
         &self,
-        records: Vec<RequestRecord>,
+        mut records: Vec<RequestRecord>,
         replay: bool,
     ) -> Result<(), Vec<RequestRecord>> {
+        if let Some(bodies) = &self.settings.bodies {
+            self.offload_bodies(bodies, &mut records).await;
+        }
         let n = records.len() as u64;
         let batch = Arc::new(records);
         match self.store.insert_requests(batch.clone()).await {
@@ -354,6 +362,43 @@ impl SinkCore {
                     }
                 }
                 Ok(())
+            }
+        }
+    }
+
+    /// Uploads bodies to S3 (a few at a time) before the rows are written;
+    /// a row points at its object only once the object is stored.
+    async fn offload_bodies(&self, bodies: &Arc<bodies::BodyStore>, records: &mut [RequestRecord]) {
+        for chunk in records.chunks_mut(16) {
+            let uploads: Vec<_> = chunk
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, r)| bodies::BodyStore::prepare(r).map(|obj| (i, obj)))
+                .map(|(i, (key, bytes))| {
+                    let bodies = bodies.clone();
+                    (
+                        i,
+                        key.clone(),
+                        tokio::spawn(async move { bodies.put(&key, bytes).await }),
+                    )
+                })
+                .collect();
+            for (i, key, upload) in uploads {
+                match upload.await {
+                    Ok(Ok(())) => chunk[i].body_s3_key = Some(key),
+                    Ok(Err(e)) => {
+                        self.stats
+                            .body_upload_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        log::warn!("body upload failed (row kept without body): {e}");
+                    }
+                    Err(e) => {
+                        self.stats
+                            .body_upload_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        log::warn!("body upload task failed: {e}");
+                    }
+                }
             }
         }
     }

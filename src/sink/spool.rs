@@ -482,6 +482,9 @@ mod tests {
             status_code: 200,
             error_message: None,
             raw_metadata: None,
+            request_body: None,
+            response_body: None,
+            body_s3_key: None,
         }
     }
 

@@ -250,7 +250,7 @@ impl PgStore {
         pin_mut!(writer);
         for r in batch.iter() {
             let metadata = r.raw_metadata.clone().map(serde_json::Value::Object);
-            let row: [&(dyn ToSql + Sync); 24] = [
+            let row: [&(dyn ToSql + Sync); 27] = [
                 &r.id,
                 &r.api_key_id,
                 &r.provider_api_key_hash,
@@ -275,6 +275,9 @@ impl PgStore {
                 &r.status_code,
                 &r.error_message,
                 &metadata,
+                &r.request_body,
+                &r.response_body,
+                &r.body_s3_key,
             ];
             writer.as_mut().write(&row).await.map_err(pg_err)?;
         }
@@ -419,14 +422,14 @@ const STAGE_DDL: &str = "CREATE TEMP TABLE IF NOT EXISTS majordomo_stage (
     input_tokens BIGINT, output_tokens BIGINT, cached_tokens BIGINT, cache_creation_tokens BIGINT,
     reasoning_tokens BIGINT, input_cost NUMERIC(20,10), output_cost NUMERIC(20,10),
     total_cost NUMERIC(20,10), price_found BOOLEAN, usage_complete BOOLEAN, status_code INT,
-    error_message TEXT, raw_metadata JSONB
+    error_message TEXT, raw_metadata JSONB, request_body TEXT, response_body TEXT, body_s3_key TEXT
 ) ON COMMIT DELETE ROWS";
 
 const COPY_COLUMNS: &str = "id, majordomo_api_key_id, provider_api_key_hash, provider, model, \
     request_path, request_method, requested_at, responded_at, response_time_ms, \
     time_to_first_byte_ms, input_tokens, output_tokens, cached_tokens, cache_creation_tokens, \
     reasoning_tokens, input_cost, output_cost, total_cost, price_found, usage_complete, \
-    status_code, error_message, raw_metadata";
+    status_code, error_message, raw_metadata, request_body, response_body, body_s3_key";
 
 const COPY_TYPES: &[Type] = &[
     Type::UUID,
@@ -453,6 +456,9 @@ const COPY_TYPES: &[Type] = &[
     Type::INT4,
     Type::TEXT,
     Type::JSONB,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
 ];
 
 const KEY_COLUMNS: &str =

@@ -34,4 +34,14 @@ pub struct RequestRecord {
     pub error_message: Option<String>,
     /// `X-Majordomo-*` metadata as a JSON object (name → first value).
     pub raw_metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Bodies, when `logging.body_storage` keeps them (truncated to
+    /// `logging.max_body_bytes` on a character boundary). With S3 storage they
+    /// are moved into the object before the row is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<String>,
+    /// The S3 object holding the bodies, set once it is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_s3_key: Option<String>,
 }

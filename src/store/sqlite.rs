@@ -247,9 +247,10 @@ impl SqliteStore {
                             response_time_ms, time_to_first_byte_ms, input_tokens, output_tokens,
                             cached_tokens, cache_creation_tokens, reasoning_tokens, input_cost,
                             output_cost, total_cost, price_found, usage_complete, status_code,
-                            error_message, raw_metadata, indexed_metadata)
+                            error_message, raw_metadata, request_body, response_body, body_s3_key,
+                            indexed_metadata)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                                 ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24,
+                                 ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27,
                                  (SELECT json_group_object(e.key, e.value) FROM json_each(?24) e
                                   JOIN llm_requests_metadata_keys m
                                     ON m.majordomo_api_key_id = ?2 AND m.key_name = e.key
@@ -285,6 +286,9 @@ impl SqliteStore {
                             r.raw_metadata
                                 .as_ref()
                                 .map(|m| serde_json::Value::Object(m.clone()).to_string()),
+                            r.request_body,
+                            r.response_body,
+                            r.body_s3_key,
                         ])
                         .map_err(err)?;
                     if n == 1 {
