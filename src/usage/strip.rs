@@ -5,7 +5,9 @@
 //! [`super::request::inject_include_usage`]) and must then take the resulting
 //! usage chunk — an event whose data has `"choices": []` and a non-null
 //! `usage` object — back out, so the client receives exactly the stream it
-//! asked for. Every other byte passes unchanged.
+//! asked for. The `"usage":null` field the upstream then adds to every other
+//! chunk is removed too (a client that did not ask never sees it); every
+//! other byte passes unchanged.
 //!
 //! Events are the byte ranges up to and including the blank line that ends
 //! them (LF, CRLF or CR line ends, split anywhere across chunks). Complete
@@ -138,14 +140,18 @@ impl InjectedUsageStripper {
             self.passing = false;
             pieces.push(Piece::Chunk(start, end));
         } else if self.held.is_empty() {
-            if !is_usage_event(&chunk[start..end]) {
-                pieces.push(Piece::Chunk(start, end));
+            let event = &chunk[start..end];
+            if !is_usage_event(event) {
+                match without_null_usage(event) {
+                    Some(cleaned) => pieces.push(Piece::Owned(cleaned)),
+                    None => pieces.push(Piece::Chunk(start, end)),
+                }
             }
         } else {
             self.held.extend_from_slice(&chunk[start..end]);
             let event = std::mem::take(&mut self.held);
             if !is_usage_event(&event) {
-                pieces.push(Piece::Owned(event));
+                pieces.push(Piece::Owned(without_null_usage(&event).unwrap_or(event)));
             }
         }
     }
@@ -177,6 +183,51 @@ fn assemble(chunk: &Bytes, pieces: Vec<Piece>) -> Bytes {
             out.freeze()
         }
     }
+}
+
+/// With `include_usage` on, the upstream adds `"usage":null` to every other
+/// chunk; a client that did not ask would not see that field. Returns the
+/// event without it (the key and its comma), or `None` when it has none. A
+/// literal `"usage"` can only be a key here: inside JSON strings quotes are
+/// escaped.
+fn without_null_usage(event: &[u8]) -> Option<Vec<u8>> {
+    const KEY: &[u8] = b"\"usage\"";
+    let at = event.windows(KEY.len()).position(|w| w == KEY)?;
+    let skip_ws = |mut i: usize| {
+        while event.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        i
+    };
+    let mut end = skip_ws(at + KEY.len());
+    if event.get(end) != Some(&b':') {
+        return None;
+    }
+    end = skip_ws(end + 1);
+    if !event[end..].starts_with(b"null") {
+        return None;
+    }
+    end += 4;
+    // Remove the separating comma: the one before the key, else the one after.
+    let mut start = at;
+    let mut before = at;
+    while before > 0 && event[before - 1].is_ascii_whitespace() {
+        before -= 1;
+    }
+    if before > 0 && event[before - 1] == b',' {
+        start = before - 1;
+    } else {
+        let after = skip_ws(end);
+        if event.get(after) == Some(&b',') {
+            end = after + 1;
+        } else {
+            return None;
+        }
+    }
+    let mut out = Vec::with_capacity(event.len());
+    out.extend_from_slice(&event[..start]);
+    out.extend_from_slice(&event[end..]);
+    Some(out)
 }
 
 /// An event whose data is a JSON object with `"choices": []` and a `usage`
@@ -242,14 +293,19 @@ mod tests {
 
     const USAGE_EVENT: &str = r#"data: {"id":"chatcmpl-123","object":"chat.completion.chunk","created":1694268190,"model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_44709d6fcb","choices":[],"usage":{"prompt_tokens":1200,"completion_tokens":300,"total_tokens":1500,"prompt_tokens_details":{"cached_tokens":1024,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":128,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}"#;
 
-    /// The chat stream, and the same stream without its usage event.
+    /// The chat stream, and what a client that did not ask for usage gets:
+    /// no usage event, and no `"usage":null` in the other chunks.
     fn streams(line_end: &str) -> (Vec<u8>, Vec<u8>) {
         let upstream = String::from_utf8(chat_stream())
             .expect("utf-8")
             .replace('\n', line_end);
         let event = format!("{USAGE_EVENT}{line_end}{line_end}");
         assert!(upstream.contains(&event));
-        let client = upstream.replace(&event, "");
+        assert!(
+            upstream.contains(",\"usage\":null"),
+            "the sample has null usage fields"
+        );
+        let client = upstream.replace(&event, "").replace(",\"usage\":null", "");
         (upstream.into_bytes(), client.into_bytes())
     }
 
@@ -345,6 +401,20 @@ mod tests {
             run(upstream.as_bytes(), &splits),
             format!("{big}data: [DONE]\n\n").as_bytes()
         );
+    }
+
+    #[test]
+    fn null_usage_fields_are_removed_with_their_comma() {
+        assert_eq!(
+            without_null_usage(b"data: {\"a\":1,\"usage\":null}\n\n").unwrap(),
+            b"data: {\"a\":1}\n\n"
+        );
+        assert_eq!(
+            without_null_usage(b"data: {\"usage\" : null, \"a\":1}\n\n").unwrap(),
+            b"data: { \"a\":1}\n\n"
+        );
+        assert_eq!(without_null_usage(b"data: {\"usage\":{}}\n\n"), None);
+        assert_eq!(without_null_usage(b"data: [DONE]\n\n"), None);
     }
 
     #[test]
