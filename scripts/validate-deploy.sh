@@ -487,7 +487,8 @@ PY
   # Without root/unshare: the same with /var/lib/majordomo mapped to a temp dir.
   as_image() {
     local envfile=$1; shift
-    if [[ $(id -u) -eq 0 ]] && unshare --mount --propagation private --fork true 2>/dev/null; then
+    if [[ $(id -u) -eq 0 ]] && command -v setpriv >/dev/null 2>&1 \
+       && unshare --mount --propagation private --fork -- mount -t tmpfs validate-deploy /var/lib 2>/dev/null; then
       # shellcheck disable=SC2016  # the inner script expands its own variables
       unshare --mount --propagation private --fork -- bash -euo pipefail -c '
         envfile=$1; shift
