@@ -98,7 +98,7 @@ impl InjectedUsageStripper {
         if complete && is_usage_event(&held) {
             Bytes::new()
         } else {
-            Bytes::from(held)
+            Bytes::from(without_null_usage(&held).unwrap_or(held))
         }
     }
 
@@ -185,49 +185,69 @@ fn assemble(chunk: &Bytes, pieces: Vec<Piece>) -> Bytes {
     }
 }
 
-/// With `include_usage` on, the upstream adds `"usage":null` to every other
-/// chunk; a client that did not ask would not see that field. Returns the
-/// event without it (the key and its comma), or `None` when it has none. A
-/// literal `"usage"` can only be a key here: inside JSON strings quotes are
-/// escaped.
+/// With `include_usage` on, the upstream adds `"usage":null` as the last
+/// field of every other chunk; a client that did not ask would not see it.
+/// Returns the event with `,"usage":null` removed where a `data:` line ends
+/// in it (the top-level object's last field, so never text inside a string or
+/// a nested object), or `None` when no line does.
 fn without_null_usage(event: &[u8]) -> Option<Vec<u8>> {
-    const KEY: &[u8] = b"\"usage\"";
-    let at = event.windows(KEY.len()).position(|w| w == KEY)?;
-    let skip_ws = |mut i: usize| {
-        while event.get(i).is_some_and(u8::is_ascii_whitespace) {
-            i += 1;
+    let mut cuts: Vec<(usize, usize)> = Vec::new();
+    let mut line_start = 0;
+    for (i, &b) in event
+        .iter()
+        .enumerate()
+        .chain(std::iter::once((event.len(), &b'\n')))
+    {
+        if b != b'\n' && b != b'\r' {
+            continue;
+        }
+        let line = &event[line_start..i];
+        if line.starts_with(b"data:") {
+            if let Some(cut) = trailing_null_usage(line) {
+                cuts.push((line_start + cut.0, line_start + cut.1));
+            }
+        }
+        line_start = i + 1;
+    }
+    if cuts.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(event.len());
+    let mut from = 0;
+    for (a, b) in cuts {
+        out.extend_from_slice(&event[from..a]);
+        from = b;
+    }
+    out.extend_from_slice(&event[from..]);
+    Some(out)
+}
+
+/// In a line ending `…, "usage" : null }` (whitespace allowed), the range
+/// from the comma to just before the closing brace.
+fn trailing_null_usage(line: &[u8]) -> Option<(usize, usize)> {
+    let mut end = line.len();
+    let back = |mut i: usize| {
+        while i > 0 && line[i - 1].is_ascii_whitespace() {
+            i -= 1;
         }
         i
     };
-    let mut end = skip_ws(at + KEY.len());
-    if event.get(end) != Some(&b':') {
+    end = back(end);
+    if end == 0 || line[end - 1] != b'}' {
         return None;
     }
-    end = skip_ws(end + 1);
-    if !event[end..].starts_with(b"null") {
-        return None;
-    }
-    end += 4;
-    // Remove the separating comma: the one before the key, else the one after.
-    let mut start = at;
-    let mut before = at;
-    while before > 0 && event[before - 1].is_ascii_whitespace() {
-        before -= 1;
-    }
-    if before > 0 && event[before - 1] == b',' {
-        start = before - 1;
-    } else {
-        let after = skip_ws(end);
-        if event.get(after) == Some(&b',') {
-            end = after + 1;
-        } else {
-            return None;
-        }
-    }
-    let mut out = Vec::with_capacity(event.len());
-    out.extend_from_slice(&event[..start]);
-    out.extend_from_slice(&event[end..]);
-    Some(out)
+    let close = end - 1;
+    let mut i = back(close);
+    i = i.checked_sub(4).filter(|&i| &line[i..i + 4] == b"null")?;
+    i = back(i);
+    i = i.checked_sub(1).filter(|&i| line[i] == b':')?;
+    i = back(i);
+    i = i
+        .checked_sub(7)
+        .filter(|&i| &line[i..i + 7] == b"\"usage\"")?;
+    i = back(i);
+    let comma = i.checked_sub(1).filter(|&i| line[i] == b',')?;
+    Some((comma, close))
 }
 
 /// An event whose data is a JSON object with `"choices": []` and a `usage`
@@ -410,8 +430,24 @@ mod tests {
             b"data: {\"a\":1}\n\n"
         );
         assert_eq!(
-            without_null_usage(b"data: {\"usage\" : null, \"a\":1}\n\n").unwrap(),
-            b"data: { \"a\":1}\n\n"
+            without_null_usage(b"data: {\"a\":1 , \"usage\" : null }\r\n\r\n").unwrap(),
+            b"data: {\"a\":1 }\r\n\r\n"
+        );
+        // Not the top-level object's last field: left alone.
+        assert_eq!(
+            without_null_usage(b"data: {\"usage\":null,\"a\":1}\n\n"),
+            None
+        );
+        assert_eq!(
+            without_null_usage(b"data: {\"choices\":[{\"delta\":{},\"usage\":null}]}\n\n"),
+            None
+        );
+        assert_eq!(
+            without_null_usage(
+                b"data: {\"choices\":[{\"delta\":{\"content\":\"\\\"usage\"}}],\"usage\":null}\n\n"
+            )
+            .unwrap(),
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"\\\"usage\"}}]}\n\n"
         );
         assert_eq!(without_null_usage(b"data: {\"usage\":{}}\n\n"), None);
         assert_eq!(without_null_usage(b"data: [DONE]\n\n"), None);
