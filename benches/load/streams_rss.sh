@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Memory check: peak RSS of majordomo holding STREAMS (1000) concurrent open streams.
+#
+# Starts the repo's Rust mock provider (examples/mock_upstream.rs) with --pause-ms so
+# every stream stops before its last event, majordomo (release, PostgreSQL logging on,
+# key auth, usage parsing, pricing), and a small asyncio client (lib/httpclient.py hold)
+# that opens STREAMS streaming chat completions through majordomo at once and holds them
+# until the mock finishes them. Reports majordomo's VmRSS idle, with every stream open,
+# VmHWM (peak) and the rows logged; target VmHWM <= 40 MB.
+#
+#   benches/load/streams_rss.sh
+#   STREAMS=1000 THREADS=2 PAUSE_MS=30000 benches/load/streams_rss.sh
+#   MAJORDOMO_BIN=... MOCK_BIN=... benches/load/streams_rss.sh      # skip the cargo build
+#
+# Environment: STREAMS (1000), THREADS (1: MAJORDOMO_SERVER_THREADS), PAUSE_MS (30000: how
+# long the mock holds each stream before its last event), TARGET_MB (40), BASE_PORT (18280:
+# mock; +10 majordomo), PGHOST/PGPORT/PGUSER, CARGO_TARGET_DIR, BENCH_SCRATCH, RESULTS_DIR.
+# Writes benches/load/results/streams-<UTC timestamp>.md. Exit 0 only when every stream
+# completed, every one was logged and the peak is within the target.
+set -uo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+STREAMS="${STREAMS:-1000}"
+THREADS="${THREADS:-1}"
+PAUSE_MS="${PAUSE_MS:-30000}"
+TARGET_MB="${TARGET_MB:-40}"
+BASE_PORT="${BASE_PORT:-18280}"
+MOCK_PORT=$BASE_PORT
+MDM_PORT=$((BASE_PORT + 10))
+PGHOST="${PGHOST:-127.0.0.1}"; PGPORT="${PGPORT:-5432}"; PGUSER="${PGUSER:-postgres}"
+TS="$(date -u +%Y%m%dT%H%M%SZ)"
+SCRATCH="${BENCH_SCRATCH:-${TMPDIR:-/tmp}/majordomo-load}"
+RUN_DIR="$SCRATCH/streams/$TS"
+RESULTS_DIR="${RESULTS_DIR:-$HERE/results}"
+DB="mdm_streams_$(echo "$TS" | tr 'A-Z' 'a-z')_$$"
+mkdir -p "$RUN_DIR" "$RESULTS_DIR"
+log() { printf '[streams %s] %s\n' "$(date +%H:%M:%S)" "$*" | tee -a "$RUN_DIR/run.log" >&2; }
+die() { log "FATAL: $*"; exit 1; }
+for c in curl python3 psql ss; do command -v "$c" >/dev/null || die "missing $c (apt-get install -y curl python3 postgresql-client iproute2)"; done
+ulimit -n 65536 2>/dev/null || true
+(( $(ulimit -n) > 2 * STREAMS + 100 )) || die "ulimit -n $(ulimit -n) is too low for $STREAMS streams"
+
+# ---------------------------------------------------------------- binaries
+MAJORDOMO_BIN="${MAJORDOMO_BIN:-}"; MOCK_BIN="${MOCK_BIN:-}"
+if [[ -z "$MAJORDOMO_BIN" || -z "$MOCK_BIN" ]]; then
+  TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
+  log "building release binaries (majordomo, example mock_upstream; target $TARGET)"
+  ( cd "$REPO" && CARGO_TARGET_DIR="$TARGET" nice -n 10 cargo build --release --bin majordomo --example mock_upstream ) \
+    > "$RUN_DIR/build.log" 2>&1 || die "cargo build failed: $(tail -5 "$RUN_DIR/build.log")"
+  [[ -z "$MAJORDOMO_BIN" ]] && MAJORDOMO_BIN="$TARGET/release/majordomo"
+  [[ -z "$MOCK_BIN" ]] && MOCK_BIN="$TARGET/release/examples/mock_upstream"
+fi
+cp "$MAJORDOMO_BIN" "$RUN_DIR/majordomo" && cp "$MOCK_BIN" "$RUN_DIR/mock_upstream" || die "binaries missing"
+
+# ---------------------------------------------------------------- cleanup
+MOCK_PID=""; GW_PID=""; CLIENT_PID=""; DB_CREATED=0
+stop_pid() {
+  local pid=$1 sig=$2
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
+  kill -"$sig" -- "-$pid" 2>/dev/null || kill -"$sig" "$pid" 2>/dev/null
+  for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$pid" 2>/dev/null && { kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null; }
+  wait "$pid" 2>/dev/null; return 0
+}
+cleanup() {
+  [[ -n "$CLIENT_PID" ]] && { kill "$CLIENT_PID" 2>/dev/null; wait "$CLIENT_PID" 2>/dev/null; }
+  stop_pid "$GW_PID" TERM; stop_pid "$MOCK_PID" INT
+  (( DB_CREATED )) && psql -X -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
+}
+trap cleanup EXIT
+trap 'log interrupted; exit 130' INT TERM
+status_kb() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+rows_now() { psql -X -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d "$DB" -tAc 'SELECT count(*) FROM llm_requests' 2>/dev/null || echo -1; }
+
+# ---------------------------------------------------------------- mock + majordomo
+for p in $MOCK_PORT $MDM_PORT; do ss -Htln "sport = :$p" | grep -q . && die "port $p in use (set BASE_PORT)"; done
+setsid "$RUN_DIR/mock_upstream" --port "$MOCK_PORT" --pause-ms "$PAUSE_MS" > "$RUN_DIR/mock.log" 2>&1 < /dev/null &
+MOCK_PID=$!
+for _ in $(seq 100); do grep -q listening "$RUN_DIR/mock.log" && break; sleep 0.1; done
+grep -q listening "$RUN_DIR/mock.log" || die "mock did not start: $(tail -3 "$RUN_DIR/mock.log")"
+
+psql -X -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -qc "CREATE DATABASE $DB" >/dev/null ||
+  die "cannot create database $DB on $PGHOST:$PGPORT"
+DB_CREATED=1
+MDM_ENV=(MAJORDOMO_SERVER_HOST=127.0.0.1 MAJORDOMO_SERVER_PORT="$MDM_PORT" MAJORDOMO_METRICS_PORT=0
+  MAJORDOMO_SERVER_THREADS="$THREADS" MAJORDOMO_SERVER_PID_FILE="$RUN_DIR/mdm.pid"
+  MAJORDOMO_SERVER_UPGRADE_SOCK="$RUN_DIR/mdm.sock" MAJORDOMO_SERVER_GRACE_PERIOD_SECS=1
+  MAJORDOMO_STORAGE_DRIVER=postgres MAJORDOMO_STORAGE_POSTGRES_HOST="$PGHOST" MAJORDOMO_STORAGE_POSTGRES_PORT="$PGPORT"
+  MAJORDOMO_STORAGE_POSTGRES_USER="$PGUSER" MAJORDOMO_STORAGE_POSTGRES_DATABASE="$DB"
+  MAJORDOMO_PROVIDERS_OPENAI_BASE_URL="http://127.0.0.1:$MOCK_PORT" MAJORDOMO_PRICING_REMOTE_URL=
+  MAJORDOMO_SINK_SPOOL_DIR="$RUN_DIR/spool" MAJORDOMO_LOGGING_LEVEL=warn
+  MAJORDOMO_UPSTREAM_READ_TIMEOUT_SECS=$(( PAUSE_MS / 1000 + 60 )))
+KEY=$(env "${MDM_ENV[@]}" "$RUN_DIR/majordomo" keys create --name streams --json 2>>"$RUN_DIR/majordomo.log" |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])') || die "keys create failed"
+setsid env "${MDM_ENV[@]}" "$RUN_DIR/majordomo" > "$RUN_DIR/majordomo.log" 2>&1 < /dev/null &
+GW_PID=$!
+for _ in $(seq 240); do
+  kill -0 "$GW_PID" 2>/dev/null || die "majordomo exited: $(tail -5 "$RUN_DIR/majordomo.log")"
+  [[ "$(curl -s -m 1 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$MDM_PORT/health")" == 200 ]] && break
+  sleep 0.25
+done
+URL="http://127.0.0.1:$MDM_PORT/v1/chat/completions"
+HDRS=(-H "Authorization: Bearer sk-test" -H "X-Majordomo-Key: $KEY" -H "X-Majordomo-Feature: streams")
+printf '{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}' > "$RUN_DIR/body-sse.json"
+printf '{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}' > "$RUN_DIR/body-json.json"
+
+# warm-up: connection pools, caches, allocator arenas (JSON requests are not paused)
+WARM=200
+r=$(python3 "$HERE/lib/httpclient.py" count --url "$URL" --body "$RUN_DIR/body-json.json" --mode json -n $WARM -c 16 "${HDRS[@]}")
+log "warm-up: $r"
+sleep 1
+idle_rss=$(status_kb "$GW_PID" VmRSS); idle_hwm=$(status_kb "$GW_PID" VmHWM)
+log "majordomo pid $GW_PID, $(ls /proc/$GW_PID/task | wc -l) threads; idle after warm-up: VmRSS ${idle_rss} kB, VmHWM ${idle_hwm} kB"
+
+# ---------------------------------------------------------------- the streams
+python3 "$HERE/lib/httpclient.py" hold --url "$URL" --body "$RUN_DIR/body-sse.json" -n "$STREAMS" \
+  --ready-file "$RUN_DIR/ready" --timeout $(( PAUSE_MS / 1000 + 60 )) "${HDRS[@]}" > "$RUN_DIR/client.json" 2>"$RUN_DIR/client.err" &
+CLIENT_PID=$!
+t0=$SECONDS
+while [[ ! -s "$RUN_DIR/ready" ]] && kill -0 "$CLIENT_PID" 2>/dev/null; do sleep 0.2; done
+open_streams=$(cat "$RUN_DIR/ready" 2>/dev/null || echo 0)
+est=$(ss -Htn state established "( sport = :$MDM_PORT )" | wc -l)
+up_est=$(ss -Htn state established "( dport = :$MOCK_PORT )" | wc -l)
+log "$open_streams streams streaming after $((SECONDS - t0)) s; established: $est client->majordomo, $up_est majordomo->mock"
+max_rss=0
+for _ in $(seq 10); do   # sample while every stream is held (the mock pauses PAUSE_MS)
+  r=$(status_kb "$GW_PID" VmRSS); (( r > max_rss )) && max_rss=$r; sleep 0.2
+done
+held_hwm=$(status_kb "$GW_PID" VmHWM)
+threads=$(ls /proc/$GW_PID/task | wc -l)
+log "held: VmRSS max ${max_rss} kB, VmHWM ${held_hwm} kB, $threads threads; waiting for the mock to finish the streams"
+wait "$CLIENT_PID"; crc=$?; CLIENT_PID=""
+client=$(cat "$RUN_DIR/client.json")
+log "client: $client"
+final_hwm=$(status_kb "$GW_PID" VmHWM)
+sleep 2
+after_rss=$(status_kb "$GW_PID" VmRSS)
+expected=$((WARM + STREAMS))
+for _ in $(seq 60); do n=$(rows_now); (( n >= expected )) && break; sleep 0.5; done
+rows=$(rows_now)
+complete_rows=$(psql -X -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d "$DB" -tAc \
+  "SELECT count(*) FROM llm_requests WHERE raw_metadata->>'feature' = 'streams' AND status_code = 200 AND usage_complete AND price_found" 2>/dev/null)
+
+mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+per_stream=$(awk -v a="$max_rss" -v b="$idle_rss" -v n="$STREAMS" 'BEGIN { printf "%.1f", (a - b) / n }')
+ok_mem=0; (( final_hwm <= TARGET_MB * 1024 )) && ok_mem=1
+ok_streams=0; (( crc == 0 && open_streams == STREAMS )) && ok_streams=1
+ok_rows=0; (( rows == expected && complete_rows == STREAMS )) && ok_rows=1
+pf() { (( $1 )) && echo PASS || echo FAIL; }
+out="$RESULTS_DIR/streams-$TS.md"
+{
+  echo "## majordomo with $STREAMS open streams ($TS)"
+  echo
+  echo "Host: $(uname -srm), $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(nproc) CPUs."
+  echo "majordomo $(git -C "$REPO" describe --always --dirty 2>/dev/null) release, MAJORDOMO_SERVER_THREADS=$THREADS, PostgreSQL logging, key auth, usage parsing, pricing on;"
+  echo "mock: examples/mock_upstream.rs --pause-ms $PAUSE_MS (each stream stops before its last event). Client: lib/httpclient.py hold."
+  echo
+  echo "| measure | value |"
+  echo "|---|---:|"
+  echo "| streams open at once (headers + first chunk received) | $open_streams of $STREAMS |"
+  echo "| connections established client→majordomo / majordomo→mock | $est / $up_est |"
+  echo "| majordomo threads | $threads |"
+  echo "| VmRSS idle after warm-up ($WARM requests) | $(mb "$idle_rss") MB |"
+  echo "| VmRSS with all streams open (max of 10 samples) | $(mb "$max_rss") MB |"
+  echo "| RSS per open stream | ${per_stream} kB |"
+  echo "| **VmHWM (peak RSS) at the end** | **$(mb "$final_hwm") MB** |"
+  echo "| VmRSS 2 s after the streams ended | $(mb "$after_rss") MB |"
+  echo "| rows logged (warm-up + streams) | $rows of $expected; $complete_rows streams priced with complete usage |"
+  echo
+  echo "| check | result |"
+  echo "|---|---|"
+  echo "| every stream open at once and completed ($client) | $(pf $ok_streams) |"
+  echo "| one complete, priced row per request | $(pf $ok_rows) |"
+  echo "| peak RSS ≤ $TARGET_MB MB | $(pf $ok_mem) |"
+} > "$out"
+cat "$out"
+log "saved $out; raw files in $RUN_DIR"
+(( ok_mem && ok_streams && ok_rows ))
