@@ -204,3 +204,105 @@ async fn a_sigterm_mid_stream_lets_the_stream_finish_and_writes_its_row() {
     let status = gw.wait_exit(Duration::from_secs(15)).await;
     assert!(status.is_some(), "the gateway exits after its grace period");
 }
+
+fn record(key: Option<uuid::Uuid>, model: &str) -> majordomo::store::RequestRecord {
+    let now = chrono::Utc::now();
+    majordomo::store::RequestRecord {
+        id: uuid::Uuid::now_v7(),
+        api_key_id: key,
+        provider_api_key_hash: None,
+        provider: "openai".into(),
+        model: model.into(),
+        request_path: "/v1/chat/completions".into(),
+        request_method: "POST".into(),
+        requested_at: now,
+        responded_at: now,
+        response_time_ms: 5,
+        time_to_first_byte_ms: Some(3),
+        input_tokens: 10,
+        output_tokens: 2,
+        cached_tokens: 0,
+        cache_creation_tokens: 0,
+        reasoning_tokens: 0,
+        input_cost: rust_decimal::Decimal::ZERO,
+        output_cost: rust_decimal::Decimal::ZERO,
+        total_cost: rust_decimal::Decimal::ZERO,
+        price_found: false,
+        usage_complete: true,
+        status_code: 200,
+        error_message: None,
+        raw_metadata: None,
+        request_body: None,
+        response_body: None,
+        body_s3_key: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_is_dead_lettered_without_blocking_the_rest() {
+    let env = TestEnv::new(Backend::Postgres).await;
+    let (key_id, key) = env.create_key("poison");
+    let key_uuid = uuid::Uuid::parse_str(&key_id).unwrap();
+    // A spool left by an earlier process: two good records around one the
+    // database must refuse (its API key does not exist: a foreign-key violation).
+    let spool_dir = env.path().join("spool");
+    let good_a = record(Some(key_uuid), "gpt-4o");
+    let poison = record(Some(uuid::Uuid::now_v7()), "gpt-4o");
+    let good_b = record(Some(key_uuid), "gpt-4o");
+    {
+        let w = majordomo::sink::spool::SpoolWriter::open(&spool_dir, 1 << 20, true).unwrap();
+        let mut buf = Vec::new();
+        for r in [&good_a, &poison, &good_b] {
+            majordomo::sink::spool::encode(r, &mut buf).unwrap();
+            w.append(&buf).unwrap();
+        }
+    } // dropped without acknowledgements: a crash
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    // A model name with a NUL byte (PostgreSQL text cannot hold it) still gets its row.
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("X-Majordomo-Key", &key)
+        .header("Content-Type", "application/json")
+        .body(r#"{"model": "bad\u0000model", "messages": []}"#)
+        .send()
+        .await
+        .unwrap();
+    let nul_id = r.headers()["x-majordomo-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    r.bytes().await.unwrap();
+
+    let rows = env.wait_rows(3, Duration::from_secs(15)).await;
+    let ids: HashSet<String> = rows.iter().map(|r| r.id.clone()).collect();
+    assert!(ids.contains(&good_a.id.to_string()) && ids.contains(&good_b.id.to_string()));
+    assert!(!ids.contains(&poison.id.to_string()));
+    let nul_row = env.row(&nul_id).await;
+    assert_eq!(nul_row.model, "bad\u{fffd}model");
+    let dead = std::fs::read_to_string(spool_dir.join("dead-letter.jsonl")).unwrap();
+    assert!(dead.contains(&poison.id.to_string()), "{dead}");
+    assert_eq!(
+        gw.metric("majordomo_sink_records_total{outcome=\"dead_lettered\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        gw.metric("majordomo_sink_records_total{outcome=\"dropped\"}")
+            .await,
+        Some(0.0)
+    );
+    // The replayed segment is gone; only this process's live segment remains.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let segments = std::fs::read_dir(&spool_dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "seg")
+        })
+        .count();
+    assert!(segments <= 1, "{segments} segments left");
+}

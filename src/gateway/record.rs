@@ -49,7 +49,7 @@ pub fn build(
     };
     let usage_complete = ending == Ending::Delivered && parsed.complete && parsed.usage.is_some();
     let usage = parsed.usage.unwrap_or_default();
-    let model = choose_model(ctx, req, parsed.model);
+    let model = without_nul(choose_model(ctx, req, parsed.model));
     let (cost, priced_as) = match prices.lookup(&model, usage.input_tokens) {
         Some(m) => (pricing::cost(ctx.provider, &usage, &m.price), Some(m.id)),
         None => (pricing::Cost::default(), None),
@@ -115,6 +115,16 @@ fn choose_model(ctx: &RequestCtx, req: &RequestHeader, from_response: Option<Str
                 .map(|m| m.to_string())
         })
         .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// PostgreSQL text cannot hold NUL; a client-chosen model name must not be
+/// able to make its row unwritable.
+fn without_nul(s: String) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{fffd}")
+    } else {
+        s
+    }
 }
 
 fn millis(d: std::time::Duration) -> i32 {
