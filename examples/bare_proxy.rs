@@ -9,7 +9,10 @@
 //! ```
 //! Each flag may also come from the environment: `BARE_LISTEN`,
 //! `BARE_UPSTREAM`, `BARE_THREADS` (default 1), `BARE_KEEPALIVE_POOL`
-//! (idle upstream connections kept per thread, default 128 as in majordomo).
+//! (idle upstream connections kept per thread, default 128 as in majordomo),
+//! `BARE_L4_READ_BUFFER` / `--l4-read-buffer` (bytes; the client side's L4
+//! read buffer, Pingora's default 64 KiB: the memory experiment of
+//! benches/README.md).
 //! Pid file and upgrade socket live under `$TMPDIR` with the listen port in
 //! their names, so two copies never collide. SIGINT stops it at once,
 //! SIGTERM gracefully (Pingora's meaning).
@@ -17,7 +20,9 @@
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
+use pingora::listeners::ListenerConfig;
 use pingora::prelude::HttpPeer;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -93,7 +98,14 @@ fn main() {
         Bare { upstream },
         "bare",
     );
-    proxy.add_tcp(&listen);
+    match setting("--l4-read-buffer", "BARE_L4_READ_BUFFER") {
+        Some(n) => {
+            let n: usize = n.parse().expect("BARE_L4_READ_BUFFER must be a number");
+            let buffers = L4BufferSettings::default().read(n);
+            proxy.add_listener(ListenerConfig::tcp(listen.clone()).l4_buffer(buffers));
+        }
+        None => proxy.add_tcp(&listen),
+    }
     server.add_service(proxy);
     eprintln!("bare_proxy: {listen} -> {upstream}, {threads} thread(s)");
     server.run_forever()

@@ -14,7 +14,9 @@
 #
 # Environment: STREAMS (1000), THREADS (1: MAJORDOMO_SERVER_THREADS), PAUSE_MS (30000: how
 # long the mock holds each stream before its last event), TARGET_MB (40), BASE_PORT (18280:
-# mock; +10 majordomo), PGHOST/PGPORT/PGUSER, CARGO_TARGET_DIR, BENCH_SCRATCH, RESULTS_DIR.
+# mock; +10 majordomo, +2 bare proxy), PGHOST/PGPORT/PGUSER, CARGO_TARGET_DIR, BENCH_SCRATCH,
+# RESULTS_DIR, GW_ENV (extra environment for majordomo, e.g. "MALLOC_ARENA_MAX=1"),
+# BARE (1: also hold the streams through examples/bare_proxy.rs, the framework's floor; 0: skip).
 # Writes benches/load/results/streams-<UTC timestamp>.md. Exit 0 only when every stream
 # completed, every one was logged and the peak is within the target.
 set -uo pipefail
@@ -28,6 +30,9 @@ TARGET_MB="${TARGET_MB:-40}"
 BASE_PORT="${BASE_PORT:-18280}"
 MOCK_PORT=$BASE_PORT
 MDM_PORT=$((BASE_PORT + 10))
+BARE_PORT=$((BASE_PORT + 2))
+BARE="${BARE:-1}"
+GW_ENV="${GW_ENV:-}"
 PGHOST="${PGHOST:-127.0.0.1}"; PGPORT="${PGPORT:-5432}"; PGUSER="${PGUSER:-postgres}"
 TS="$(date -u +%Y%m%dT%H%M%SZ)"
 SCRATCH="${BENCH_SCRATCH:-${TMPDIR:-/tmp}/majordomo-load}"
@@ -42,16 +47,18 @@ ulimit -n 65536 2>/dev/null || true
 (( $(ulimit -n) > 2 * STREAMS + 100 )) || die "ulimit -n $(ulimit -n) is too low for $STREAMS streams"
 
 # ---------------------------------------------------------------- binaries
-MAJORDOMO_BIN="${MAJORDOMO_BIN:-}"; MOCK_BIN="${MOCK_BIN:-}"
-if [[ -z "$MAJORDOMO_BIN" || -z "$MOCK_BIN" ]]; then
+MAJORDOMO_BIN="${MAJORDOMO_BIN:-}"; MOCK_BIN="${MOCK_BIN:-}"; BARE_BIN="${BARE_BIN:-}"
+if [[ -z "$MAJORDOMO_BIN" || -z "$MOCK_BIN" || ( "$BARE" == 1 && -z "$BARE_BIN" ) ]]; then
   TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
-  log "building release binaries (majordomo, example mock_upstream; target $TARGET)"
-  ( cd "$REPO" && CARGO_TARGET_DIR="$TARGET" nice -n 10 cargo build --release --bin majordomo --example mock_upstream ) \
+  log "building release binaries (majordomo, examples mock_upstream and bare_proxy; target $TARGET)"
+  ( cd "$REPO" && CARGO_TARGET_DIR="$TARGET" nice -n 10 cargo build --release --bin majordomo --example mock_upstream --example bare_proxy ) \
     > "$RUN_DIR/build.log" 2>&1 || die "cargo build failed: $(tail -5 "$RUN_DIR/build.log")"
   [[ -z "$MAJORDOMO_BIN" ]] && MAJORDOMO_BIN="$TARGET/release/majordomo"
   [[ -z "$MOCK_BIN" ]] && MOCK_BIN="$TARGET/release/examples/mock_upstream"
+  [[ -z "$BARE_BIN" ]] && BARE_BIN="$TARGET/release/examples/bare_proxy"
 fi
 cp "$MAJORDOMO_BIN" "$RUN_DIR/majordomo" && cp "$MOCK_BIN" "$RUN_DIR/mock_upstream" || die "binaries missing"
+if [[ "$BARE" == 1 ]]; then cp "$BARE_BIN" "$RUN_DIR/bare_proxy" || die "no bare_proxy binary at $BARE_BIN"; fi
 
 # ---------------------------------------------------------------- cleanup
 MOCK_PID=""; GW_PID=""; CLIENT_PID=""; DB_CREATED=0
@@ -63,9 +70,10 @@ stop_pid() {
   kill -0 "$pid" 2>/dev/null && { kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null; }
   wait "$pid" 2>/dev/null; return 0
 }
+BARE_PID=""
 cleanup() {
   [[ -n "$CLIENT_PID" ]] && { kill "$CLIENT_PID" 2>/dev/null; wait "$CLIENT_PID" 2>/dev/null; }
-  stop_pid "$GW_PID" TERM; stop_pid "$MOCK_PID" INT
+  stop_pid "$GW_PID" TERM; stop_pid "$BARE_PID" INT; stop_pid "$MOCK_PID" INT
   (( DB_CREATED )) && psql -X -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
 }
 trap cleanup EXIT
@@ -74,7 +82,7 @@ status_kb() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/nul
 rows_now() { psql -X -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d "$DB" -tAc 'SELECT count(*) FROM llm_requests' 2>/dev/null || echo -1; }
 
 # ---------------------------------------------------------------- mock + majordomo
-for p in $MOCK_PORT $MDM_PORT; do ss -Htln "sport = :$p" | grep -q . && die "port $p in use (set BASE_PORT)"; done
+for p in $MOCK_PORT $MDM_PORT $BARE_PORT; do ss -Htln "sport = :$p" | grep -q . && die "port $p in use (set BASE_PORT)"; done
 setsid "$RUN_DIR/mock_upstream" --port "$MOCK_PORT" --pause-ms "$PAUSE_MS" > "$RUN_DIR/mock.log" 2>&1 < /dev/null &
 MOCK_PID=$!
 for _ in $(seq 100); do grep -q listening "$RUN_DIR/mock.log" && break; sleep 0.1; done
@@ -90,7 +98,7 @@ MDM_ENV=(MAJORDOMO_SERVER_HOST=127.0.0.1 MAJORDOMO_SERVER_PORT="$MDM_PORT" MAJOR
   MAJORDOMO_STORAGE_POSTGRES_USER="$PGUSER" MAJORDOMO_STORAGE_POSTGRES_DATABASE="$DB"
   MAJORDOMO_PROVIDERS_OPENAI_BASE_URL="http://127.0.0.1:$MOCK_PORT" MAJORDOMO_PRICING_REMOTE_URL=
   MAJORDOMO_SINK_SPOOL_DIR="$RUN_DIR/spool" MAJORDOMO_LOGGING_LEVEL=warn
-  MAJORDOMO_UPSTREAM_READ_TIMEOUT_SECS=$(( PAUSE_MS / 1000 + 60 )))
+  MAJORDOMO_UPSTREAM_READ_TIMEOUT_SECS=$(( PAUSE_MS / 1000 + 60 )) $GW_ENV)
 KEY=$(env "${MDM_ENV[@]}" "$RUN_DIR/majordomo" keys create --name streams --json 2>>"$RUN_DIR/majordomo.log" |
       python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])') || die "keys create failed"
 setsid env "${MDM_ENV[@]}" "$RUN_DIR/majordomo" > "$RUN_DIR/majordomo.log" 2>&1 < /dev/null &
@@ -143,10 +151,37 @@ complete_rows=$(psql -X -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d "$DB" -tAc \
   "SELECT count(*) FROM llm_requests WHERE raw_metadata->>'feature' = 'streams' AND status_code = 200 AND usage_complete AND price_found" 2>/dev/null)
 
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+# ---------------------------------------------------------------- the floor: bare Pingora proxy
+bare_line=""
+if [[ "$BARE" == 1 ]]; then
+  setsid env TMPDIR="$RUN_DIR" "$RUN_DIR/bare_proxy" --listen "127.0.0.1:$BARE_PORT" --upstream "127.0.0.1:$MOCK_PORT" \
+    --threads "$THREADS" > "$RUN_DIR/bare.log" 2>&1 < /dev/null &
+  BARE_PID=$!
+  for _ in $(seq 100); do ss -Htln "sport = :$BARE_PORT" | grep -q . && break; sleep 0.1; done
+  BURL="http://127.0.0.1:$BARE_PORT/v1/chat/completions"
+  python3 "$HERE/lib/httpclient.py" count --url "$BURL" --body "$RUN_DIR/body-json.json" --mode json -n $WARM -c 16 \
+    -H "Authorization: Bearer sk-test" > /dev/null
+  b_idle=$(status_kb "$BARE_PID" VmRSS)
+  rm -f "$RUN_DIR/ready-bare"
+  python3 "$HERE/lib/httpclient.py" hold --url "$BURL" --body "$RUN_DIR/body-sse.json" -n "$STREAMS" \
+    --ready-file "$RUN_DIR/ready-bare" --timeout $(( PAUSE_MS / 1000 + 60 )) -H "Authorization: Bearer sk-test" \
+    > "$RUN_DIR/client-bare.json" 2>&1 &
+  CLIENT_PID=$!
+  while [[ ! -s "$RUN_DIR/ready-bare" ]] && kill -0 "$CLIENT_PID" 2>/dev/null; do sleep 0.2; done
+  b_open=$(cat "$RUN_DIR/ready-bare" 2>/dev/null || echo 0)
+  b_max=0
+  for _ in $(seq 10); do r=$(status_kb "$BARE_PID" VmRSS); (( r > b_max )) && b_max=$r; sleep 0.2; done
+  wait "$CLIENT_PID"; CLIENT_PID=""
+  b_hwm=$(status_kb "$BARE_PID" VmHWM)
+  log "bare proxy: $b_open streams open; idle ${b_idle} kB, held max ${b_max} kB, VmHWM ${b_hwm} kB; $(cat "$RUN_DIR/client-bare.json")"
+  bare_line="| floor: examples/bare_proxy.rs ($THREADS thread(s)) with the same $STREAMS streams ($b_open open): VmRSS idle / held / **VmHWM** | $(mb "$b_idle") / $(mb "$b_max") / **$(mb "$b_hwm") MB** |"
+  stop_pid "$BARE_PID" INT; BARE_PID=""
+fi
 per_stream=$(awk -v a="$max_rss" -v b="$idle_rss" -v n="$STREAMS" 'BEGIN { printf "%.1f", (a - b) / n }')
 ok_mem=0; (( final_hwm <= TARGET_MB * 1024 )) && ok_mem=1
 ok_streams=0; (( crc == 0 && open_streams == STREAMS )) && ok_streams=1
-ok_rows=0; (( rows == expected && complete_rows == STREAMS )) && ok_rows=1
+ok_rows=0; (( rows == expected && complete_rows == expected )) && ok_rows=1
 pf() { (( $1 )) && echo PASS || echo FAIL; }
 out="$RESULTS_DIR/streams-$TS.md"
 {
@@ -166,7 +201,8 @@ out="$RESULTS_DIR/streams-$TS.md"
   echo "| RSS per open stream | ${per_stream} kB |"
   echo "| **VmHWM (peak RSS) at the end** | **$(mb "$final_hwm") MB** |"
   echo "| VmRSS 2 s after the streams ended | $(mb "$after_rss") MB |"
-  echo "| rows logged (warm-up + streams) | $rows of $expected; $complete_rows streams priced with complete usage |"
+  echo "| rows logged (warm-up + streams) | $rows of $expected; $complete_rows priced 200s with complete usage |"
+  [[ -n "$bare_line" ]] && echo "$bare_line"
   echo
   echo "| check | result |"
   echo "|---|---|"
