@@ -206,27 +206,29 @@ impl SinkService {
 
 impl SinkCore {
     /// Takes up to a batch off the channel: waits for the first record, then
-    /// for more until the batch is full or its time is up.
+    /// sleeps until the batch's time is up (or takes what is there when it is
+    /// already full), so senders do not wake the writer once per record.
     async fn next_batch(&self, rx: &mut mpsc::Receiver<Queued>) -> Option<Vec<Queued>> {
         let first = rx.recv().await?;
         let max = self.settings.max_events;
         let mut batch = Vec::with_capacity(max.min(4096));
         batch.push(first);
         let deadline = tokio::time::Instant::now() + self.settings.timeout;
-        while batch.len() < max {
+        loop {
             while batch.len() < max {
                 match rx.try_recv() {
                     Ok(r) => batch.push(r),
                     Err(_) => break,
                 }
             }
-            if batch.len() >= max {
+            let now = tokio::time::Instant::now();
+            if batch.len() >= max || now >= deadline {
                 break;
             }
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(r)) => batch.push(r),
-                Ok(None) | Err(_) => break,
-            }
+            // Check back a few times per batch window: a full batch need not
+            // wait for the whole window.
+            let nap = (deadline - now).min(self.settings.timeout / 4 + Duration::from_millis(1));
+            tokio::time::sleep(nap).await;
         }
         Some(batch)
     }
