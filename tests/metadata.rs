@@ -19,11 +19,7 @@ async fn send(gw: &GatewayProcess, key: &str, user: &str) -> String {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let id = r.headers()["x-majordomo-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    r.bytes().await.unwrap();
+    let (_, id, _) = finish(r).await;
     id
 }
 

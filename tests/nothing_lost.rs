@@ -27,12 +27,8 @@ async fn load(gw: &GatewayProcess, key: &str, n: usize, concurrency: usize) -> V
                     .send()
                     .await
                     .expect("the gateway answers even while the database is away");
-                assert_eq!(r.status(), 200);
-                let id = r.headers()["x-majordomo-request-id"]
-                    .to_str()
-                    .unwrap()
-                    .to_string();
-                r.bytes().await.unwrap();
+                let (status, id, _) = finish(r).await;
+                assert_eq!(status, 200);
                 id
             }
         })
@@ -268,11 +264,7 @@ async fn a_poison_record_is_dead_lettered_without_blocking_the_rest() {
         .send()
         .await
         .unwrap();
-    let nul_id = r.headers()["x-majordomo-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    r.bytes().await.unwrap();
+    let (_, nul_id, _) = finish(r).await;
 
     let rows = env.wait_rows(3, Duration::from_secs(15)).await;
     let ids: HashSet<String> = rows.iter().map(|r| r.id.clone()).collect();

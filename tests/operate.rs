@@ -86,11 +86,7 @@ async fn access_log_lines_carry_the_request_id_and_never_a_secret() {
         .send()
         .await
         .unwrap();
-    let id = r.headers()["x-majordomo-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    r.bytes().await.unwrap();
+    let (_, id, _) = finish(r).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while !gw.log().contains(&id) {
         assert!(

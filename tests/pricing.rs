@@ -67,11 +67,7 @@ async fn cost_of(env: &TestEnv, gw: &GatewayProcess, key: &str, model: &str) -> 
         .send()
         .await
         .unwrap();
-    let id = r.headers()["x-majordomo-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    r.bytes().await.unwrap();
+    let (_, id, _) = finish(r).await;
     let row = env.row(&id).await;
     (row.price_found, row.total_cost)
 }

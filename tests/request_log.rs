@@ -155,12 +155,7 @@ async fn send(gw: &GatewayProcess, key: &str, path: &str, body: &Value) -> (u16,
         .send()
         .await
         .unwrap();
-    let status = r.status().as_u16();
-    let id = r.headers()["x-majordomo-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    (status, id, r.bytes().await.unwrap())
+    finish(r).await
 }
 
 async fn each_provider_and_mode_logs_an_exact_priced_row(backend: Backend) {

@@ -614,3 +614,12 @@ pub fn parse_metric(text: &str, series: &str) -> Option<f64> {
             .ok()
     })
 }
+
+/// Reads a gateway response to its end: (status, request id, body).
+pub async fn finish(r: reqwest::Response) -> (u16, String, bytes::Bytes) {
+    let status = r.status().as_u16();
+    let id = r.headers()[REQUEST_ID].to_str().unwrap().to_string();
+    (status, id, r.bytes().await.unwrap())
+}
+
+pub const REQUEST_ID: &str = "x-majordomo-request-id";
