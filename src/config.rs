@@ -105,6 +105,10 @@ pub struct ServerConfig {
     pub error_log: Option<String>,
     /// Idle upstream connections kept per proxy thread.
     pub upstream_keepalive_pool_size: usize,
+    /// Read buffer of each client connection's socket. Pingora's default is
+    /// 64 KiB per connection, most of what an open stream costs in memory;
+    /// with 0 the request head is read straight into its own buffer.
+    pub read_buffer_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +126,7 @@ impl Default for ServerConfig {
             graceful_shutdown_timeout_secs: 10,
             error_log: None,
             upstream_keepalive_pool_size: 128,
+            read_buffer_bytes: 0,
         }
     }
 }
@@ -453,6 +458,9 @@ pub struct SinkConfig {
     pub channel_capacity: usize,
     pub batch_max_events: usize,
     pub batch_timeout_ms: u64,
+    /// Batches written to the database at the same time (each on its own
+    /// connection): while one batch commits, the next is being sent.
+    pub writers: usize,
     /// Every accepted record is written here first (see the sink's spool docs).
     pub spool_dir: PathBuf,
     /// A spool segment is sealed (and becomes replayable) at this size.
@@ -468,6 +476,7 @@ impl Default for SinkConfig {
             channel_capacity: 65_536,
             batch_max_events: 1_000,
             batch_timeout_ms: 200,
+            writers: 2,
             spool_dir: PathBuf::from("./majordomo-spool"),
             spool_segment_max_bytes: 8 * 1024 * 1024,
             spool_fsync_interval_ms: 1000,
@@ -529,6 +538,7 @@ const ENV_KEYS: &[(&str, Kind)] = &[
     ("server.graceful_shutdown_timeout_secs", Kind::Int),
     ("server.error_log", Kind::Str),
     ("server.upstream_keepalive_pool_size", Kind::Int),
+    ("server.read_buffer_bytes", Kind::Int),
     ("storage.driver", Kind::Str),
     ("storage.sqlite.path", Kind::Str),
     ("storage.postgres.url", Kind::Str),
@@ -573,6 +583,7 @@ const ENV_KEYS: &[(&str, Kind)] = &[
     ("sink.channel_capacity", Kind::Int),
     ("sink.batch_max_events", Kind::Int),
     ("sink.batch_timeout_ms", Kind::Int),
+    ("sink.writers", Kind::Int),
     ("sink.spool_dir", Kind::Str),
     ("sink.spool_segment_max_bytes", Kind::Int),
     ("sink.spool_fsync_interval_ms", Kind::Int),
@@ -725,6 +736,9 @@ impl Config {
         }
         if self.sink.batch_max_events == 0 {
             return Err(invalid("sink.batch_max_events", "must be at least 1"));
+        }
+        if self.sink.writers == 0 {
+            return Err(invalid("sink.writers", "must be at least 1"));
         }
         if self.sink.channel_capacity == 0 {
             return Err(invalid("sink.channel_capacity", "must be at least 1"));

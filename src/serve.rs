@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 
@@ -93,6 +94,7 @@ pub fn run(config: Config, flags: ServeFlags) -> anyhow::Result<()> {
             channel_capacity: config.sink.channel_capacity,
             max_events: config.sink.batch_max_events,
             timeout: Duration::from_millis(config.sink.batch_timeout_ms),
+            writers: config.sink.writers,
             spool_dir: config.sink.spool_dir.clone(),
             spool_segment_max_bytes: config.sink.spool_segment_max_bytes,
             spool_fsync_interval: Duration::from_millis(config.sink.spool_fsync_interval_ms),
@@ -137,7 +139,12 @@ pub fn run(config: Config, flags: ServeFlags) -> anyhow::Result<()> {
         "majordomo gateway",
     );
     let addr = format!("{}:{}", config.server.host, config.server.port);
-    proxy.add_tcp(&addr);
+    proxy.add_listener(
+        ListenerConfig::tcp(addr.as_str()).l4_buffer(L4BufferSettings {
+            read: Some(config.server.read_buffer_bytes),
+            write: None,
+        }),
+    );
     server.add_service(proxy);
     server.add_service(background_service("request log sink", sink_service));
     server.add_service(background_service("key revocations", revocations));

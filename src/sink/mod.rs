@@ -135,6 +135,8 @@ pub struct SinkSettings {
     pub channel_capacity: usize,
     pub max_events: usize,
     pub timeout: Duration,
+    /// Batches written concurrently.
+    pub writers: usize,
     pub spool_dir: PathBuf,
     pub spool_segment_max_bytes: u64,
     /// 0: fsync after every append.
@@ -522,10 +524,23 @@ impl BackgroundService for SinkService {
         });
         // Shutdown is not a reason to stop: requests still draining during
         // the grace period keep logging, and whatever is not written when the
-        // process ends is in the spool for the next start.
+        // process ends is in the spool for the next start. Up to `writers`
+        // batches are in flight; acknowledgements are counts per spool
+        // segment, so batches may commit in any order.
+        let writers = Arc::new(tokio::sync::Semaphore::new(core.settings.writers.max(1)));
+        let mut in_flight = tokio::task::JoinSet::new();
         while let Some(batch) = core.next_batch(&mut rx).await {
-            core.write_queued(batch).await;
+            let Ok(permit) = writers.clone().acquire_owned().await else {
+                break;
+            };
+            while in_flight.try_join_next().is_some() {}
+            let core = core.clone();
+            in_flight.spawn(async move {
+                core.write_queued(batch).await;
+                drop(permit);
+            });
         }
+        while in_flight.join_next().await.is_some() {}
         background.abort();
         core.spool.sync();
         core.spool.close();

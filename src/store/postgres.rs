@@ -3,14 +3,17 @@
 //! `INSERT … ON CONFLICT (id) DO NOTHING` that also adds the newly written rows
 //! to their keys' counters, all in one transaction.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
@@ -27,10 +30,12 @@ pub struct PgStore {
 
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
     // A server-side error with a SQLSTATE is about the statement or data;
-    // anything else (I/O, closed connection) is the database being away.
+    // anything else (I/O, closed connection) is the database being away, and
+    // class 40 (a deadlock or serialization failure) succeeds when retried.
     match e.code() {
         Some(code)
             if !code.code().starts_with("08")
+                && !code.code().starts_with("40")
                 && !code.code().starts_with("57")
                 && !code.code().starts_with("53") =>
         {
@@ -236,114 +241,66 @@ impl PgStore {
         Ok(row.map(|r| r.get(0)))
     }
 
+    /// Writes a batch of request records, each exactly once (a record whose id
+    /// is already stored is skipped), adds the written rows to their keys'
+    /// counters and metadata statistics, all in one transaction. Returns how
+    /// many rows were new.
+    ///
+    /// The common case — no id of the batch is stored yet — is one binary
+    /// `COPY` straight into `llm_requests`. Only when that hits the primary key
+    /// (a spool replay of rows already written) is the batch rewritten through
+    /// a staging table with `INSERT … ON CONFLICT (id) DO NOTHING`.
     pub async fn insert_requests(&self, batch: Arc<Vec<RequestRecord>>) -> Result<u64, StoreError> {
         let mut client = self.client().await?;
+        match self.copy_new_rows(&mut client, &batch).await {
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                self.insert_skipping_stored(&mut client, &batch).await
+            }
+            other => other.map_err(pg_err),
+        }
+    }
+
+    async fn copy_new_rows(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        batch: &[RequestRecord],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let tx = client.transaction().await?;
+        let active = active_metadata_keys(&tx, batch).await?;
+        copy_rows(&tx, "llm_requests", batch, &active).await?;
+        add_to_key_counters(&tx, batch.iter()).await?;
+        add_to_metadata_stats(&tx, batch.iter()).await?;
+        tx.commit().await?;
+        Ok(batch.len() as u64)
+    }
+
+    async fn insert_skipping_stored(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        batch: &[RequestRecord],
+    ) -> Result<u64, StoreError> {
         let tx = client.transaction().await.map_err(pg_err)?;
+        let active = active_metadata_keys(&tx, batch).await.map_err(pg_err)?;
         tx.batch_execute(STAGE_DDL).await.map_err(pg_err)?;
-        let sink = tx
-            .copy_in(&format!(
-                "COPY majordomo_stage ({COPY_COLUMNS}) FROM STDIN BINARY"
-            ))
+        copy_rows(&tx, "majordomo_stage", batch, &active)
             .await
             .map_err(pg_err)?;
-        let writer = BinaryCopyInWriter::new(sink, COPY_TYPES);
-        pin_mut!(writer);
-        for r in batch.iter() {
-            let metadata = r.raw_metadata.clone().map(serde_json::Value::Object);
-            let row: [&(dyn ToSql + Sync); 27] = [
-                &r.id,
-                &r.api_key_id,
-                &r.provider_api_key_hash,
-                &r.provider,
-                &r.model,
-                &r.request_path,
-                &r.request_method,
-                &r.requested_at,
-                &r.responded_at,
-                &r.response_time_ms,
-                &r.time_to_first_byte_ms,
-                &r.input_tokens,
-                &r.output_tokens,
-                &r.cached_tokens,
-                &r.cache_creation_tokens,
-                &r.reasoning_tokens,
-                &r.input_cost,
-                &r.output_cost,
-                &r.total_cost,
-                &r.price_found,
-                &r.usage_complete,
-                &r.status_code,
-                &r.error_message,
-                &metadata,
-                &r.request_body,
-                &r.response_body,
-                &r.body_s3_key,
-            ];
-            writer.as_mut().write(&row).await.map_err(pg_err)?;
-        }
-        writer.finish().await.map_err(pg_err)?;
         let inserted = tx
             .query(
                 &format!(
-                    "WITH ins AS (
-                        INSERT INTO llm_requests ({COPY_COLUMNS}, indexed_metadata)
-                        SELECT {COPY_COLUMNS}, {INDEXED_METADATA} FROM majordomo_stage s
-                        ON CONFLICT (id) DO NOTHING
-                        RETURNING id, majordomo_api_key_id, requested_at
-                     ), per_key AS (
-                        SELECT majordomo_api_key_id AS id, count(*) AS n, max(requested_at) AS t
-                        FROM ins WHERE majordomo_api_key_id IS NOT NULL GROUP BY 1
-                     ), upd AS (
-                        UPDATE api_keys k SET request_count = k.request_count + per_key.n,
-                               last_used_at = GREATEST(k.last_used_at, per_key.t)
-                        FROM per_key WHERE k.id = per_key.id
-                        RETURNING 1
-                     )
-                     SELECT id FROM ins"
+                    "INSERT INTO llm_requests ({COPY_COLUMNS}) SELECT {COPY_COLUMNS} FROM majordomo_stage
+                     ON CONFLICT (id) DO NOTHING RETURNING id"
                 ),
                 &[],
             )
             .await
             .map_err(pg_err)?;
         let new_ids: std::collections::HashSet<Uuid> = inserted.iter().map(|r| r.get(0)).collect();
-        let deltas = super::metadata_deltas(batch.iter().filter(|r| new_ids.contains(&r.id)));
-        for d in deltas {
-            tx.execute(
-                "INSERT INTO llm_requests_metadata_keys (majordomo_api_key_id, key_name) VALUES ($1, $2)
-                 ON CONFLICT DO NOTHING",
-                &[&d.api_key_id, &d.key_name],
-            )
+        let new_rows = || batch.iter().filter(|r| new_ids.contains(&r.id));
+        add_to_key_counters(&tx, new_rows()).await.map_err(pg_err)?;
+        add_to_metadata_stats(&tx, new_rows())
             .await
             .map_err(pg_err)?;
-            // The row lock serialises replicas merging their sketches.
-            let row = tx
-                .query_one(
-                    "SELECT hll_state FROM llm_requests_metadata_keys
-                     WHERE majordomo_api_key_id = $1 AND key_name = $2 FOR UPDATE",
-                    &[&d.api_key_id, &d.key_name],
-                )
-                .await
-                .map_err(pg_err)?;
-            let mut sketch = super::hll::Hll::from_bytes(row.get::<_, Option<&[u8]>>(0));
-            sketch.merge(&d.sketch);
-            let estimate = i32::try_from(sketch.estimate()).unwrap_or(i32::MAX);
-            tx.execute(
-                "UPDATE llm_requests_metadata_keys SET request_count = request_count + $3,
-                    last_seen_at = GREATEST(last_seen_at, $4), hll_state = $5,
-                    approx_cardinality = $6, hll_updated_at = now()
-                 WHERE majordomo_api_key_id = $1 AND key_name = $2",
-                &[
-                    &d.api_key_id,
-                    &d.key_name,
-                    &d.count,
-                    &d.last_seen,
-                    &sketch.as_bytes(),
-                    &estimate,
-                ],
-            )
-            .await
-            .map_err(pg_err)?;
-        }
         tx.commit().await.map_err(pg_err)?;
         Ok(new_ids.len() as u64)
     }
@@ -408,12 +365,244 @@ impl PgStore {
     }
 }
 
-/// The active metadata keys' values of a staged row, for `indexed_metadata`.
-const INDEXED_METADATA: &str = "COALESCE((SELECT jsonb_object_agg(e.key, e.value)
-    FROM jsonb_each(s.raw_metadata) e
-    JOIN llm_requests_metadata_keys m
-      ON m.majordomo_api_key_id = s.majordomo_api_key_id AND m.key_name = e.key AND m.is_active),
-    '{}'::jsonb)";
+/// For each key of the batch that sent metadata, the metadata names marked
+/// active (`majordomo metadata activate`): their values are copied into
+/// `indexed_metadata`.
+async fn active_metadata_keys(
+    tx: &Transaction<'_>,
+    batch: &[RequestRecord],
+) -> Result<HashMap<Uuid, Vec<String>>, tokio_postgres::Error> {
+    let mut keys: Vec<Uuid> = batch
+        .iter()
+        .filter(|r| r.raw_metadata.is_some())
+        .filter_map(|r| r.api_key_id)
+        .collect();
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    let rows = tx
+        .query(
+            "SELECT majordomo_api_key_id, key_name FROM llm_requests_metadata_keys
+             WHERE is_active AND majordomo_api_key_id = ANY($1)",
+            &[&keys],
+        )
+        .await?;
+    let mut active: HashMap<Uuid, Vec<String>> = HashMap::new();
+    for row in rows {
+        active.entry(row.get(0)).or_default().push(row.get(1));
+    }
+    Ok(active)
+}
+
+/// Binary `COPY` of the batch into `table` (`llm_requests` or the staging table).
+async fn copy_rows(
+    tx: &Transaction<'_>,
+    table: &str,
+    batch: &[RequestRecord],
+    active: &HashMap<Uuid, Vec<String>>,
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx
+        .copy_in(&format!("COPY {table} ({COPY_COLUMNS}) FROM STDIN BINARY"))
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, COPY_TYPES);
+    pin_mut!(writer);
+    for r in batch {
+        let raw_metadata = r.raw_metadata.as_ref().map(Jsonb::All);
+        let indexed_metadata = Jsonb::Only {
+            metadata: r.raw_metadata.as_ref(),
+            names: r
+                .api_key_id
+                .and_then(|k| active.get(&k))
+                .map_or(&[][..], Vec::as_slice),
+        };
+        let row: [&(dyn ToSql + Sync); 28] = [
+            &r.id,
+            &r.api_key_id,
+            &r.provider_api_key_hash,
+            &r.provider,
+            &r.model,
+            &r.request_path,
+            &r.request_method,
+            &r.requested_at,
+            &r.responded_at,
+            &r.response_time_ms,
+            &r.time_to_first_byte_ms,
+            &r.input_tokens,
+            &r.output_tokens,
+            &r.cached_tokens,
+            &r.cache_creation_tokens,
+            &r.reasoning_tokens,
+            &r.input_cost,
+            &r.output_cost,
+            &r.total_cost,
+            &r.price_found,
+            &r.usage_complete,
+            &r.status_code,
+            &r.error_message,
+            &raw_metadata,
+            &indexed_metadata,
+            &r.request_body,
+            &r.response_body,
+            &r.body_s3_key,
+        ];
+        writer.as_mut().write(&row).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// Adds the written rows to their keys' `request_count` and `last_used_at`.
+async fn add_to_key_counters<'a>(
+    tx: &Transaction<'_>,
+    written: impl Iterator<Item = &'a RequestRecord>,
+) -> Result<(), tokio_postgres::Error> {
+    // A batch holds few distinct keys: a linear search beats hashing.
+    let (mut ids, mut counts, mut last) = (Vec::<Uuid>::new(), Vec::<i64>::new(), Vec::new());
+    for r in written {
+        let Some(key) = r.api_key_id else { continue };
+        match ids.iter().position(|k| *k == key) {
+            Some(i) => {
+                counts[i] += 1;
+                last[i] = r.requested_at.max(last[i]);
+            }
+            None => {
+                ids.push(key);
+                counts.push(1);
+                last.push(r.requested_at);
+            }
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE api_keys k SET request_count = k.request_count + u.n,
+                    last_used_at = GREATEST(k.last_used_at, u.t)
+             FROM unnest($1::uuid[], $2::int8[], $3::timestamptz[]) AS u(id, n, t)
+             WHERE k.id = u.id",
+        )
+        .await?;
+    tx.execute(&stmt, &[&ids, &counts, &last]).await?;
+    Ok(())
+}
+
+/// Merges the written rows' metadata into `llm_requests_metadata_keys`:
+/// counts, last seen, and the HyperLogLog sketch, under row locks taken in
+/// (key, name) order so replicas merging the same names serialise.
+async fn add_to_metadata_stats<'a>(
+    tx: &Transaction<'_>,
+    written: impl Iterator<Item = &'a RequestRecord>,
+) -> Result<(), tokio_postgres::Error> {
+    let deltas = super::metadata_deltas(written);
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<Uuid> = deltas.iter().map(|d| d.api_key_id).collect();
+    let names: Vec<&str> = deltas.iter().map(|d| d.key_name.as_str()).collect();
+    tx.execute(
+        "INSERT INTO llm_requests_metadata_keys (majordomo_api_key_id, key_name)
+         SELECT * FROM unnest($1::uuid[], $2::text[]) ON CONFLICT DO NOTHING",
+        &[&keys, &names],
+    )
+    .await?;
+    let stored = tx
+        .query(
+            "SELECT m.majordomo_api_key_id, m.key_name, m.hll_state
+             FROM llm_requests_metadata_keys m
+             JOIN unnest($1::uuid[], $2::text[]) AS u(k, n)
+               ON m.majordomo_api_key_id = u.k AND m.key_name = u.n
+             ORDER BY 1, 2 FOR UPDATE OF m",
+            &[&keys, &names],
+        )
+        .await?;
+    let mut sketches: HashMap<(Uuid, &str), super::hll::Hll> = stored
+        .iter()
+        .map(|row| {
+            (
+                (row.get(0), row.get(1)),
+                super::hll::Hll::from_bytes(row.get::<_, Option<&[u8]>>(2)),
+            )
+        })
+        .collect();
+    let (mut counts, mut last_seen, mut states, mut estimates) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for d in &deltas {
+        let sketch = sketches
+            .entry((d.api_key_id, d.key_name.as_str()))
+            .or_default();
+        sketch.merge(&d.sketch);
+        counts.push(d.count);
+        last_seen.push(d.last_seen);
+        estimates.push(i32::try_from(sketch.estimate()).unwrap_or(i32::MAX));
+        states.push(sketch.as_bytes().to_vec());
+    }
+    tx.execute(
+        "UPDATE llm_requests_metadata_keys m SET request_count = m.request_count + u.c,
+                last_seen_at = GREATEST(m.last_seen_at, u.t), hll_state = u.s,
+                approx_cardinality = u.e, hll_updated_at = now()
+         FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::timestamptz[], $5::bytea[], $6::int4[])
+              AS u(k, n, c, t, s, e)
+         WHERE m.majordomo_api_key_id = u.k AND m.key_name = u.n",
+        &[&keys, &names, &counts, &last_seen, &states, &estimates],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A metadata object written as `jsonb` straight from the record, without
+/// building a `serde_json::Value` per row: all of it (`raw_metadata`), or
+/// only the active names (`indexed_metadata`, `{}` when none).
+#[derive(Debug)]
+enum Jsonb<'a> {
+    All(&'a serde_json::Map<String, serde_json::Value>),
+    Only {
+        metadata: Option<&'a serde_json::Map<String, serde_json::Value>>,
+        names: &'a [String],
+    },
+}
+
+impl ToSql for Jsonb<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use bytes::BufMut;
+        out.put_u8(1); // jsonb binary format version
+        match self {
+            Jsonb::All(map) => serde_json::to_writer(out.writer(), map)?,
+            Jsonb::Only { metadata, names } => {
+                let selected = metadata
+                    .iter()
+                    .flat_map(|m| m.iter())
+                    .filter(|(name, _)| names.iter().any(|n| n == *name));
+                serde_json::to_writer(out.writer(), &JsonObject(selected))?
+            }
+        }
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    to_sql_checked!();
+}
+
+/// Serialises an iterator of entries as one JSON object.
+struct JsonObject<I>(I);
+
+impl<'a, I> serde::Serialize for JsonObject<I>
+where
+    I: Iterator<Item = (&'a String, &'a serde_json::Value)> + Clone,
+{
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.clone())
+    }
+}
 
 const STAGE_DDL: &str = "CREATE TEMP TABLE IF NOT EXISTS majordomo_stage (
     id UUID, majordomo_api_key_id UUID, provider_api_key_hash VARCHAR(64), provider VARCHAR(100),
@@ -422,14 +611,14 @@ const STAGE_DDL: &str = "CREATE TEMP TABLE IF NOT EXISTS majordomo_stage (
     input_tokens BIGINT, output_tokens BIGINT, cached_tokens BIGINT, cache_creation_tokens BIGINT,
     reasoning_tokens BIGINT, input_cost NUMERIC(20,10), output_cost NUMERIC(20,10),
     total_cost NUMERIC(20,10), price_found BOOLEAN, usage_complete BOOLEAN, status_code INT,
-    error_message TEXT, raw_metadata JSONB, request_body TEXT, response_body TEXT, body_s3_key TEXT
+    error_message TEXT, raw_metadata JSONB, indexed_metadata JSONB, request_body TEXT, response_body TEXT, body_s3_key TEXT
 ) ON COMMIT DELETE ROWS";
 
 const COPY_COLUMNS: &str = "id, majordomo_api_key_id, provider_api_key_hash, provider, model, \
     request_path, request_method, requested_at, responded_at, response_time_ms, \
     time_to_first_byte_ms, input_tokens, output_tokens, cached_tokens, cache_creation_tokens, \
     reasoning_tokens, input_cost, output_cost, total_cost, price_found, usage_complete, \
-    status_code, error_message, raw_metadata, request_body, response_body, body_s3_key";
+    status_code, error_message, raw_metadata, indexed_metadata, request_body, response_body, body_s3_key";
 
 const COPY_TYPES: &[Type] = &[
     Type::UUID,
@@ -455,6 +644,7 @@ const COPY_TYPES: &[Type] = &[
     Type::BOOL,
     Type::INT4,
     Type::TEXT,
+    Type::JSONB,
     Type::JSONB,
     Type::TEXT,
     Type::TEXT,

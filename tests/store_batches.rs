@@ -1,0 +1,165 @@
+//! The store's batch write, on both backends: a batch holding rows that are
+//! already stored (a spool replay after a crash between commit and
+//! acknowledgement) writes only the new rows, and the key counters,
+//! metadata statistics and `indexed_metadata` count each row once. On
+//! PostgreSQL this is the fallback from the direct `COPY` to the staging
+//! table, taken only when the `COPY` hits the primary key.
+
+mod common;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use common::*;
+use majordomo::config::{PostgresConfig, StorageConfig, StorageDriver};
+use majordomo::store::{NewKey, RequestRecord, Store};
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+fn storage(env: &TestEnv) -> StorageConfig {
+    let mut s = StorageConfig::default();
+    match &env.pg_database {
+        None => {
+            s.driver = Some(StorageDriver::Sqlite);
+            s.sqlite.path = env.sqlite_path();
+        }
+        Some(db) => {
+            let mut pg = PostgresConfig::default();
+            pg.host = Some("127.0.0.1".into());
+            pg.port = 5432;
+            pg.user = "postgres".into();
+            pg.database = db.clone();
+            s.driver = Some(StorageDriver::Postgres);
+            s.postgres = pg;
+        }
+    }
+    s
+}
+
+fn record(key: Uuid, user: &str) -> RequestRecord {
+    let now = Utc::now();
+    let mut meta = serde_json::Map::new();
+    meta.insert("team".into(), "search".into());
+    meta.insert("user-id".into(), user.into());
+    RequestRecord {
+        id: Uuid::now_v7(),
+        api_key_id: Some(key),
+        provider_api_key_hash: None,
+        provider: "openai".into(),
+        model: "gpt-4o".into(),
+        request_path: "/v1/chat/completions".into(),
+        request_method: "POST".into(),
+        requested_at: now,
+        responded_at: now,
+        response_time_ms: 12,
+        time_to_first_byte_ms: Some(5),
+        input_tokens: 10,
+        output_tokens: 20,
+        cached_tokens: 0,
+        cache_creation_tokens: 0,
+        reasoning_tokens: 0,
+        input_cost: Decimal::new(25, 6),
+        output_cost: Decimal::new(200, 6),
+        total_cost: Decimal::new(225, 6),
+        price_found: true,
+        usage_complete: true,
+        status_code: 200,
+        error_message: None,
+        raw_metadata: Some(meta),
+        request_body: None,
+        response_body: None,
+        body_s3_key: None,
+    }
+}
+
+/// `indexed_metadata` of every row, as JSON text sorted by row id.
+async fn indexed_metadata(env: &TestEnv) -> Vec<serde_json::Value> {
+    match env.backend {
+        Backend::Postgres => env
+            .pg_client()
+            .await
+            .query(
+                "SELECT indexed_metadata::text FROM llm_requests ORDER BY id",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap())
+            .collect(),
+        Backend::Sqlite => {
+            let c = rusqlite::Connection::open(env.sqlite_path()).unwrap();
+            let mut stmt = c
+                .prepare("SELECT indexed_metadata FROM llm_requests ORDER BY id")
+                .unwrap();
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .unwrap()
+                .map(|t| serde_json::from_str(&t.unwrap()).unwrap())
+                .collect();
+            rows
+        }
+    }
+}
+
+async fn a_replayed_batch_writes_and_counts_only_new_rows(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let store = Store::open(&storage(&env)).unwrap();
+    store.migrate().await.unwrap();
+    let key = store
+        .create_key(NewKey {
+            name: "batches",
+            description: None,
+            key_hash: &majordomo::keys::hash_hex("mdm_sk_store_batches_test"),
+            key_hint: "mdm_sk_…test",
+        })
+        .await
+        .unwrap()
+        .id;
+    assert!(store.set_metadata_active(key, "team", true).await.unwrap());
+
+    let first: Vec<RequestRecord> = (0..3).map(|i| record(key, &format!("u{i}"))).collect();
+    assert_eq!(
+        store
+            .insert_requests(Arc::new(first.clone()))
+            .await
+            .unwrap(),
+        3
+    );
+
+    // Two of the first batch again, with two new ones.
+    let mut second: Vec<RequestRecord> = first[1..].to_vec();
+    second.push(record(key, "u3"));
+    second.push(record(key, "u4"));
+    assert_eq!(
+        store
+            .insert_requests(Arc::new(second.clone()))
+            .await
+            .unwrap(),
+        2
+    );
+    // All of it again: nothing new.
+    assert_eq!(store.insert_requests(Arc::new(second)).await.unwrap(), 0);
+
+    let rows = env.rows().await;
+    assert_eq!(rows.len(), 5, "each row once");
+    let stored = store.get_key(key).await.unwrap().unwrap();
+    assert_eq!(stored.request_count, 5, "the key counts each row once");
+    let stats = store.list_metadata_keys(Some(key)).await.unwrap();
+    let count = |name: &str| {
+        stats
+            .iter()
+            .find(|m| m.key_name == name)
+            .unwrap_or_else(|| panic!("no stats for {name}: {stats:?}"))
+    };
+    assert_eq!(count("team").request_count, 5);
+    assert_eq!(count("user-id").request_count, 5);
+    assert_eq!(count("user-id").approx_cardinality, 5, "u0..u4");
+    assert_eq!(count("team").approx_cardinality, 1);
+    // Only the active name is indexed, on the rows of either path.
+    for indexed in indexed_metadata(&env).await {
+        assert_eq!(indexed, serde_json::json!({"team": "search"}));
+    }
+}
+
+both_stores!(a_replayed_batch_writes_and_counts_only_new_rows);
