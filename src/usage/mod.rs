@@ -238,6 +238,18 @@ struct Findings {
 
 impl Findings {
     fn note_model(&mut self, capture: Option<&Capture>) {
+        // Every chunk of a stream repeats the model: parse it only when it changes.
+        let unchanged = match (capture, &self.model) {
+            (Some(c), Some(model)) => {
+                c.bytes.len() == model.len() + 2
+                    && c.bytes.first() == Some(&b'"')
+                    && &c.bytes[1..c.bytes.len() - 1] == model.as_bytes()
+            }
+            _ => false,
+        };
+        if unchanged {
+            return;
+        }
         if let Some(model) = captured_string(capture) {
             self.model = Some(truncate_utf8(model, MODEL_CAP));
         }

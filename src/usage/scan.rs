@@ -178,6 +178,9 @@ pub(crate) struct Scanner {
     documents: u64,
     active: Vec<Active>,
     slots: [Option<Capture>; SLOTS],
+    /// Capture buffers of earlier inputs, reused so that scanning one SSE
+    /// event after another allocates nothing.
+    spare: Vec<Vec<u8>>,
     /// The most bytes any capture buffer ever held (for tests and metrics).
     peak_capture: usize,
 }
@@ -199,6 +202,7 @@ impl Scanner {
             documents: 0,
             active: Vec::new(),
             slots: Default::default(),
+            spare: Vec::new(),
             peak_capture: 0,
         }
     }
@@ -211,8 +215,14 @@ impl Scanner {
         self.pos = 0;
         self.started = false;
         self.documents = 0;
-        self.active.clear();
-        self.slots = Default::default();
+        for active in self.active.drain(..) {
+            self.spare.push(active.bytes);
+        }
+        for slot in &mut self.slots {
+            if let Some(capture) = slot.take() {
+                self.spare.push(capture.bytes);
+            }
+        }
     }
 
     pub(crate) fn push(&mut self, mut input: &[u8]) {
@@ -439,7 +449,10 @@ impl Scanner {
                         depth,
                         start: self.pos,
                         len: 0,
-                        bytes: Vec::new(),
+                        bytes: self.spare.pop().map_or_else(Vec::new, |mut b| {
+                            b.clear();
+                            b
+                        }),
                     });
                 }
             }
