@@ -284,6 +284,88 @@ async fn an_injected_usage_chunk_is_hidden_from_the_client_and_still_logged(back
     );
 }
 
+/// Reads one HTTP/1.1 response with a chunked body off `stream`; returns its
+/// head and decoded body. Panics on any other framing.
+async fn read_chunked_response(
+    stream: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+) -> (String, String) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stream.read_line(&mut line).await.unwrap() > 0,
+            "connection closed in the head"
+        );
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    assert!(
+        head.contains("transfer-encoding: chunked"),
+        "not chunked: {head}"
+    );
+    assert!(!head.contains("content-length"), "{head}");
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        stream.read_line(&mut size).await.unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        let mut chunk = vec![0; n + 2];
+        stream.read_exact(&mut chunk).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    (head, String::from_utf8(body).unwrap())
+}
+
+async fn a_stripped_stream_from_a_content_length_upstream_is_chunked_and_keeps_the_connection(
+    backend: Backend,
+) {
+    use tokio::io::AsyncWriteExt;
+    let env = TestEnv::new(backend).await;
+    let (_, key) = env.create_key("inject-length");
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let events = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n\
+        data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":2,\"total_tokens\":12}}\n\n\
+        data: [DONE]\n\n";
+    let expected = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: [DONE]\n\n";
+    // Served the way a static file server sends it: one body with a length.
+    for _ in 0..2 {
+        mock.push_response(ScriptedResponse::bytes(200, "text/event-stream", events));
+    }
+    let body = r#"{"model":"gpt-4o","stream":true,"messages":[]}"#;
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nX-Majordomo-Key: {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let addr = gw
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut conn = tokio::io::BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    // Two requests on one connection: the first response must be framed.
+    for _ in 0..2 {
+        conn.get_mut().write_all(request.as_bytes()).await.unwrap();
+        let (head, got) =
+            tokio::time::timeout(Duration::from_secs(10), read_chunked_response(&mut conn))
+                .await
+                .expect("a complete response on the same connection");
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert_eq!(got, expected);
+    }
+    let rows = env.wait_rows(2, Duration::from_secs(10)).await;
+    assert!(rows
+        .iter()
+        .all(|r| r.usage_complete && r.input_tokens == 10 && r.output_tokens == 2));
+}
+
 async fn a_gzip_upstream_body_reaches_the_client_untouched_and_is_parsed(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let (_, key) = env.create_key("gzip");
@@ -574,6 +656,7 @@ async fn a_burst_of_500_concurrent_requests_gives_exactly_500_rows(backend: Back
 both_stores!(
     each_provider_and_mode_logs_an_exact_priced_row,
     an_injected_usage_chunk_is_hidden_from_the_client_and_still_logged,
+    a_stripped_stream_from_a_content_length_upstream_is_chunked_and_keeps_the_connection,
     a_gzip_upstream_body_reaches_the_client_untouched_and_is_parsed,
     a_client_that_disconnects_mid_stream_leaves_a_499_row_with_partial_usage,
     a_client_that_closes_right_after_done_is_not_a_disconnect,

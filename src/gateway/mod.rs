@@ -378,7 +378,16 @@ impl ProxyHttp for Gateway {
         let identity = content_encoding.is_none_or(|e| e.eq_ignore_ascii_case("identity"));
         if ctx.injected_usage && ctx.status == 200 && is_event_stream && identity {
             ctx.stripper = Some(InjectedUsageStripper::new());
-            upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+            // The body shrinks: an upstream length no longer holds. Frame it
+            // chunked, or the client could only find its end by the
+            // connection closing (and could not reuse the connection).
+            if upstream_response
+                .remove_header(&http::header::CONTENT_LENGTH)
+                .is_some()
+            {
+                upstream_response.set_version(http::Version::HTTP_11);
+                upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            }
         }
         Ok(())
     }
