@@ -63,7 +63,25 @@ async fn requests_are_forwarded_unchanged_with_credentials_and_without_majordomo
     let seen = mock.last_request().unwrap();
     assert_eq!(seen.path, OPENAI_CHAT);
     assert_eq!(seen.query.as_deref(), Some("trace=1&x=%20y"));
-    assert_eq!(seen.body.as_ref(), body.as_slice());
+    // A chat body is passed through the usage injector with its length kept
+    // fixed: one that gets no field gets as many spaces before its closing
+    // brace (the same JSON), so the upstream request keeps a Content-Length.
+    let padded = [
+        &body[..body.len() - 1],
+        &[b' '; majordomo::usage::INJECTION_LEN][..],
+        b"}",
+    ]
+    .concat();
+    assert_eq!(seen.body.as_ref(), padded.as_slice());
+    assert_eq!(
+        seen.header("content-length"),
+        Some(padded.len().to_string().as_str())
+    );
+    assert_eq!(seen.header("transfer-encoding"), None);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&seen.body).unwrap(),
+        serde_json::from_slice::<Value>(&body).unwrap()
+    );
     assert_eq!(
         seen.header("authorization"),
         Some("Bearer sk-upstream-secret")

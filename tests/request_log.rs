@@ -253,8 +253,14 @@ async fn an_injected_usage_chunk_is_hidden_from_the_client_and_still_logged(back
     assert_eq!(status, 200);
     assert_eq!(String::from_utf8(got.to_vec()).unwrap(), expected);
 
-    let upstream_saw = mock.last_request().unwrap().json();
+    let upstream_request = mock.last_request().unwrap();
+    let upstream_saw = upstream_request.json();
     assert_eq!(upstream_saw["stream_options"]["include_usage"], true);
+    // The client's length plus the field: no chunked request body.
+    assert_eq!(
+        upstream_request.header("content-length"),
+        Some(upstream_request.body.len().to_string().as_str())
+    );
     assert_eq!(upstream_saw["messages"], body["messages"]);
 
     let row = env.row(&id).await;

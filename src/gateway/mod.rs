@@ -30,7 +30,9 @@ use crate::provider::upstream::{BaseUrl, Upstream};
 use crate::provider::{self, Provider};
 use crate::sink::SinkSender;
 use crate::store::Store;
-use crate::usage::{InjectedUsageStripper, RequestSniffer, StreamingUsageInjector, UsageParser};
+use crate::usage::{
+    InjectedUsageStripper, RequestSniffer, StreamingUsageInjector, UsageParser, INJECTION_LEN,
+};
 use ctx::BodyWatch;
 pub use ctx::RequestCtx;
 use errors::GatewayError;
@@ -203,7 +205,14 @@ impl Gateway {
             && req.method == http::Method::POST
             && req.uri.path().trim_end_matches('/') == "/v1/chat/completions"
             && self.config.providers.get(provider).inject_stream_usage;
-        if injectable {
+        let has_length = content_length(req).is_some()
+            && !req.headers.contains_key(http::header::TRANSFER_ENCODING);
+        if injectable && has_length {
+            // The body's length changes by a known amount: the upstream
+            // request keeps a Content-Length (some servers refuse chunked
+            // request bodies, and it saves the chunk framing).
+            BodyWatch::Inject(StreamingUsageInjector::fixed_length())
+        } else if injectable {
             BodyWatch::Inject(StreamingUsageInjector::new())
         } else {
             BodyWatch::Sniff(RequestSniffer::new())
@@ -337,10 +346,21 @@ impl ProxyHttp for Gateway {
         upstream_request.insert_header(http::header::HOST, up.base.host_header.as_str())?;
         strip_gateway_headers(upstream_request);
         if matches!(ctx.body_watch, BodyWatch::Inject(_)) {
-            // The body may grow by the injected field: send it chunked, and
-            // ask for an uncompressed answer so the usage chunk can be removed.
-            upstream_request.remove_header(&http::header::CONTENT_LENGTH);
-            upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            // The body grows by the injected field (or as much whitespace);
+            // without a client length it may grow: send it chunked. Ask for
+            // an uncompressed answer so the usage chunk can be removed.
+            let fixed = match &ctx.body_watch {
+                BodyWatch::Inject(injector) => injector.is_fixed_length(),
+                _ => false,
+            };
+            match content_length(upstream_request).filter(|_| fixed) {
+                Some(len) => upstream_request
+                    .insert_header(http::header::CONTENT_LENGTH, len + INJECTION_LEN as u64)?,
+                None => {
+                    upstream_request.remove_header(&http::header::CONTENT_LENGTH);
+                    upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+                }
+            }
             upstream_request.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
         }
         Ok(())

@@ -51,7 +51,9 @@ use decode::Decoder;
 use scan::{Capture, Scanner, Seg, Status, Target};
 
 pub use gemini::model_from_path as gemini_model_from_path;
-pub use request::{inject_include_usage, RequestInfo, RequestSniffer, StreamingUsageInjector};
+pub use request::{
+    inject_include_usage, RequestInfo, RequestSniffer, StreamingUsageInjector, INJECTION_LEN,
+};
 pub use strip::InjectedUsageStripper;
 
 /// Longest model name kept, in bytes.

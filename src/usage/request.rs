@@ -289,8 +289,11 @@ mod tests {
 /// body has been seen, if it is one JSON object with `"stream": true` and no
 /// `stream_options` at all, `,"stream_options":{"include_usage":true}` goes
 /// out just before that brace. Memory is the sniffer's plus a few bytes;
-/// nothing is buffered. Because the length may change, the upstream request
-/// must be sent chunked.
+/// nothing is buffered. The length changes by exactly [`INJECTION_LEN`]
+/// bytes either way when made with [`StreamingUsageInjector::fixed_length`]
+/// (a body that gets no field gets as many spaces before its closing brace),
+/// so a client's `Content-Length` plus that stays true; otherwise the
+/// upstream request must be sent chunked.
 ///
 /// A body that already has a `stream_options` object is left alone (a
 /// duplicate key would override the client's other options); its usage is
@@ -300,7 +303,12 @@ pub struct StreamingUsageInjector {
     scanner: Option<Scanner>,
     held: Vec<u8>,
     first: Option<u8>,
+    /// Pad a body that gets no field to the same length.
+    fixed_length: bool,
 }
+
+/// How many bytes the injection adds (also the padding of a fixed-length injector).
+pub const INJECTION_LEN: usize = INJECTED_FIELD.len();
 
 /// Held bytes beyond this mean the tail is not "`}` + whitespace": give up holding.
 const HELD_CAP: usize = 4096;
@@ -312,7 +320,24 @@ impl StreamingUsageInjector {
             scanner: Some(Scanner::new(TARGETS)),
             held: Vec::new(),
             first: None,
+            fixed_length: false,
         }
+    }
+
+    /// An injector whose output is always [`INJECTION_LEN`] bytes longer
+    /// than its input: JSON whitespace stands in for a field not added.
+    #[must_use]
+    pub fn fixed_length() -> Self {
+        StreamingUsageInjector {
+            fixed_length: true,
+            ..Self::new()
+        }
+    }
+
+    /// Whether the output is always [`INJECTION_LEN`] bytes longer than the input.
+    #[must_use]
+    pub fn is_fixed_length(&self) -> bool {
+        self.fixed_length
     }
 
     /// Feeds a chunk; returns the bytes to forward now.
@@ -362,7 +387,20 @@ impl StreamingUsageInjector {
             && scanner.capture(STREAM_OPTIONS).is_none()
             && held.first() == Some(&b'}');
         if !inject {
-            return (info, false, bytes::Bytes::from(held));
+            if !self.fixed_length {
+                return (info, false, bytes::Bytes::from(held));
+            }
+            // Spaces inside the object (before its `}`) when it has one,
+            // else after whatever the body was.
+            let mut out = Vec::with_capacity(INJECTION_LEN + held.len());
+            if held.first() == Some(&b'}') {
+                out.resize(INJECTION_LEN, b' ');
+                out.extend_from_slice(&held);
+            } else {
+                out.extend_from_slice(&held);
+                out.resize(held.len() + INJECTION_LEN, b' ');
+            }
+            return (info, false, bytes::Bytes::from(out));
         }
         let mut out = Vec::with_capacity(INJECTED_FIELD.len() + held.len());
         out.extend_from_slice(INJECTED_FIELD);
@@ -426,6 +464,56 @@ mod streaming_injector_tests {
                 let (_, injected, out) = run(body, split);
                 assert!(!injected, "{}", String::from_utf8_lossy(body));
                 assert_eq!(out, body);
+            }
+        }
+    }
+
+    fn run_fixed(body: &[u8], split: usize) -> (bool, Vec<u8>) {
+        let mut inj = StreamingUsageInjector::fixed_length();
+        let mut out = Vec::new();
+        let split = split.min(body.len());
+        for part in [&body[..split], &body[split..]] {
+            out.extend_from_slice(&inj.push(bytes::Bytes::copy_from_slice(part)));
+        }
+        let (_, injected, tail) = inj.finish();
+        out.extend_from_slice(&tail);
+        (injected, out)
+    }
+
+    #[test]
+    fn a_fixed_length_injector_always_adds_exactly_injection_len_bytes() {
+        for body in [
+            &br#"{"model":"gpt-4o","stream":true,"messages":[]}"#[..],
+            br#"{"model":"gpt-4o","messages":[]}  "#,
+            br#"{"stream":true,"stream_options":{"include_usage":true}}"#,
+            br#"[{"stream":true}]"#,
+            br#"{"stream":true"#,
+            b"not json }",
+            b"",
+        ] {
+            for split in 0..=body.len() {
+                let (injected, out) = run_fixed(body, split);
+                assert_eq!(
+                    out.len(),
+                    body.len() + INJECTION_LEN,
+                    "{}",
+                    String::from_utf8_lossy(body)
+                );
+                if injected {
+                    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+                    assert_eq!(v["stream_options"]["include_usage"], true);
+                } else {
+                    // Only whitespace was added: the same JSON (or the same non-JSON).
+                    let stripped =
+                        |b: &[u8]| b.iter().copied().filter(|c| *c != b' ').collect::<Vec<_>>();
+                    assert_eq!(stripped(&out), stripped(body));
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+                        assert_eq!(
+                            serde_json::from_slice::<serde_json::Value>(&out).unwrap(),
+                            v
+                        );
+                    }
+                }
             }
         }
     }
