@@ -172,6 +172,29 @@ pub(crate) mod tests {
         ])
     }
 
+    /// Triage: content block events are framed but not parsed; everything
+    /// else (message_start / message_delta / errors) is.
+    #[test]
+    fn content_block_events_are_not_parsed_but_usage_events_are() {
+        let stream = String::from_utf8(message_stream()).unwrap();
+        let garbled = stream.replace(
+            r#"data: {"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"Hello"}}"#,
+            r#"data: {"type":"content_block_delta","index":1,"delta":{"#,
+        );
+        assert_ne!(garbled, stream);
+        assert_eq!(
+            sse().parse_everywhere(garbled.as_bytes()),
+            sse().parse(stream.as_bytes())
+        );
+        // An unknown event name is parsed: a malformed one still counts.
+        let unknown = stream.replace(
+            "event: ping\ndata: {\"type\": \"ping\"}",
+            "event: something_new\ndata: {\"type\": ",
+        );
+        assert_ne!(unknown, stream);
+        assert_eq!(sse().parse(unknown.as_bytes()).usage, None);
+    }
+
     fn sse() -> Req<'static> {
         Req::new(
             Provider::Anthropic,

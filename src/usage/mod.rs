@@ -27,6 +27,14 @@
 //! malformed body or event, a corrupt or unsupported encoding: all make the
 //! usage unknown (`None`). None of them fails or alters the response.
 //!
+//! Streams spend most of their bytes in content events that carry no usage.
+//! For the two stream shapes where such events can be told apart from their
+//! bytes ([`Triage`]: OpenAI chat completions, Anthropic messages), an
+//! event's data is gathered (a copy, up to [`TRIAGE_CAP`]) and scanned only if
+//! it can matter: the model is not known yet, it holds a `"usage"` object or
+//! an `"error"`, or (Anthropic) its name is not one of the content events.
+//! A content event is then framed but not checked for JSON syntax.
+//!
 //! The request side lives in [`request`] (learning `model` / `stream`,
 //! injecting `stream_options.include_usage`) and [`strip`] (removing the usage
 //! chunk the gateway asked for on a client's behalf).
@@ -156,6 +164,64 @@ pub struct UsageParser {
     input: Decoder<Body>,
 }
 
+/// Which stream events can be skipped unscanned (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Triage {
+    /// Every event is scanned.
+    #[default]
+    None,
+    /// OpenAI `chat/completions`: only the first event (the model), the
+    /// usage chunk and errors matter.
+    OpenAiChat,
+    /// Anthropic `messages`: the content block events and pings do not matter.
+    AnthropicMessages,
+}
+
+impl Triage {
+    fn for_request(provider: Provider, path: &str) -> Triage {
+        let path = path.trim_end_matches('/');
+        match provider {
+            Provider::OpenAi if path.ends_with("/chat/completions") => Triage::OpenAiChat,
+            Provider::Anthropic if path.ends_with("/messages") => Triage::AnthropicMessages,
+            _ => Triage::None,
+        }
+    }
+
+    /// Whether an event with this name and (complete) data must be scanned.
+    fn must_scan(self, name: Option<&[u8]>, data: &[u8], findings: &Findings) -> bool {
+        let matters =
+            || has_usage_object(data) || memchr::memmem::find(data, b"\"error\"").is_some();
+        match self {
+            Triage::None => true,
+            Triage::OpenAiChat => findings.model.is_none() || matters(),
+            Triage::AnthropicMessages => {
+                !matches!(
+                    name,
+                    Some(
+                        b"content_block_delta"
+                            | b"content_block_start"
+                            | b"content_block_stop"
+                            | b"ping"
+                    )
+                ) || matters()
+            }
+        }
+    }
+}
+
+/// Most bytes of one event's data gathered for [`Triage`]; a longer event is
+/// scanned as it comes.
+pub const TRIAGE_CAP: usize = 64 * 1024;
+
+/// `"usage"` followed by `:` and `{` (whitespace allowed): a usage object,
+/// not `"usage":null`.
+pub(crate) fn has_usage_object(data: &[u8]) -> bool {
+    memchr::memmem::find_iter(data, b"\"usage\"").any(|at| {
+        let mut tokens = data[at + 7..].iter().filter(|b| !b.is_ascii_whitespace());
+        tokens.next() == Some(&b':') && tokens.next() == Some(&b'{')
+    })
+}
+
 impl std::fmt::Debug for UsageParser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UsageParser").finish_non_exhaustive()
@@ -174,9 +240,10 @@ impl UsageParser {
         content_type: Option<&str>,
         content_encoding: Option<&str>,
     ) -> UsageParser {
+        let triage = Triage::for_request(provider, path);
         let reader = match BodyFormat::detect(provider, path, query, content_type) {
-            Some(format) => Reader::for_format(provider, format),
-            None => Reader::Sniff(json_kind(provider, path, query)),
+            Some(format) => Reader::for_format(provider, format, triage),
+            None => Reader::Sniff(json_kind(provider, path, query), triage),
         };
         let body = Body {
             provider: Some(provider),
@@ -329,7 +396,7 @@ impl Default for Extract {
 enum Reader {
     /// No content type said; the first non-whitespace byte decides. Holds
     /// the JSON kind to use if it is JSON.
-    Sniff(BodyFormat),
+    Sniff(BodyFormat, Triage),
     Json(Box<Scanner>),
     Sse(Box<SseState>),
     /// Not something usage can be read from.
@@ -338,7 +405,7 @@ enum Reader {
 }
 
 impl Reader {
-    fn for_format(provider: Provider, format: BodyFormat) -> Reader {
+    fn for_format(provider: Provider, format: BodyFormat, triage: Triage) -> Reader {
         let targets = Extract::targets(provider);
         match format {
             BodyFormat::Json | BodyFormat::JsonArray => {
@@ -348,6 +415,9 @@ impl Reader {
                 reader: sse::SseReader::default(),
                 event: Scanner::new(targets),
                 stray: Scanner::new(STRAY_TARGETS),
+                triage,
+                gathered: Vec::new(),
+                streaming: triage == Triage::None,
             })),
         }
     }
@@ -360,6 +430,12 @@ struct SseState {
     event: Scanner,
     /// Scans lines that are not SSE fields, for un-prefixed error objects.
     stray: Scanner,
+    triage: Triage,
+    /// The current event's data so far, while it is being gathered for triage.
+    gathered: Vec<u8>,
+    /// The current event's data goes straight to the scanner (no triage, or
+    /// it outgrew [`TRIAGE_CAP`]).
+    streaming: bool,
 }
 
 /// The decoded-body end of the pipeline: it is the decoder's output sink.
@@ -388,7 +464,7 @@ impl Write for Body {
 
 impl Body {
     fn feed(&mut self, mut bytes: &[u8]) {
-        if let Reader::Sniff(json) = self.reader {
+        if let Reader::Sniff(json, triage) = self.reader {
             let Some(at) = bytes.iter().position(|b| !b.is_ascii_whitespace()) else {
                 return;
             };
@@ -399,7 +475,7 @@ impl Body {
                 _ => None,
             };
             self.reader = match (format, self.provider) {
-                (Some(format), Some(provider)) => Reader::for_format(provider, format),
+                (Some(format), Some(provider)) => Reader::for_format(provider, format, triage),
                 _ => Reader::Unreadable,
             };
         }
@@ -410,16 +486,22 @@ impl Body {
                     reader,
                     event,
                     stray,
+                    triage,
+                    gathered,
+                    streaming,
                 } = &mut **state;
                 let mut sink = EventSink {
                     event,
                     stray,
+                    triage: *triage,
+                    gathered,
+                    streaming,
                     extract: &mut self.extract,
                     findings: &mut self.findings,
                 };
                 reader.push(bytes, &mut sink);
             }
-            Reader::Sniff(_) | Reader::Unreadable => {}
+            Reader::Sniff(..) | Reader::Unreadable => {}
         }
     }
 
@@ -441,10 +523,16 @@ impl Body {
                     reader,
                     event,
                     stray,
+                    triage,
+                    gathered,
+                    streaming,
                 } = &mut **state;
                 let mut sink = EventSink {
                     event,
                     stray,
+                    triage: *triage,
+                    gathered,
+                    streaming,
                     extract: &mut self.extract,
                     findings: &mut *findings,
                 };
@@ -453,7 +541,7 @@ impl Body {
                 findings.unknown |= reader.overflowed();
                 findings.terminal
             }
-            Reader::Sniff(_) | Reader::Unreadable => {
+            Reader::Sniff(..) | Reader::Unreadable => {
                 findings.unknown = true;
                 false
             }
@@ -477,6 +565,9 @@ impl Body {
 struct EventSink<'a> {
     event: &'a mut Scanner,
     stray: &'a mut Scanner,
+    triage: Triage,
+    gathered: &'a mut Vec<u8>,
+    streaming: &'a mut bool,
     extract: &'a mut Extract,
     findings: &'a mut Findings,
 }
@@ -502,10 +593,36 @@ impl EventSink<'_> {
 
 impl sse::Handler for EventSink<'_> {
     fn data(&mut self, bytes: &[u8]) {
-        self.event.push(bytes);
+        if *self.streaming {
+            self.event.push(bytes);
+        } else if self.gathered.len() + bytes.len() > TRIAGE_CAP {
+            // Too long to gather: scan it all as it comes.
+            self.event.push(&self.gathered[..]);
+            self.gathered.clear();
+            self.event.push(bytes);
+            *self.streaming = true;
+        } else {
+            self.gathered.extend_from_slice(bytes);
+        }
     }
 
     fn dispatch(&mut self, event: &sse::Event<'_>) {
+        let gathered = !*self.streaming;
+        *self.streaming = self.triage == Triage::None;
+        if gathered {
+            let data = std::mem::take(self.gathered);
+            let scan = !event.done && self.triage.must_scan(event.name, &data, self.findings);
+            if scan {
+                self.event.push(&data);
+            }
+            *self.gathered = data;
+            self.gathered.clear();
+            if !scan {
+                self.findings.terminal |= event.done;
+                self.event.reset();
+                return;
+            }
+        }
         if event.done {
             self.findings.terminal = true;
         } else {

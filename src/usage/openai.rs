@@ -255,6 +255,46 @@ pub(crate) mod tests {
         assert_eq!(parsed.usage, None);
     }
 
+    /// Triage: once the model is known, content chunks are framed but not
+    /// parsed, so one that is not even JSON does not hide the usage chunk.
+    #[test]
+    fn chat_content_chunks_after_the_model_are_not_parsed() {
+        let stream = chat_stream();
+        let first_end = stream.windows(2).position(|w| w == b"\n\n").unwrap() + 2;
+        let mut body = stream[..first_end].to_vec();
+        body.extend_from_slice(b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}]]}\n\n");
+        body.extend_from_slice(&stream[first_end..]);
+        assert_eq!(
+            chat_sse().parse_everywhere(&body),
+            chat_sse().parse(&stream)
+        );
+    }
+
+    /// Triage keeps every event that can matter: a usage chunk longer than
+    /// the triage buffer is scanned as it comes.
+    #[test]
+    fn a_usage_chunk_longer_than_the_triage_buffer_is_still_read() {
+        let padding = "x".repeat(super::super::TRIAGE_CAP + 10);
+        let body = lf(&[
+            r#"data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{"content":"Hi"}}],"usage":null}"#,
+            "",
+            &format!(
+                r#"data: {{"id":"c","object":"chat.completion.chunk","model":"gpt-4o","system_fingerprint":"{padding}","choices":[],"usage":{{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}}}"#
+            ),
+            "",
+            "data: [DONE]",
+            "",
+        ]);
+        let parsed = chat_sse().parse(&body);
+        assert_eq!(parsed.usage, Some(usage(7, 0, 0, 0, 3, 0)));
+        assert!(parsed.complete);
+        let mut p = chat_sse().parser();
+        for piece in body.chunks(4096) {
+            p.push(piece);
+        }
+        assert_eq!(p.finish(), parsed);
+    }
+
     #[test]
     fn chat_stream_with_a_malformed_event_has_unknown_usage() {
         let mut body = b"data: {\"choices\":[}\n\n".to_vec();

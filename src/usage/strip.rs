@@ -71,11 +71,26 @@ impl InjectedUsageStripper {
     pub fn filter(&mut self, chunk: Bytes) -> Bytes {
         let mut pieces: Vec<Piece> = Vec::new();
         let mut event_start = 0;
-        for (i, &b) in chunk.iter().enumerate() {
-            if let Some(end) = self.event_end(i, b) {
+        let mut i = 0;
+        while i < chunk.len() {
+            if !self.cr_pending {
+                // A run of bytes that are not line ends only makes the line
+                // non-empty: jump to the next CR or LF.
+                let next =
+                    memchr::memchr2(b'\n', b'\r', &chunk[i..]).map_or(chunk.len(), |o| i + o);
+                if next > i {
+                    self.line_empty = false;
+                    i = next;
+                    if i == chunk.len() {
+                        break;
+                    }
+                }
+            }
+            if let Some(end) = self.event_end(i, chunk[i]) {
                 self.release_event(&chunk, event_start, end, &mut pieces);
                 event_start = end;
             }
+            i += 1;
         }
         let rest = &chunk[event_start..];
         if self.passing {
@@ -193,14 +208,8 @@ fn assemble(chunk: &Bytes, pieces: Vec<Piece>) -> Bytes {
 fn without_null_usage(event: &[u8]) -> Option<Vec<u8>> {
     let mut cuts: Vec<(usize, usize)> = Vec::new();
     let mut line_start = 0;
-    for (i, &b) in event
-        .iter()
-        .enumerate()
-        .chain(std::iter::once((event.len(), &b'\n')))
-    {
-        if b != b'\n' && b != b'\r' {
-            continue;
-        }
+    let line_ends = memchr::memchr2_iter(b'\n', b'\r', event).chain(std::iter::once(event.len()));
+    for i in line_ends {
         let line = &event[line_start..i];
         if line.starts_with(b"data:") {
             if let Some(cut) = trailing_null_usage(line) {
@@ -289,20 +298,7 @@ fn is_usage_event(event: &[u8]) -> bool {
 /// Cheap pre-check: `"usage"` followed by `:` and `{`, so ordinary chunks
 /// (`"usage":null`) are not parsed at all.
 fn mentions_usage_object(event: &[u8]) -> bool {
-    const KEY: &[u8] = b"\"usage\"";
-    let mut from = 0;
-    while let Some(at) = event
-        .get(from..)
-        .and_then(|rest| rest.windows(KEY.len()).position(|w| w == KEY))
-    {
-        let after = &event[from + at + KEY.len()..];
-        let mut tokens = after.iter().filter(|b| !b.is_ascii_whitespace());
-        if tokens.next() == Some(&b':') && tokens.next() == Some(&b'{') {
-            return true;
-        }
-        from += at + 1;
-    }
-    false
+    super::has_usage_object(event)
 }
 
 #[cfg(test)]
