@@ -46,7 +46,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::store::RequestRecord;
@@ -239,7 +239,8 @@ struct SegmentState {
 struct Active {
     id: SegmentId,
     path: PathBuf,
-    file: File,
+    /// Shared so that an fsync can run without the writer's lock.
+    file: Arc<File>,
     len: u64,
 }
 
@@ -258,6 +259,10 @@ struct WriterState {
     segments: HashMap<SegmentId, SegmentState>,
     dirty: bool,
     last_sync: Instant,
+    /// Sealed segments written since the last fsync. Each keeps its file
+    /// (and so its lock: no replayer takes it) until [`SpoolWriter::sync`]
+    /// has made it durable.
+    unsynced: Vec<Arc<File>>,
 }
 
 /// Segments handed to the replayer because a record in them was not queued.
@@ -280,6 +285,7 @@ impl SpoolWriter {
                 segments: HashMap::new(),
                 dirty: false,
                 last_sync: Instant::now(),
+                unsynced: Vec::new(),
             }),
             pid: std::process::id(),
         })
@@ -304,7 +310,8 @@ impl SpoolWriter {
 
     /// Appends an encoded record (see [`encode`]); returns its segment.
     /// Only a `write(2)` happens under the lock (and an fsync when configured
-    /// per append); segment rotation opens a new file.
+    /// per append); segment rotation opens a new file. Interval fsyncs run
+    /// outside the lock, so a proxy thread never waits for one.
     pub fn append(&self, encoded: &[u8]) -> Result<SegmentId, SpoolError> {
         let mut st = self.lock();
         let needs_new = st
@@ -315,8 +322,7 @@ impl SpoolWriter {
             self.rotate(&mut st)?;
         }
         let active = st.active.as_mut().expect("rotate opened a segment");
-        active
-            .file
+        (&*active.file)
             .write_all(encoded)
             .map_err(io_err(&active.path))?;
         if self.fsync_every_append {
@@ -331,8 +337,11 @@ impl SpoolWriter {
 
     fn rotate(&self, st: &mut WriterState) -> Result<(), SpoolError> {
         if let Some(old) = st.active.take() {
-            let _ = old.file.sync_data();
-            drop(old.file); // releases the lock: the segment is sealed
+            // Sealed: its lock goes with the last handle, after the next sync
+            // (at once when every append is synced already).
+            if !self.fsync_every_append {
+                st.unsynced.push(old.file);
+            }
             if let Some(s) = st.segments.get_mut(&old.id) {
                 s.sealed = true;
                 if s.outstanding == 0 && !s.needs_replay {
@@ -363,7 +372,7 @@ impl SpoolWriter {
         st.active = Some(Active {
             id: id_of(&name),
             path,
-            file,
+            file: Arc::new(file),
             len: 0,
         });
         st.segments.insert(id_of(&name), SegmentState::default());
@@ -379,7 +388,8 @@ impl SpoolWriter {
         s.outstanding = s.outstanding.saturating_sub(n);
         if s.sealed && s.outstanding == 0 && !s.needs_replay {
             st.segments.remove(segment);
-            remove_segment(&self.dir.join(&*segment));
+            drop(st);
+            remove_segment(&self.dir.join(segment));
         }
     }
 
@@ -407,6 +417,9 @@ impl SpoolWriter {
             .is_some_and(|s| s.needs_replay);
         if needs {
             let _ = self.rotate(&mut st);
+            drop(st);
+            // Durable, and unlocked for the replayer.
+            self.sync();
         }
     }
 
@@ -420,21 +433,35 @@ impl SpoolWriter {
     }
 
     /// fsyncs the active segment if it was written since the last sync.
+    /// The fsyncs run after the lock is released: appends carry on meanwhile
+    /// (a write that lands during one is covered by the next).
     pub fn sync(&self) {
-        let mut st = self.lock();
-        if !st.dirty {
-            return;
+        let (sealed, active) = {
+            let mut st = self.lock();
+            if !st.dirty && st.unsynced.is_empty() {
+                return;
+            }
+            let active = st
+                .active
+                .as_ref()
+                .filter(|_| st.dirty)
+                .map(|a| a.file.clone());
+            st.dirty = false;
+            st.last_sync = Instant::now();
+            (std::mem::take(&mut st.unsynced), active)
+        };
+        for file in sealed {
+            let _ = file.sync_data();
         }
-        if let Some(a) = st.active.as_ref() {
-            let _ = a.file.sync_data();
+        if let Some(file) = active {
+            let _ = file.sync_data();
         }
-        st.dirty = false;
-        st.last_sync = Instant::now();
     }
 
     /// Seals the active segment (shutdown): it is then replayable by the
     /// next process if anything in it is not acknowledged.
     pub fn close(&self) {
+        self.sync();
         let mut st = self.lock();
         if let Some(old) = st.active.take() {
             let _ = old.file.sync_data();
