@@ -11,12 +11,6 @@ use majordomo::cli::{Cli, Command};
 use majordomo::config::{find_config_file, Config, ProcessEnv};
 use majordomo::store::Store;
 
-// Every request allocates and frees small objects on a few threads; mimalloc's
-// per-thread free lists cost less CPU per request than glibc's malloc here
-// (benches/README.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn init_logging(config: &Config) {
     let mut builder = env_logger::Builder::new();
     builder.parse_filters(&config.logging.level);
