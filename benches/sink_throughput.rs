@@ -2,14 +2,14 @@
 //! store's batch path (`Store::insert_requests`: one binary COPY straight into
 //! `llm_requests` plus the keys' counters and metadata statistics, in one
 //! transaction) — what each of the sink's `sink.writers` (2) concurrent
-//! writers calls for every batch of `sink.batch_max_events` (1000) records.
+//! writers calls for every batch of `sink.batch_max_events` (2000) records.
 //!
 //! ```sh
 //! cargo bench --bench sink_throughput                 # PostgreSQL on 127.0.0.1:5432, user postgres
 //! ROWS=200000 BATCH=1000 WRITERS="1 2 4" cargo bench --bench sink_throughput
 //! ```
 //! Environment: `PGHOST` (127.0.0.1), `PGPORT` (5432), `PGUSER` (postgres),
-//! `PGPASSWORD`, `ROWS` per measured pass (100 000), `BATCH` (1000),
+//! `PGPASSWORD`, `ROWS` per measured pass (100 000), `BATCH` (2000, the sink's default),
 //! `WRITERS` (concurrent batch writers per pass, "1 2": the sink's default
 //! `sink.writers` is 2, so `2` is the number that matters).
 //! A throwaway database `mdm_sink_bench_<pid>` is created and dropped.
@@ -187,7 +187,7 @@ fn pct(v: &mut [f64], q: f64) -> f64 {
 
 async fn run(db: &str) -> Result<bool, String> {
     let rows: usize = env_or("ROWS", 100_000);
-    let batch: usize = env_or("BATCH", 1000);
+    let batch: usize = env_or("BATCH", 2000);
     let writers: Vec<usize> = std::env::var("WRITERS")
         .unwrap_or_else(|_| "1 2".into())
         .split_whitespace()

@@ -474,7 +474,7 @@ impl Default for SinkConfig {
     fn default() -> Self {
         SinkConfig {
             channel_capacity: 65_536,
-            batch_max_events: 1_000,
+            batch_max_events: 2_000,
             batch_timeout_ms: 200,
             writers: 2,
             spool_dir: PathBuf::from("./majordomo-spool"),
