@@ -15,7 +15,8 @@
 #   THREADS="1 2" benches/load/run.sh                 # (c) and (d) at 1 and at 2 threads
 #   MAJORDOMO_BIN=... BARE_BIN=... benches/load/run.sh   # skip the cargo build
 #
-# Knobs (environment): DURATION (10 s per cell), CONNS ("16 64"), MODES ("json sse"),
+# Knobs (environment): DURATION (10 s per cell), CONNS ("16 64"), MODES ("json sse"; add
+# sse-inject for a stream without stream_options: majordomo injects and strips usage),
 # THREADS ("1": Pingora threads of (c) and (d); nginx and the mock use 1 worker),
 # WARMUP (3 s per contender and mode, at the highest CONNS), COOLDOWN (1),
 # ONLY ("direct nginx bare majordomo"), EXACT_N (1000 requests per mode in the exact
@@ -155,14 +156,18 @@ mock_requests() { # nginx stub_status request counter of the mock (this read inc
 psql_db() { psql -X -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d "$DB" -tAq "$@"; }
 rows_now() { psql_db -c 'SELECT count(*) FROM llm_requests' 2>/dev/null || echo -1; }
 
-mk_body() { # MODEL STREAM(0|1) FILE -- the shared harness's request (~250 bytes)
+mk_body() { # MODEL STREAM(0|1|2) FILE -- the shared harness's request (~250 bytes)
   local extra=""
   [[ "$2" == 1 ]] && extra=',"stream":true,"stream_options":{"include_usage":true}'
+  # 2: a stream whose client did not ask for usage: majordomo injects
+  # include_usage upstream and strips the usage chunk from what wrk gets.
+  [[ "$2" == 2 ]] && extra=',"stream":true'
   printf '{"model":"%s","messages":[{"role":"system","content":"You are a concise assistant."},{"role":"user","content":"What is the capital of France? Answer in one sentence and add one fact about it."}],"max_tokens":128,"temperature":0.2%s}' \
     "$1" "$extra" > "$3"
 }
 mk_body gpt-4o 0 "$RUN_DIR/body-json.json"
 mk_body gpt-4o 1 "$RUN_DIR/body-sse.json"
+mk_body gpt-4o 2 "$RUN_DIR/body-sse-inject.json"
 
 # ------------------------------------------------------------------ cleanup
 MOCK_PID=""; GW_PID=""; GW_STOP=TERM; DB_CREATED=0
@@ -513,7 +518,7 @@ if want majordomo; then
     sent=0
     for mode in $MODES; do
       r=$(python3 "$HERE/lib/httpclient.py" count --url "http://127.0.0.1:$MDM_PORT/v1/chat/completions" \
-            --body "$RUN_DIR/body-$mode.json" --mode "$mode" -n "$EXACT_N" -c 16 \
+            --body "$RUN_DIR/body-$mode.json" --mode "${mode%%-*}" -n "$EXACT_N" -c 16 \
             -H "Authorization: Bearer sk-bench" -H "X-Majordomo-Key: $key" -H "X-Majordomo-Feature: bench" 2>&1)
       echo "$r" > "$RUN_DIR/cells/$name.exact-$mode.json"
       n_ok=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["sent"])' "$r" 2>/dev/null || echo 0)
