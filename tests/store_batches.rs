@@ -24,13 +24,14 @@ fn storage(env: &TestEnv) -> StorageConfig {
             s.sqlite.path = env.sqlite_path();
         }
         Some(db) => {
-            let mut pg = PostgresConfig::default();
-            pg.host = Some("127.0.0.1".into());
-            pg.port = 5432;
-            pg.user = "postgres".into();
-            pg.database = db.clone();
             s.driver = Some(StorageDriver::Postgres);
-            s.postgres = pg;
+            s.postgres = PostgresConfig {
+                host: Some("127.0.0.1".into()),
+                port: 5432,
+                user: "postgres".into(),
+                database: db.clone(),
+                ..PostgresConfig::default()
+            };
         }
     }
     s
