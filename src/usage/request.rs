@@ -342,6 +342,15 @@ impl StreamingUsageInjector {
 
     /// Feeds a chunk; returns the bytes to forward now.
     pub fn push(&mut self, chunk: bytes::Bytes) -> bytes::Bytes {
+        if self.scanner.is_none() {
+            // A body after `finish`: Pingora replays the request body when it
+            // retries on another upstream connection. Start over, so the
+            // replay is rewritten exactly like the first attempt.
+            *self = StreamingUsageInjector {
+                fixed_length: self.fixed_length,
+                ..Self::new()
+            };
+        }
         if let Some(s) = self.scanner.as_mut() {
             s.push(&chunk);
         }
@@ -514,6 +523,34 @@ mod streaming_injector_tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_replayed_body_is_rewritten_like_the_first_attempt() {
+        for fixed in [false, true] {
+            let mut inj = if fixed {
+                StreamingUsageInjector::fixed_length()
+            } else {
+                StreamingUsageInjector::new()
+            };
+            for body in [
+                &br#"{"model":"gpt-4o","stream":true,"messages":[]}"#[..],
+                br#"{"model":"gpt-4o","messages":[]}"#,
+            ] {
+                let mut attempts = Vec::new();
+                for _ in 0..2 {
+                    let mut out = Vec::new();
+                    for part in body.chunks(5) {
+                        out.extend_from_slice(&inj.push(bytes::Bytes::copy_from_slice(part)));
+                    }
+                    let (info, injected, tail) = inj.finish();
+                    out.extend_from_slice(&tail);
+                    attempts.push((info, injected, out));
+                }
+                assert_eq!(attempts[0], attempts[1], "fixed {fixed}");
+                assert_eq!(attempts[0].0.model.as_deref(), Some("gpt-4o"));
             }
         }
     }
