@@ -96,6 +96,38 @@ async fn requests_are_forwarded_unchanged_with_credentials_and_without_majordomo
     );
 }
 
+/// Compressed and non-JSON chat bodies are never padded or rewritten: the
+/// upstream gets the client's bytes (sent chunked, since the gateway cannot
+/// know their length in advance).
+async fn compressed_and_non_json_chat_bodies_pass_through_byte_for_byte(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let (_, key) = env.create_key("opaque");
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let json =
+        serde_json::to_vec(&json!({"model": "gpt-4o", "stream": true, "messages": []})).unwrap();
+    let gzipped = common::mock_upstream::gzip(&json);
+    for (content_type, encoding, body) in [
+        ("application/json", Some("gzip"), gzipped.clone()),
+        ("text/plain", None, b"not json }".to_vec()),
+    ] {
+        let mut r = client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("X-Majordomo-Key", &key)
+            .header("Content-Type", content_type);
+        if let Some(e) = encoding {
+            r = r.header("Content-Encoding", e);
+        }
+        let (_, _, _) = finish(r.body(body.clone()).send().await.unwrap()).await;
+        let seen = mock.last_request().unwrap();
+        assert_eq!(
+            seen.body.as_ref(),
+            body.as_slice(),
+            "{content_type} {encoding:?}"
+        );
+    }
+}
+
 async fn each_provider_is_detected_from_its_path(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let (_, key) = env.create_key("providers");
@@ -569,6 +601,7 @@ async fn migrate_applies_the_schema_once(backend: Backend) {
 both_stores!(
     health_and_readiness_answer,
     requests_are_forwarded_unchanged_with_credentials_and_without_majordomo_headers,
+    compressed_and_non_json_chat_bodies_pass_through_byte_for_byte,
     each_provider_is_detected_from_its_path,
     an_unknown_provider_header_is_a_400_that_never_reaches_the_upstream,
     bad_keys_get_401_in_the_providers_error_shape_and_never_reach_the_upstream,

@@ -141,11 +141,15 @@ async fn a_replayed_batch_writes_and_counts_only_new_rows(backend: Backend) {
     );
     // All of it again: nothing new.
     assert_eq!(store.insert_requests(Arc::new(second)).await.unwrap(), 0);
+    // A new record twice in one batch, beside a stored one: written and counted once.
+    let sixth = record(key, "u5");
+    let third = vec![sixth.clone(), sixth, first[0].clone()];
+    assert_eq!(store.insert_requests(Arc::new(third)).await.unwrap(), 1);
 
     let rows = env.rows().await;
-    assert_eq!(rows.len(), 5, "each row once");
+    assert_eq!(rows.len(), 6, "each row once");
     let stored = store.get_key(key).await.unwrap().unwrap();
-    assert_eq!(stored.request_count, 5, "the key counts each row once");
+    assert_eq!(stored.request_count, 6, "the key counts each row once");
     let stats = store.list_metadata_keys(Some(key)).await.unwrap();
     let count = |name: &str| {
         stats
@@ -153,9 +157,9 @@ async fn a_replayed_batch_writes_and_counts_only_new_rows(backend: Backend) {
             .find(|m| m.key_name == name)
             .unwrap_or_else(|| panic!("no stats for {name}: {stats:?}"))
     };
-    assert_eq!(count("team").request_count, 5);
-    assert_eq!(count("user-id").request_count, 5);
-    assert_eq!(count("user-id").approx_cardinality, 5, "u0..u4");
+    assert_eq!(count("team").request_count, 6);
+    assert_eq!(count("user-id").request_count, 6);
+    assert_eq!(count("user-id").approx_cardinality, 6, "u0..u5");
     assert_eq!(count("team").approx_cardinality, 1);
     // Only the active name is indexed, on the rows of either path.
     for indexed in indexed_metadata(&env).await {

@@ -205,9 +205,17 @@ impl Gateway {
             && req.method == http::Method::POST
             && req.uri.path().trim_end_matches('/') == "/v1/chat/completions"
             && self.config.providers.get(provider).inject_stream_usage;
+        // Padding is only harmless in a plain JSON text: a compressed or
+        // non-JSON body keeps the chunked form (passed through unchanged).
+        let header = |name| req.headers.get(name).and_then(|v| v.to_str().ok());
+        let plain_json = header(http::header::CONTENT_TYPE)
+            .and_then(|t| t.split(';').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+            && header(http::header::CONTENT_ENCODING)
+                .is_none_or(|e| e.trim().eq_ignore_ascii_case("identity"));
         let has_length = content_length(req).is_some()
             && !req.headers.contains_key(http::header::TRANSFER_ENCODING);
-        if injectable && has_length {
+        if injectable && has_length && plain_json {
             // The body's length changes by a known amount: the upstream
             // request keeps a Content-Length (some servers refuse chunked
             // request bodies, and it saves the chunk framing).

@@ -497,28 +497,35 @@ impl BackgroundService for SinkService {
             let core = core.clone();
             async move {
                 let mut replay_tick = tokio::time::interval(REPLAY_EVERY);
-                let sync_every = core
-                    .settings
-                    .spool_fsync_interval
-                    .max(Duration::from_millis(10));
-                let mut sync_tick = tokio::time::interval(sync_every);
+                loop {
+                    replay_tick.tick().await;
+                    // The replay doubles as the probe that ends a degraded spell.
+                    if core.replay_once().await {
+                        core.set_degraded(false);
+                    } else {
+                        core.set_degraded(true);
+                    }
+                }
+            }
+        });
+        // The fsync timer has its own task, so a long replay during an outage
+        // never delays it, and the fsync itself runs on the blocking pool.
+        let syncer = tokio::spawn({
+            let spool = core.spool.clone();
+            let every = core
+                .settings
+                .spool_fsync_interval
+                .max(Duration::from_millis(10));
+            async move {
+                let mut sync_tick = tokio::time::interval(every);
                 let mut shutdown_seen = false;
                 loop {
                     tokio::select! {
-                        _ = replay_tick.tick() => {
-                            // The replay doubles as the probe that ends a degraded spell.
-                            if core.replay_once().await {
-                                core.set_degraded(false);
-                            } else {
-                                core.set_degraded(true);
-                            }
-                        }
-                        _ = sync_tick.tick() => core.spool.sync(),
-                        _ = shutdown.changed(), if !shutdown_seen => {
-                            shutdown_seen = true;
-                            core.spool.sync();
-                        }
+                        _ = sync_tick.tick() => {}
+                        _ = shutdown.changed(), if !shutdown_seen => shutdown_seen = true,
                     }
+                    let spool = spool.clone();
+                    let _ = tokio::task::spawn_blocking(move || spool.sync()).await;
                 }
             }
         });
@@ -542,6 +549,7 @@ impl BackgroundService for SinkService {
         }
         while in_flight.join_next().await.is_some() {}
         background.abort();
+        syncer.abort();
         core.spool.sync();
         core.spool.close();
     }

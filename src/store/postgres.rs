@@ -295,14 +295,20 @@ impl PgStore {
             )
             .await
             .map_err(pg_err)?;
-        let new_ids: std::collections::HashSet<Uuid> = inserted.iter().map(|r| r.get(0)).collect();
-        let new_rows = || batch.iter().filter(|r| new_ids.contains(&r.id));
-        add_to_key_counters(&tx, new_rows()).await.map_err(pg_err)?;
-        add_to_metadata_stats(&tx, new_rows())
+        let mut new_ids: std::collections::HashSet<Uuid> =
+            inserted.iter().map(|r| r.get(0)).collect();
+        let written = new_ids.len() as u64;
+        // Each new row once, even if the batch held its id twice.
+        let new_rows: Vec<&RequestRecord> =
+            batch.iter().filter(|r| new_ids.remove(&r.id)).collect();
+        add_to_key_counters(&tx, new_rows.iter().copied())
+            .await
+            .map_err(pg_err)?;
+        add_to_metadata_stats(&tx, new_rows.iter().copied())
             .await
             .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)?;
-        Ok(new_ids.len() as u64)
+        Ok(written)
     }
 
     pub async fn list_metadata_keys(
@@ -477,6 +483,12 @@ async fn add_to_key_counters<'a>(
     if ids.is_empty() {
         return Ok(());
     }
+    // Two batches updating the same keys lock them in the same (id) order,
+    // so concurrent writers and replicas queue instead of deadlocking.
+    let lock = tx
+        .prepare_cached("SELECT 1 FROM api_keys WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+        .await?;
+    tx.query(&lock, &[&ids]).await?;
     let stmt = tx
         .prepare_cached(
             "UPDATE api_keys k SET request_count = k.request_count + u.n,

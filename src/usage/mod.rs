@@ -193,7 +193,7 @@ impl Triage {
             || has_usage_object(data) || memchr::memmem::find(data, b"\"error\"").is_some();
         match self {
             Triage::None => true,
-            Triage::OpenAiChat => findings.model.is_none() || matters(),
+            Triage::OpenAiChat => findings.model.as_deref().is_none_or(str::is_empty) || matters(),
             Triage::AnthropicMessages => {
                 !matches!(
                     name,
@@ -212,6 +212,9 @@ impl Triage {
 /// Most bytes of one event's data gathered for [`Triage`]; a longer event is
 /// scanned as it comes.
 pub const TRIAGE_CAP: usize = 64 * 1024;
+
+/// Capacity of the gathering buffer kept between events.
+const GATHERED_KEEP: usize = 8 * 1024;
 
 /// `"usage"` followed by `:` and `{` (whitespace allowed): a usage object,
 /// not `"usage":null`.
@@ -617,6 +620,10 @@ impl sse::Handler for EventSink<'_> {
             }
             *self.gathered = data;
             self.gathered.clear();
+            if self.gathered.capacity() > GATHERED_KEEP {
+                // One large event must not pin 64 KiB for the rest of the stream.
+                *self.gathered = Vec::new();
+            }
             if !scan {
                 self.findings.terminal |= event.done;
                 self.event.reset();
