@@ -157,8 +157,9 @@ pub struct SinkCore {
     settings: SinkSettings,
     spool: Arc<SpoolWriter>,
     stats: Arc<SinkStats>,
-    /// Until then, queued batches go straight to the spool (the database just failed).
-    degraded_until: Mutex<Option<Instant>>,
+    /// Set when the database just failed: (when it failed, until when queued
+    /// batches go straight to the spool).
+    degraded: Mutex<Option<(Instant, Instant)>>,
 }
 
 /// Builds the two ends of the sink; fails when the spool directory is unusable.
@@ -186,7 +187,7 @@ pub fn channel(
                 settings,
                 spool,
                 stats,
-                degraded_until: Mutex::new(None),
+                degraded: Mutex::new(None),
             }),
         },
     ))
@@ -236,17 +237,25 @@ impl SinkCore {
     }
 
     fn degraded(&self) -> bool {
-        self.degraded_until
+        self.degraded
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|t| Instant::now() < t)
+            .is_some_and(|(_, until)| Instant::now() < until)
     }
 
-    fn set_degraded(&self, on: bool) {
-        *self
-            .degraded_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = on.then(|| Instant::now() + DEGRADED_FOR);
+    fn set_degraded(&self) {
+        let now = Instant::now();
+        *self.degraded.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, now + DEGRADED_FOR));
+    }
+
+    /// A write that began at `started` succeeded. Only one that began after
+    /// the last failure proves the database is back: with several writers, a
+    /// batch already under way when another failed says nothing about now.
+    fn recovered(&self, started: Instant) {
+        let mut degraded = self.degraded.lock().unwrap_or_else(|p| p.into_inner());
+        if degraded.is_some_and(|(failed_at, _)| started >= failed_at) {
+            *degraded = None;
+        }
     }
 
     /// Writes a batch from the queue; on a database failure the records stay
@@ -329,15 +338,16 @@ impl SinkCore {
         }
         let n = records.len() as u64;
         let batch = Arc::new(records);
+        let started = Instant::now();
         match self.store.insert_requests(batch.clone()).await {
             Ok(written) => {
-                self.set_degraded(false);
+                self.recovered(started);
                 self.count_written(n, written, replay);
                 Ok(())
             }
             Err(e) if e.is_transient() => {
                 self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
-                self.set_degraded(true);
+                self.set_degraded();
                 log::warn!("request log write failed ({e}); {n} records left to the spool");
                 Err(Arc::try_unwrap(batch).unwrap_or_else(|b| (*b).clone()))
             }
@@ -348,7 +358,7 @@ impl SinkCore {
                     match self.store.insert_requests(one).await {
                         Ok(written) => self.count_written(1, written, replay),
                         Err(e) if e.is_transient() => {
-                            self.set_degraded(true);
+                            self.set_degraded();
                             return Err(batch.iter().cloned().collect());
                         }
                         Err(e) => {
@@ -500,10 +510,11 @@ impl BackgroundService for SinkService {
                 loop {
                     replay_tick.tick().await;
                     // The replay doubles as the probe that ends a degraded spell.
+                    let started = Instant::now();
                     if core.replay_once().await {
-                        core.set_degraded(false);
+                        core.recovered(started);
                     } else {
-                        core.set_degraded(true);
+                        core.set_degraded();
                     }
                 }
             }
@@ -552,5 +563,49 @@ impl BackgroundService for SinkService {
         syncer.abort();
         core.spool.sync();
         core.spool.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{StorageConfig, StorageDriver};
+
+    fn core(dir: &std::path::Path) -> Arc<SinkCore> {
+        let mut storage = StorageConfig {
+            driver: Some(StorageDriver::Sqlite),
+            ..StorageConfig::default()
+        };
+        storage.sqlite.path = dir.join("m.db");
+        let store = Store::open(&storage).unwrap();
+        let (_, service) = channel(
+            store,
+            SinkSettings {
+                channel_capacity: 8,
+                max_events: 10,
+                timeout: Duration::from_millis(10),
+                writers: 2,
+                spool_dir: dir.join("spool"),
+                spool_segment_max_bytes: 1 << 20,
+                spool_fsync_interval: Duration::from_secs(1),
+                bodies: None,
+            },
+        )
+        .unwrap();
+        service.core()
+    }
+
+    #[test]
+    fn only_a_write_begun_after_the_failure_ends_a_degraded_spell() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = core(dir.path());
+        let before = Instant::now() - Duration::from_millis(1);
+        core.set_degraded();
+        assert!(core.degraded());
+        // A batch that was already under way when another writer failed.
+        core.recovered(before);
+        assert!(core.degraded());
+        core.recovered(Instant::now());
+        assert!(!core.degraded());
     }
 }
