@@ -14,6 +14,12 @@
 //!   removed, equals the original object;
 //! - the injector's `RequestInfo` equals `RequestSniffer`'s (pushed in the
 //!   same chunks, and pushed whole);
+//! - the fixed-length injector (`StreamingUsageInjector::fixed_length`, used
+//!   when the upstream request keeps a Content-Length) decides the same,
+//!   outputs exactly `INJECTION_LEN` more bytes than its input, the same bytes
+//!   as the chunked form when it injects, and otherwise only spaces more (the
+//!   same JSON object when the input is one); a second pass of the same body
+//!   through it (a retry's replay) gives the same result;
 //! - `inject_include_usage` (the whole-body form): its output, sniffed, asks
 //!   for a stream with usage and keeps the model; as JSON it only changes
 //!   `stream_options.include_usage`; when it had to add `stream_options`
@@ -31,7 +37,9 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use majordomo::usage::{inject_include_usage, RequestInfo, RequestSniffer, StreamingUsageInjector};
+use majordomo::usage::{
+    inject_include_usage, RequestInfo, RequestSniffer, StreamingUsageInjector, INJECTION_LEN,
+};
 use serde_json::Value;
 
 mod common;
@@ -172,6 +180,35 @@ fuzz_target!(|data: &[u8]| {
                     without(original.clone(), "stream_options")
                 );
             }
+        }
+    }
+
+    // The fixed-length form, twice (the second pass is a retry's replay).
+    let mut fixed = StreamingUsageInjector::fixed_length();
+    let mut passes = Vec::new();
+    for _ in 0..2 {
+        let mut fixed_out = Vec::with_capacity(body.len() + INJECTION_LEN);
+        let mut from = 0;
+        for &end in &ends {
+            fixed_out.extend_from_slice(&fixed.push(whole.slice(from..end)));
+            from = end;
+        }
+        let (fixed_info, fixed_injected, fixed_tail) = fixed.finish();
+        fixed_out.extend_from_slice(&fixed_tail);
+        passes.push((fixed_info, fixed_injected, fixed_out));
+    }
+    assert!(passes[0] == passes[1], "a replay is rewritten differently");
+    let (fixed_info, fixed_injected, fixed_out) = &passes[0];
+    assert_eq!(fixed_info, &info, "fixed-length info");
+    assert_eq!(*fixed_injected, injected, "fixed-length decision");
+    assert_eq!(fixed_out.len(), body.len() + INJECTION_LEN, "fixed length");
+    if injected {
+        assert!(*fixed_out == out, "fixed-length injection differs");
+    } else {
+        let no_spaces = |b: &[u8]| b.iter().copied().filter(|c| *c != b' ').collect::<Vec<u8>>();
+        assert!(no_spaces(fixed_out) == no_spaces(body), "padding changed more than spaces");
+        if let Some(original) = &reference {
+            assert_eq!(&parse_object(fixed_out, "padded body"), original);
         }
     }
 
