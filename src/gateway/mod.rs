@@ -209,8 +209,7 @@ impl Gateway {
         // non-JSON body keeps the chunked form (passed through unchanged).
         let header = |name| req.headers.get(name).and_then(|v| v.to_str().ok());
         let plain_json = header(http::header::CONTENT_TYPE)
-            .and_then(|t| t.split(';').next())
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+            .is_some_and(crate::usage::is_json_content_type)
             && header(http::header::CONTENT_ENCODING)
                 .is_none_or(|e| e.trim().eq_ignore_ascii_case("identity"));
         let has_length = content_length(req).is_some()

@@ -115,9 +115,7 @@ impl BodyFormat {
         query: Option<&str>,
         content_type: Option<&str>,
     ) -> Option<BodyFormat> {
-        let essence = content_type
-            .and_then(|ct| ct.split(';').next())
-            .map_or("", str::trim);
+        let essence = content_type.map_or("", media_type);
         if essence.eq_ignore_ascii_case("text/event-stream") {
             Some(BodyFormat::Sse)
         } else if is_json_media_type(essence) {
@@ -128,9 +126,27 @@ impl BodyFormat {
     }
 }
 
+/// A `Content-Type` value without its parameters (`; charset=…`).
+fn media_type(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or("").trim()
+}
+
 fn is_json_media_type(essence: &str) -> bool {
-    let lower = essence.to_ascii_lowercase();
-    lower == "application/json" || lower.ends_with("+json") || lower == "text/json"
+    let ends_with_json = essence
+        .len()
+        .checked_sub(5)
+        .and_then(|at| essence.get(at..))
+        .is_some_and(|tail| tail.eq_ignore_ascii_case("+json"));
+    essence.eq_ignore_ascii_case("application/json")
+        || essence.eq_ignore_ascii_case("text/json")
+        || ends_with_json
+}
+
+/// Whether a `Content-Type` header value says JSON (`application/json`,
+/// `text/json`, `…+json`, any parameters).
+#[must_use]
+pub fn is_json_content_type(content_type: &str) -> bool {
+    is_json_media_type(media_type(content_type))
 }
 
 /// Json or JsonArray for a JSON body (the scanner reads both the same way;

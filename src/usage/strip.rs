@@ -262,7 +262,8 @@ fn trailing_null_usage(line: &[u8]) -> Option<(usize, usize)> {
 /// An event whose data is a JSON object with `"choices": []` and a `usage`
 /// object.
 fn is_usage_event(event: &[u8]) -> bool {
-    if !mentions_usage_object(event) {
+    // Cheap pre-check, so ordinary chunks (`"usage":null`) are not parsed.
+    if !super::has_usage_object(event) {
         return false;
     }
     let mut data = Vec::new();
@@ -293,12 +294,6 @@ fn is_usage_event(event: &[u8]) -> bool {
         }
         Err(_) => false,
     }
-}
-
-/// Cheap pre-check: `"usage"` followed by `:` and `{`, so ordinary chunks
-/// (`"usage":null`) are not parsed at all.
-fn mentions_usage_object(event: &[u8]) -> bool {
-    super::has_usage_object(event)
 }
 
 #[cfg(test)]

@@ -323,3 +323,28 @@ fn a_multi_megabyte_sse_event_is_streamed_not_buffered() {
     assert_eq!(scanner.status(), scan::Status::Complete);
     assert!(scanner.peak_capture() < 512);
 }
+
+#[test]
+fn json_content_types_are_recognised_without_regard_to_case_or_parameters() {
+    use super::is_json_content_type;
+    for yes in [
+        "application/json",
+        "Application/JSON; charset=utf-8",
+        " application/json ;charset=UTF-8",
+        "text/json",
+        "application/problem+json",
+        "application/vnd.api+JSON",
+    ] {
+        assert!(is_json_content_type(yes), "{yes}");
+    }
+    for no in [
+        "text/plain",
+        "application/x-ndjson",
+        "json",
+        "",
+        "+json5",
+        "text/event-stream",
+    ] {
+        assert!(!is_json_content_type(no), "{no}");
+    }
+}
