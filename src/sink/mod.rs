@@ -16,6 +16,7 @@
 //! outcome is counted in [`SinkStats`].
 
 pub mod bodies;
+mod record_json;
 pub mod spool;
 
 use std::cell::RefCell;

@@ -81,7 +81,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
 pub fn encode(record: &RequestRecord, out: &mut Vec<u8>) -> Result<(), SpoolError> {
     out.clear();
     out.extend_from_slice(&[0u8; HEADER_BYTES]);
-    serde_json::to_writer(&mut *out, record).map_err(|e| SpoolError::Encode(e.to_string()))?;
+    super::record_json::write(record, out);
     let len = out.len() - HEADER_BYTES;
     if len > MAX_RECORD_BYTES {
         return Err(SpoolError::Encode(format!("{len} bytes")));
