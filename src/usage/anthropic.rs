@@ -18,11 +18,10 @@
 //! `/v1/messages/count_tokens` answers `{"input_tokens": N}`, which is not
 //! billed: it yields no usage.
 
-use serde_json::Value;
-
+use super::counts::{captured_counts, Counts};
 use super::scan::{Scanner, Seg::Key, Target};
 use super::slot::{ERROR, MODEL, TYPE, USAGE};
-use super::{captured_json, count, error_message, target, Findings, Usage};
+use super::{error_message, target, Findings, Usage};
 
 pub(super) const TARGETS: &[Target] = &[
     target(&[Key("type")], TYPE),
@@ -38,6 +37,16 @@ pub(super) fn is_count_tokens(path: &str) -> bool {
     path.trim_end_matches('/').ends_with("/count_tokens")
 }
 
+/// The counts read from a usage object, in the order of [`AnthropicUsage::merge`]'s slots.
+const USAGE_PATHS: [&[&str]; 6] = [
+    &["input_tokens"],
+    &["output_tokens"],
+    &["cache_read_input_tokens"],
+    &["cache_creation_input_tokens"],
+    &["cache_creation", "ephemeral_5m_input_tokens"],
+    &["cache_creation", "ephemeral_1h_input_tokens"],
+];
+
 /// The latest value of each usage field.
 #[derive(Debug, Default)]
 pub(super) struct AnthropicUsage {
@@ -52,8 +61,8 @@ pub(super) struct AnthropicUsage {
 
 impl AnthropicUsage {
     pub(super) fn value(&mut self, kind: &str, doc: &Scanner, findings: &mut Findings) {
-        match captured_json(doc.capture(USAGE)) {
-            Ok(Some(value)) => self.merge(&value),
+        match captured_counts(doc.capture(USAGE), &USAGE_PATHS) {
+            Ok(Some(counts)) => self.merge(&counts),
             Ok(None) => {}
             Err(()) => findings.unknown = true,
         }
@@ -64,28 +73,25 @@ impl AnthropicUsage {
         }
     }
 
-    fn merge(&mut self, usage: &Value) {
-        if !usage.is_object() {
+    fn merge(&mut self, usage: &Counts<6>) {
+        if !usage.object {
             return;
         }
         self.seen = true;
-        let latest = |slot: &mut Option<u64>, path: &[&str]| {
-            if let Some(n) = count(usage, path) {
-                *slot = Some(n);
-            }
-        };
-        latest(&mut self.input, &["input_tokens"]);
-        latest(&mut self.output, &["output_tokens"]);
-        latest(&mut self.cache_read, &["cache_read_input_tokens"]);
-        latest(&mut self.cache_creation, &["cache_creation_input_tokens"]);
-        latest(
+        let slots = [
+            &mut self.input,
+            &mut self.output,
+            &mut self.cache_read,
+            &mut self.cache_creation,
             &mut self.ephemeral_5m,
-            &["cache_creation", "ephemeral_5m_input_tokens"],
-        );
-        latest(
             &mut self.ephemeral_1h,
-            &["cache_creation", "ephemeral_1h_input_tokens"],
-        );
+        ];
+        // Each field keeps its latest value: an event that lacks one says nothing about it.
+        for (slot, n) in slots.into_iter().zip(usage.values) {
+            if n.is_some() {
+                *slot = n;
+            }
+        }
     }
 
     pub(super) fn usage(&self) -> Option<Usage> {

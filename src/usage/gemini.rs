@@ -15,11 +15,10 @@
 //! written mid-stream without `data:` (handled by the caller's stray-line
 //! scanner).
 
-use serde_json::Value;
-
+use super::counts::{captured_counts, Counts};
 use super::scan::{Scanner, Seg::Item, Seg::Key, Target};
 use super::slot::{ERROR, FINISH, MODEL, USAGE};
-use super::{captured_json, captured_string, count, error_message, target, Findings, Usage};
+use super::{captured_string, error_message, target, Findings, Usage};
 
 pub(super) const TARGETS: &[Target] = &[
     target(&[Key("usageMetadata")], USAGE),
@@ -68,9 +67,9 @@ pub(super) struct GeminiUsage {
 
 impl GeminiUsage {
     pub(super) fn value(&mut self, doc: &Scanner, findings: &mut Findings) {
-        match captured_json(doc.capture(USAGE)) {
-            Ok(Some(value)) => {
-                if let Some(usage) = usage_from(&value) {
+        match captured_counts(doc.capture(USAGE), &USAGE_PATHS) {
+            Ok(Some(counts)) => {
+                if let Some(usage) = usage_from(&counts) {
                     self.usage = Some(usage);
                 }
             }
@@ -91,25 +90,26 @@ impl GeminiUsage {
     }
 }
 
-fn usage_from(meta: &Value) -> Option<Usage> {
-    const KNOWN: [&str; 5] = [
-        "promptTokenCount",
-        "candidatesTokenCount",
-        "cachedContentTokenCount",
-        "thoughtsTokenCount",
-        "toolUsePromptTokenCount",
-    ];
-    if !KNOWN.iter().any(|key| count(meta, &[key]).is_some()) {
+/// The counts read from `usageMetadata`.
+const USAGE_PATHS: [&[&str]; 5] = [
+    &["promptTokenCount"],
+    &["candidatesTokenCount"],
+    &["cachedContentTokenCount"],
+    &["thoughtsTokenCount"],
+    &["toolUsePromptTokenCount"],
+];
+
+fn usage_from(meta: &Counts<5>) -> Option<Usage> {
+    if meta.values.iter().all(Option::is_none) {
         return None;
     }
-    let get = |key: &str| count(meta, &[key]).unwrap_or(0);
-    let thoughts = get("thoughtsTokenCount");
+    let [prompt, candidates, cached, thoughts, tool_use] = meta.values.map(|n| n.unwrap_or(0));
     Some(Usage {
-        input_tokens: get("promptTokenCount").saturating_add(get("toolUsePromptTokenCount")),
-        cached_tokens: get("cachedContentTokenCount"),
+        input_tokens: prompt.saturating_add(tool_use),
+        cached_tokens: cached,
         cache_creation_tokens: 0,
         cache_creation_1h_tokens: 0,
-        output_tokens: get("candidatesTokenCount").saturating_add(thoughts),
+        output_tokens: candidates.saturating_add(thoughts),
         reasoning_tokens: thoughts,
     })
 }

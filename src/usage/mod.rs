@@ -40,6 +40,7 @@
 //! chunk the gateway asked for on a client's behalf).
 
 mod anthropic;
+mod counts;
 mod decode;
 mod gemini;
 mod openai;
@@ -51,7 +52,9 @@ pub mod strip;
 mod tests;
 
 use std::io::{self, Write};
+use std::sync::LazyLock;
 
+use memchr::memmem;
 use serde_json::Value;
 
 use crate::provider::Provider;
@@ -205,8 +208,7 @@ impl Triage {
 
     /// Whether an event with this name and (complete) data must be scanned.
     fn must_scan(self, name: Option<&[u8]>, data: &[u8], findings: &Findings) -> bool {
-        let matters =
-            || has_usage_object(data) || memchr::memmem::find(data, b"\"error\"").is_some();
+        let matters = || has_usage_object(data) || ERROR_KEY.find(data).is_some();
         match self {
             Triage::None => true,
             Triage::OpenAiChat => findings.model.as_deref().is_none_or(str::is_empty) || matters(),
@@ -232,10 +234,16 @@ pub const TRIAGE_CAP: usize = 64 * 1024;
 /// Capacity of the gathering buffer kept between events.
 const GATHERED_KEEP: usize = 8 * 1024;
 
+/// Searchers built once: building one costs more than searching an event.
+static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+static ERROR_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"error\""));
+
 /// `"usage"` followed by `:` and `{` (whitespace allowed): a usage object,
 /// not `"usage":null`.
 pub(crate) fn has_usage_object(data: &[u8]) -> bool {
-    memchr::memmem::find_iter(data, b"\"usage\"").any(|at| {
+    USAGE_KEY.find_iter(data).any(|at| {
         let mut tokens = data[at + 7..].iter().filter(|b| !b.is_ascii_whitespace());
         tokens.next() == Some(&b':') && tokens.next() == Some(&b'{')
     })
@@ -709,13 +717,6 @@ fn error_message(capture: Option<&Capture>) -> Option<String> {
         Ok(Some(other)) => Some(other.to_string()),
         Err(()) => Some(String::from_utf8_lossy(&capture.bytes).into_owned()),
     }
-}
-
-/// The unsigned integer at `path` inside `value`, if there is one.
-fn count(value: &Value, path: &[&str]) -> Option<u64> {
-    path.iter()
-        .try_fold(value, |v, key| v.get(key))
-        .and_then(Value::as_u64)
 }
 
 /// Cuts `s` to at most `max` bytes without splitting a character.

@@ -17,11 +17,10 @@
 //!
 //! The last non-null `usage` wins.
 
-use serde_json::Value;
-
+use super::counts::{captured_counts, Counts};
 use super::scan::{Scanner, Seg::Item, Seg::Key, Target};
 use super::slot::{ERROR, MESSAGE, MODEL, TYPE, USAGE};
-use super::{captured_json, count, error_message, target, Findings, Usage};
+use super::{error_message, target, Findings, Usage};
 
 pub(super) const TARGETS: &[Target] = &[
     target(&[Key("type")], TYPE),
@@ -43,9 +42,9 @@ pub(super) struct OpenAiUsage {
 
 impl OpenAiUsage {
     pub(super) fn value(&mut self, kind: &str, doc: &Scanner, findings: &mut Findings) {
-        match captured_json(doc.capture(USAGE)) {
-            Ok(Some(value)) => {
-                if let Some(usage) = usage_from(&value) {
+        match captured_counts(doc.capture(USAGE), &USAGE_PATHS) {
+            Ok(Some(counts)) => {
+                if let Some(usage) = usage_from(&counts) {
                     self.usage = Some(usage);
                 }
             }
@@ -74,27 +73,42 @@ impl OpenAiUsage {
     }
 }
 
+/// The counts read from a usage object: the Responses API's names, then
+/// Chat Completions'.
+const USAGE_PATHS: [&[&str]; 10] = [
+    &["input_tokens"],
+    &["input_tokens_details", "cached_tokens"],
+    &["input_tokens_details", "cache_write_tokens"],
+    &["output_tokens"],
+    &["output_tokens_details", "reasoning_tokens"],
+    &["prompt_tokens"],
+    &["prompt_tokens_details", "cached_tokens"],
+    &["prompt_tokens_details", "cache_write_tokens"],
+    &["completion_tokens"],
+    &["completion_tokens_details", "reasoning_tokens"],
+];
+
 /// Reads either usage shape; `None` when the object has neither.
-fn usage_from(value: &Value) -> Option<Usage> {
-    let has = |key: &str| value.get(key).is_some_and(Value::is_u64);
-    let get = |path: &[&str]| count(value, path).unwrap_or(0);
-    if has("input_tokens") || has("output_tokens") {
+fn usage_from(counts: &Counts<10>) -> Option<Usage> {
+    let [input, cached, cache_write, output, reasoning, prompt, prompt_cached, prompt_cache_write, completion, completion_reasoning] =
+        counts.values;
+    if input.is_some() || output.is_some() {
         Some(Usage {
-            input_tokens: get(&["input_tokens"]),
-            cached_tokens: get(&["input_tokens_details", "cached_tokens"]),
-            cache_creation_tokens: get(&["input_tokens_details", "cache_write_tokens"]),
+            input_tokens: input.unwrap_or(0),
+            cached_tokens: cached.unwrap_or(0),
+            cache_creation_tokens: cache_write.unwrap_or(0),
             cache_creation_1h_tokens: 0,
-            output_tokens: get(&["output_tokens"]),
-            reasoning_tokens: get(&["output_tokens_details", "reasoning_tokens"]),
+            output_tokens: output.unwrap_or(0),
+            reasoning_tokens: reasoning.unwrap_or(0),
         })
-    } else if has("prompt_tokens") || has("completion_tokens") {
+    } else if prompt.is_some() || completion.is_some() {
         Some(Usage {
-            input_tokens: get(&["prompt_tokens"]),
-            cached_tokens: get(&["prompt_tokens_details", "cached_tokens"]),
-            cache_creation_tokens: get(&["prompt_tokens_details", "cache_write_tokens"]),
+            input_tokens: prompt.unwrap_or(0),
+            cached_tokens: prompt_cached.unwrap_or(0),
+            cache_creation_tokens: prompt_cache_write.unwrap_or(0),
             cache_creation_1h_tokens: 0,
-            output_tokens: get(&["completion_tokens"]),
-            reasoning_tokens: get(&["completion_tokens_details", "reasoning_tokens"]),
+            output_tokens: completion.unwrap_or(0),
+            reasoning_tokens: completion_reasoning.unwrap_or(0),
         })
     } else {
         None
@@ -419,8 +433,12 @@ pub(crate) mod tests {
 
     #[test]
     fn malformed_json_body_has_unknown_usage() {
-        let body = CHAT_JSON.replace("\"total_tokens\": 2306,", "\"total_tokens\": 2306,,");
         let req = Req::new(Provider::OpenAi, "/v1/chat/completions", "application/json");
+        // In the usage object: its counts cannot be read.
+        let body = CHAT_JSON.replace("\"total_tokens\": 2306,", "\"total_tokens\": 2306,,");
+        assert_eq!(req.parse(body.as_bytes()).usage, None);
+        // Between the top-level fields: the body is not JSON.
+        let body = CHAT_JSON.replace("\"choices\":", ",\"choices\":");
         let parsed = req.parse(body.as_bytes());
         assert_eq!((parsed.usage, parsed.complete), (None, false));
     }

@@ -173,7 +173,7 @@ impl SseReader {
                 }
                 Line::Value(field) => {
                     let rest = &input[i..];
-                    let end = rest.iter().position(|&c| c == b'\n' || c == b'\r');
+                    let end = memchr::memchr2(b'\n', b'\r', rest);
                     self.value(field, &rest[..end.unwrap_or(rest.len())], h);
                     match end {
                         Some(end) => {

@@ -22,7 +22,8 @@
 //! identity `Content-Encoding` (the gateway asks for one on injected streams).
 
 use bytes::{Bytes, BytesMut};
-use serde_json::Value;
+
+use super::counts::{member_kinds, Kind};
 
 /// Most bytes of an incomplete event held back.
 pub const HOLD_CAP: usize = 256 * 1024;
@@ -157,10 +158,9 @@ impl InjectedUsageStripper {
         } else if self.held.is_empty() {
             let event = &chunk[start..end];
             if !is_usage_event(event) {
-                match without_null_usage(event) {
-                    Some(cleaned) => pieces.push(Piece::Owned(cleaned)),
-                    None => pieces.push(Piece::Chunk(start, end)),
-                }
+                kept_ranges(event, |from, to| {
+                    pieces.push(Piece::Chunk(start + from, start + to))
+                });
             }
         } else {
             self.held.extend_from_slice(&chunk[start..end]);
@@ -188,7 +188,14 @@ fn assemble(chunk: &Bytes, pieces: Vec<Piece>) -> Bytes {
         [] => Bytes::new(),
         [Piece::Chunk(start, end)] => chunk.slice(*start..*end),
         _ => {
-            let mut out = BytesMut::new();
+            let len = merged
+                .iter()
+                .map(|piece| match piece {
+                    Piece::Chunk(start, end) => end - start,
+                    Piece::Owned(bytes) => bytes.len(),
+                })
+                .sum();
+            let mut out = BytesMut::with_capacity(len);
             for piece in &merged {
                 match piece {
                     Piece::Chunk(start, end) => out.extend_from_slice(&chunk[*start..*end]),
@@ -206,29 +213,33 @@ fn assemble(chunk: &Bytes, pieces: Vec<Piece>) -> Bytes {
 /// in it (the top-level object's last field, so never text inside a string or
 /// a nested object), or `None` when no line does.
 fn without_null_usage(event: &[u8]) -> Option<Vec<u8>> {
-    let mut cuts: Vec<(usize, usize)> = Vec::new();
+    let mut out = Vec::new();
+    let cut = kept_ranges(event, |from, to| {
+        out.reserve(event.len());
+        out.extend_from_slice(&event[from..to]);
+    });
+    cut.then_some(out)
+}
+
+/// What [`without_null_usage`] keeps, as ranges of `event` handed to `keep`
+/// in order (the whole event when nothing is cut); `true` when something
+/// was cut. Lets an event inside one chunk be passed on as slices of it.
+fn kept_ranges(event: &[u8], mut keep: impl FnMut(usize, usize)) -> bool {
     let mut line_start = 0;
+    let mut from = 0;
     let line_ends = memchr::memchr2_iter(b'\n', b'\r', event).chain(std::iter::once(event.len()));
     for i in line_ends {
         let line = &event[line_start..i];
         if line.starts_with(b"data:") {
-            if let Some(cut) = trailing_null_usage(line) {
-                cuts.push((line_start + cut.0, line_start + cut.1));
+            if let Some((comma, close)) = trailing_null_usage(line) {
+                keep(from, line_start + comma);
+                from = line_start + close;
             }
         }
         line_start = i + 1;
     }
-    if cuts.is_empty() {
-        return None;
-    }
-    let mut out = Vec::with_capacity(event.len());
-    let mut from = 0;
-    for (a, b) in cuts {
-        out.extend_from_slice(&event[from..a]);
-        from = b;
-    }
-    out.extend_from_slice(&event[from..]);
-    Some(out)
+    keep(from, event.len());
+    from > 0
 }
 
 /// In a line ending `…, "usage" : null }` (whitespace allowed), the range
@@ -284,16 +295,8 @@ fn is_usage_event(event: &[u8]) -> bool {
         has_data = true;
         data.extend_from_slice(value);
     }
-    match serde_json::from_slice::<Value>(&data) {
-        Ok(value) => {
-            value
-                .get("choices")
-                .and_then(Value::as_array)
-                .is_some_and(Vec::is_empty)
-                && value.get("usage").is_some_and(Value::is_object)
-        }
-        Err(_) => false,
-    }
+    // Read without building a document: only the two members' kinds matter.
+    member_kinds(&data, ["choices", "usage"]) == Some([Some(Kind::EmptyArray), Some(Kind::Object)])
 }
 
 #[cfg(test)]

@@ -1,0 +1,504 @@
+//! Token counts read from a captured usage object without building a
+//! document (and, for the stripper, the kinds of a few members:
+//! [`member_kinds`]).
+//!
+//! Parsing the capture into a `serde_json::Value` allocated a map, a string
+//! per key and a node per value (about 15 000 instructions for OpenAI's
+//! usage object, on every request). The provider modules only want a few
+//! counts at fixed paths, one or two keys deep, so this reads the JSON with
+//! serde's visitors, compares keys in place and keeps only those numbers.
+//!
+//! The answers are the ones `Value` gave: a count is a non-negative integer
+//! (`1.0`, `-1`, `"1"` are not counts), a repeated key means its last value
+//! (for an object: the last object), keys are compared decoded, and input
+//! that is not JSON is an error. One difference: text in fields nobody reads
+//! is skipped, not checked, so a bad escape there (a lone surrogate) no
+//! longer costs the counts beside it.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::scan::Capture;
+
+/// What a usage capture held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Counts<const N: usize> {
+    /// The value was a JSON object (not a number, string, array, …).
+    pub object: bool,
+    /// The count at each of the paths asked for, in their order.
+    pub values: [Option<u64>; N],
+}
+
+/// Reads the counts at `paths` (each one or two keys long) from a captured
+/// value. `Ok(None)`: no capture, or `null`; `Err`: cut short or not JSON.
+pub(super) fn captured_counts<const N: usize>(
+    capture: Option<&Capture>,
+    paths: &[&[&str]; N],
+) -> Result<Option<Counts<N>>, ()> {
+    let Some(capture) = capture else {
+        return Ok(None);
+    };
+    if capture.truncated {
+        return Err(());
+    }
+    let mut counts = Counts {
+        object: false,
+        values: [None; N],
+    };
+    let mut de = serde_json::Deserializer::from_slice(&capture.bytes);
+    let null = de
+        .deserialize_any(Top {
+            paths,
+            counts: &mut counts,
+        })
+        .map_err(|_| ())?;
+    de.end().map_err(|_| ())?;
+    Ok((!null).then_some(counts))
+}
+
+/// The whole value; `true` when it is `null`.
+struct Top<'a, const N: usize> {
+    paths: &'a [&'a [&'a str]; N],
+    counts: &'a mut Counts<N>,
+}
+
+/// Accepts any JSON value and keeps nothing: the visitor methods of the
+/// non-map kinds, returning `$ret`.
+macro_rules! ignore_scalars {
+    ($ret:expr) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($ret)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($ret)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($ret)
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($ret)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok($ret)
+        }
+    };
+}
+
+impl<'de, const N: usize> Visitor<'de> for Top<'_, N> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a usage object")
+    }
+
+    ignore_scalars!(false);
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
+        Ok(true)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        self.counts.object = true;
+        while let Some(key) = map.next_key_seed(Key)? {
+            let key = &*key;
+            // A repeated key replaces what the earlier one said.
+            let mut nested = false;
+            let mut leaf = None;
+            for (i, path) in self.paths.iter().enumerate() {
+                if path.first() == Some(&key) {
+                    self.counts.values[i] = None;
+                    match path.len() {
+                        1 => leaf = Some(i),
+                        _ => nested = true,
+                    }
+                }
+            }
+            if let Some(i) = leaf {
+                self.counts.values[i] = map.next_value_seed(Count)?;
+            } else if nested {
+                map.next_value_seed(Inner {
+                    outer: key,
+                    paths: self.paths,
+                    values: &mut self.counts.values,
+                })?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// A key: borrowed from the input unless it is written with escapes.
+pub(super) struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, key: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(key))
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(key.to_owned()))
+    }
+}
+
+/// A value that counts only when it is a non-negative integer.
+struct Count;
+
+impl<'de> DeserializeSeed<'de> for Count {
+    type Value = Option<u64>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Count {
+    type Value = Option<u64>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a token count")
+    }
+
+    ignore_scalars!(None);
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+        Ok(Some(n))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+}
+
+/// The object under `outer`: fills the two-key paths that start there.
+struct Inner<'a, 'k, const N: usize> {
+    outer: &'k str,
+    paths: &'a [&'a [&'a str]; N],
+    values: &'a mut [Option<u64>; N],
+}
+
+impl<'de, const N: usize> DeserializeSeed<'de> for Inner<'_, '_, N> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, const N: usize> Visitor<'de> for Inner<'_, '_, N> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object of counts")
+    }
+
+    ignore_scalars!(());
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key_seed(Key)? {
+            let slot = self
+                .paths
+                .iter()
+                .position(|p| p.len() == 2 && p[0] == self.outer && p[1] == key);
+            match slot {
+                Some(i) => self.values[i] = map.next_value_seed(Count)?,
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What kind of JSON value was read (and skipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Null,
+    Scalar,
+    EmptyArray,
+    Array,
+    Object,
+}
+
+impl<'de> DeserializeSeed<'de> for Kind {
+    type Value = Kind;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Kind, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Kind {
+    type Value = Kind;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Kind, E> {
+        Ok(Kind::Scalar)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Kind, E> {
+        Ok(Kind::Scalar)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Kind, E> {
+        Ok(Kind::Scalar)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Kind, E> {
+        Ok(Kind::Scalar)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Kind, E> {
+        Ok(Kind::Scalar)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Kind, E> {
+        Ok(Kind::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Kind, A::Error> {
+        let mut items = 0usize;
+        while seq.next_element::<IgnoredAny>()?.is_some() {
+            items += 1;
+        }
+        Ok(if items == 0 {
+            Kind::EmptyArray
+        } else {
+            Kind::Array
+        })
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Kind, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Kind::Object)
+    }
+}
+
+/// The kinds of the values of `keys` in a JSON object (the last of a
+/// repeated key, as in a document); `None` when the input is not one JSON
+/// object.
+pub(super) fn member_kinds<const N: usize>(
+    json: &[u8],
+    keys: [&str; N],
+) -> Option<[Option<Kind>; N]> {
+    struct Members<'k, const N: usize>([&'k str; N]);
+
+    impl<'de, const N: usize> Visitor<'de> for Members<'_, N> {
+        type Value = [Option<Kind>; N];
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut kinds = [None; N];
+            while let Some(key) = map.next_key_seed(Key)? {
+                match self.0.iter().position(|k| *k == key) {
+                    Some(i) => kinds[i] = Some(map.next_value_seed(Kind::Null)?),
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(kinds)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let kinds = de.deserialize_map(Members(keys)).ok()?;
+    de.end().ok()?;
+    Some(kinds)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+
+    const PATHS: [&[&str]; 5] = [
+        &["prompt_tokens"],
+        &["completion_tokens"],
+        &["prompt_tokens_details", "cached_tokens"],
+        &["completion_tokens_details", "reasoning_tokens"],
+        &["prompt_tokens_details", "cache_write_tokens"],
+    ];
+
+    fn capture(text: &str) -> Capture {
+        Capture {
+            bytes: text.as_bytes().to_vec(),
+            ..Capture::default()
+        }
+    }
+
+    /// What reading the capture as a `serde_json::Value` gives.
+    fn via_value(text: &str) -> Result<Option<Counts<5>>, ()> {
+        match serde_json::from_str::<Value>(text) {
+            Err(_) => Err(()),
+            Ok(Value::Null) => Ok(None),
+            Ok(v) => Ok(Some(Counts {
+                object: v.is_object(),
+                values: PATHS.map(|path| {
+                    path.iter()
+                        .try_fold(&v, |v, key| v.get(key))
+                        .and_then(Value::as_u64)
+                }),
+            })),
+        }
+    }
+
+    fn check(text: &str) {
+        assert_eq!(
+            captured_counts(Some(&capture(text)), &PATHS),
+            via_value(text),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn openai_usage_object() {
+        let text = r#"{"prompt_tokens":1200,"completion_tokens":345,"total_tokens":1545,
+            "prompt_tokens_details":{"cached_tokens":1024,"audio_tokens":0},
+            "completion_tokens_details":{"reasoning_tokens":64,"audio_tokens":0,
+            "accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}"#;
+        let counts = captured_counts(Some(&capture(text)), &PATHS)
+            .unwrap()
+            .unwrap();
+        assert!(counts.object);
+        assert_eq!(
+            counts.values,
+            [Some(1200), Some(345), Some(1024), Some(64), None]
+        );
+        check(text);
+    }
+
+    #[test]
+    fn same_answers_as_a_document() {
+        for text in [
+            "null",
+            " null ",
+            "5",
+            "\"x\"",
+            "[1,2]",
+            "{}",
+            r#"{"prompt_tokens":-1,"completion_tokens":1.0}"#,
+            r#"{"prompt_tokens":"7","completion_tokens":true}"#,
+            r#"{"prompt_tokens":18446744073709551615,"completion_tokens":18446744073709551616}"#,
+            r#"{"prompt_tokens":1,"prompt_tokens":2}"#,
+            r#"{"prompt_tokens":1,"prompt_tokens":null}"#,
+            r#"{"prompt_tokens_details":{"cached_tokens":3},"prompt_tokens_details":{"x":1}}"#,
+            r#"{"prompt_tokens_details":{"cached_tokens":3},"prompt_tokens_details":null}"#,
+            r#"{"prompt_tokens_details":[{"cached_tokens":3}]}"#,
+            r#"{"prompt_tokens_details":7,"prompt_tokens":{"a":[1,{"b":2}]}}"#,
+            r#"{"prompt\u005ftokens":9}"#,
+            r#"{"a":{"prompt_tokens":5},"completion_tokens":[],"prompt_tokens":0}"#,
+            r#"{"prompt_tokens":1}x"#,
+            r#"{"prompt_tokens":1"#,
+            r#"{"prompt_tokens":01}"#,
+            "",
+        ] {
+            check(text);
+        }
+        // Unlike a document, a bad escape in a field nobody reads is not an error.
+        let text = r#"{"s":"\ud800","prompt_tokens":3}"#;
+        assert!(serde_json::from_str::<Value>(text).is_err());
+        let counts = captured_counts(Some(&capture(text)), &PATHS)
+            .unwrap()
+            .unwrap();
+        assert_eq!(counts.values[0], Some(3));
+    }
+
+    #[test]
+    fn member_kinds_are_those_of_a_document() {
+        let kinds = |text: &str| member_kinds(text.as_bytes(), ["choices", "usage"]);
+        assert_eq!(
+            kinds(r#"{"id":"x","choices":[],"usage":{"a":1}}"#),
+            Some([Some(Kind::EmptyArray), Some(Kind::Object)])
+        );
+        assert_eq!(
+            kinds(r#"{"choices":[{"i":0}],"usage":null}"#),
+            Some([Some(Kind::Array), Some(Kind::Null)])
+        );
+        assert_eq!(
+            kinds(r#"{"choices":[],"choices":[1],"usage":"x","usage":{}}"#),
+            Some([Some(Kind::Array), Some(Kind::Object)])
+        );
+        assert_eq!(kinds(r#"{"other":1}"#), Some([None, None]));
+        assert_eq!(kinds("[]"), None);
+        assert_eq!(kinds(r#"{"choices":[]"#), None);
+        assert_eq!(kinds(r#"{"choices":[]} {}"#), None);
+    }
+
+    #[test]
+    fn a_cut_capture_is_an_error() {
+        let mut c = capture(r#"{"prompt_tokens":1}"#);
+        c.truncated = true;
+        assert_eq!(captured_counts(Some(&c), &PATHS), Err(()));
+        assert_eq!(captured_counts::<5>(None, &PATHS), Ok(None));
+    }
+
+    proptest! {
+        #[test]
+        fn any_small_document(
+            entries in proptest::collection::vec(
+                (
+                    prop_oneof![
+                        Just("prompt_tokens"), Just("completion_tokens"),
+                        Just("prompt_tokens_details"), Just("completion_tokens_details"),
+                        Just("cached_tokens"), Just("other"),
+                    ],
+                    prop_oneof![
+                        Just("1".to_string()), Just("-2".to_string()), Just("3.5".to_string()),
+                        Just("null".to_string()), Just("\"4\"".to_string()), Just("[5]".to_string()),
+                        (0u64..u64::MAX).prop_map(|n| n.to_string()),
+                        proptest::collection::vec(
+                            (prop_oneof![Just("cached_tokens"), Just("reasoning_tokens"),
+                                         Just("cache_write_tokens"), Just("x")],
+                             prop_oneof![Just("6"), Just("-7"), Just("null"), Just("{}")]),
+                            0..4,
+                        ).prop_map(|inner| format!("{{{}}}", inner.iter()
+                            .map(|(k, v)| format!("\"{k}\":{v}")).collect::<Vec<_>>().join(","))),
+                    ],
+                ),
+                0..8,
+            )
+        ) {
+            let text = format!("{{{}}}", entries.iter()
+                .map(|(k, v)| format!("\"{k}\":{v}")).collect::<Vec<_>>().join(","));
+            check(&text);
+        }
+    }
+}
