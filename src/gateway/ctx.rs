@@ -9,16 +9,19 @@ use super::capture::BodyCapture;
 use crate::provider::Provider;
 use crate::usage::{InjectedUsageStripper, RequestSniffer, StreamingUsageInjector, UsageParser};
 
-/// How the request body is watched on its way upstream.
+/// How the request body is watched on its way upstream. The watchers are
+/// boxed, like the response parser: Pingora keeps the context inside each
+/// connection's session future, which it moves more than once per request
+/// and holds for the whole connection, so the context stays small.
 #[derive(Default)]
 pub enum BodyWatch {
     /// No body, or nothing to learn from it.
     #[default]
     None,
     /// Learn `model` / `stream` as the bytes pass.
-    Sniff(RequestSniffer),
+    Sniff(Box<RequestSniffer>),
     /// Also add `stream_options.include_usage` to an OpenAI chat stream.
-    Inject(StreamingUsageInjector),
+    Inject(Box<StreamingUsageInjector>),
 }
 
 /// What the gateway knows about one request as it moves through the phases.
@@ -46,8 +49,8 @@ pub struct RequestCtx {
     pub body_watch: BodyWatch,
     /// The gateway asked upstream for stream usage the client did not ask for.
     pub injected_usage: bool,
-    /// Reads usage from the response body as it passes.
-    pub parser: Option<UsageParser>,
+    /// Reads usage from the response body as it passes (boxed: see [`BodyWatch`]).
+    pub parser: Option<Box<UsageParser>>,
     /// Hides the injected usage chunk from the client.
     pub stripper: Option<InjectedUsageStripper>,
     /// Copies of the bodies for `logging.body_storage`.

@@ -218,11 +218,11 @@ impl Gateway {
             // The body's length changes by a known amount: the upstream
             // request keeps a Content-Length (some servers refuse chunked
             // request bodies, and it saves the chunk framing).
-            BodyWatch::Inject(StreamingUsageInjector::fixed_length())
+            BodyWatch::Inject(Box::new(StreamingUsageInjector::fixed_length()))
         } else if injectable {
-            BodyWatch::Inject(StreamingUsageInjector::new())
+            BodyWatch::Inject(Box::new(StreamingUsageInjector::new()))
         } else {
-            BodyWatch::Sniff(RequestSniffer::new())
+            BodyWatch::Sniff(Box::new(RequestSniffer::new()))
         }
     }
 }
@@ -391,13 +391,13 @@ impl ProxyHttp for Gateway {
         let content_type = header(http::header::CONTENT_TYPE);
         let content_encoding = header(http::header::CONTENT_ENCODING);
         let req = session.req_header();
-        ctx.parser = Some(UsageParser::new(
+        ctx.parser = Some(Box::new(UsageParser::new(
             ctx.provider,
             req.uri.path(),
             req.uri.query(),
             content_type,
             content_encoding,
-        ));
+        )));
         ctx.response_encoding = content_encoding
             .filter(|e| !e.eq_ignore_ascii_case("identity"))
             .map(str::to_string);
@@ -511,7 +511,7 @@ impl ProxyHttp for Gateway {
         }
         let status = ctx.status;
         if ctx.api_key_id.is_some() {
-            let parsed = ctx.parser.take().map(UsageParser::finish);
+            let parsed = ctx.parser.take().map(|parser| parser.finish());
             let prices = self.prices.current();
             let (row, priced_as) =
                 record::build(ctx, session.req_header(), parsed, ending, &prices.table);
@@ -610,11 +610,15 @@ fn error_answer(e: &Error) -> Option<GatewayError> {
 /// Removes `X-Majordomo-*`, hop-by-hop headers and headers the client named in
 /// `Connection`, keeping provider credentials untouched.
 fn strip_gateway_headers(req: &mut RequestHeader) {
+    // One pass to find what goes, then remove only those: a removal hashes
+    // the name even when the header is absent.
     let mut doomed: Vec<http::HeaderName> = Vec::new();
     for (name, value) in req.headers.iter() {
-        if name.as_str().starts_with(metadata::HEADER_PREFIX) {
+        if name.as_str().starts_with(metadata::HEADER_PREFIX) || HOP_BY_HOP.contains(&name.as_str())
+        {
             doomed.push(name.clone());
-        } else if name == http::header::CONNECTION {
+        }
+        if name == http::header::CONNECTION {
             for token in value.to_str().unwrap_or("").split(',') {
                 if let Ok(n) = http::HeaderName::from_bytes(token.trim().as_bytes()) {
                     if n != http::header::CONTENT_LENGTH && n != http::header::TRANSFER_ENCODING {
@@ -626,9 +630,6 @@ fn strip_gateway_headers(req: &mut RequestHeader) {
     }
     for name in doomed {
         req.remove_header(&name);
-    }
-    for name in HOP_BY_HOP {
-        req.remove_header(*name);
     }
 }
 
