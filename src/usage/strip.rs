@@ -279,7 +279,11 @@ fn is_usage_event(event: &[u8]) -> bool {
     }
     let mut data = Vec::new();
     let mut has_data = false;
-    for line in event.split(|&b| b == b'\n' || b == b'\r') {
+    let mut line_start = 0;
+    let line_ends = memchr::memchr2_iter(b'\n', b'\r', event).chain(std::iter::once(event.len()));
+    for line_end in line_ends {
+        let line = &event[line_start..line_end];
+        line_start = line_end + 1;
         let Some(value) = line.strip_prefix(b"data") else {
             continue;
         };
