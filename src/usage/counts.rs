@@ -11,14 +11,15 @@
 //! The answers are the ones `Value` gave: a count is a non-negative integer
 //! (`1.0`, `-1`, `"1"` are not counts), a repeated key means its last value
 //! (for an object: the last object), keys are compared decoded, and input
-//! that is not JSON is an error. One difference: text in fields nobody reads
-//! is skipped, not checked, so a bad escape there (a lone surrogate) no
-//! longer costs the counts beside it.
+//! that is not JSON is an error — also text in fields nobody reads: values
+//! are skipped through [`Kind`], which (unlike serde's `IgnoredAny`) reads
+//! strings as strings, so invalid UTF-8 or a lone surrogate escape fails as
+//! it did in a document.
 
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::scan::Capture;
 
@@ -81,7 +82,7 @@ macro_rules! ignore_scalars {
             Ok($ret)
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            while seq.next_element_seed(Kind::Null)?.is_some() {}
             Ok($ret)
         }
     };
@@ -129,7 +130,7 @@ impl<'de, const N: usize> Visitor<'de> for Top<'_, N> {
                     values: &mut self.counts.values,
                 })?;
             } else {
-                map.next_value::<IgnoredAny>()?;
+                map.next_value_seed(Kind::Null)?;
             }
         }
         Ok(false)
@@ -192,7 +193,7 @@ impl<'de> Visitor<'de> for Count {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        while map.next_entry_seed(Key, Kind::Null)?.is_some() {}
         Ok(None)
     }
 }
@@ -238,7 +239,7 @@ impl<'de, const N: usize> Visitor<'de> for Inner<'_, '_, N> {
             match slot {
                 Some(i) => self.values[i] = map.next_value_seed(Count)?,
                 None => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value_seed(Kind::Null)?;
                 }
             }
         }
@@ -246,7 +247,8 @@ impl<'de, const N: usize> Visitor<'de> for Inner<'_, '_, N> {
     }
 }
 
-/// What kind of JSON value was read (and skipped).
+/// What kind of JSON value was read (and skipped). Skipping through it
+/// checks everything a document would: strings are read as strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
     Null,
@@ -291,7 +293,7 @@ impl<'de> Visitor<'de> for Kind {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Kind, A::Error> {
         let mut items = 0usize;
-        while seq.next_element::<IgnoredAny>()?.is_some() {
+        while seq.next_element_seed(Kind::Null)?.is_some() {
             items += 1;
         }
         Ok(if items == 0 {
@@ -301,7 +303,7 @@ impl<'de> Visitor<'de> for Kind {
         })
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Kind, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        while map.next_entry_seed(Key, Kind::Null)?.is_some() {}
         Ok(Kind::Object)
     }
 }
@@ -328,7 +330,7 @@ pub(super) fn member_kinds<const N: usize>(
                 match self.0.iter().position(|k| *k == key) {
                     Some(i) => kinds[i] = Some(map.next_value_seed(Kind::Null)?),
                     None => {
-                        map.next_value::<IgnoredAny>()?;
+                        map.next_value_seed(Kind::Null)?;
                     }
                 }
             }
@@ -432,34 +434,49 @@ mod tests {
         ] {
             check(text);
         }
-        // Unlike a document, a bad escape in a field nobody reads is not an error.
-        let text = r#"{"s":"\ud800","prompt_tokens":3}"#;
-        assert!(serde_json::from_str::<Value>(text).is_err());
-        let counts = captured_counts(Some(&capture(text)), &PATHS)
-            .unwrap()
-            .unwrap();
-        assert_eq!(counts.values[0], Some(3));
+        // Text nobody reads is still checked, as a document would.
+        for text in [
+            r#"{"s":"\ud800","prompt_tokens":3}"#,
+            r#"{"a":[{"s":"\ud800"}],"prompt_tokens":3}"#,
+            r#"{"prompt_tokens_details":{"s":"\ud800"}}"#,
+            r#"{"a":{"\ud800":1},"prompt_tokens":3}"#,
+        ] {
+            assert!(serde_json::from_str::<Value>(text).is_err());
+            check(text);
+        }
+        let mut bad_utf8 = capture(r#"{"s":"x","prompt_tokens":3}"#);
+        bad_utf8.bytes[6] = 0xff;
+        assert_eq!(captured_counts(Some(&bad_utf8), &PATHS), Err(()));
     }
 
     #[test]
     fn member_kinds_are_those_of_a_document() {
-        let kinds = |text: &str| member_kinds(text.as_bytes(), ["choices", "usage"]);
+        let kinds = |text: &[u8]| member_kinds(text, ["choices", "usage"]);
         assert_eq!(
-            kinds(r#"{"id":"x","choices":[],"usage":{"a":1}}"#),
+            kinds(br#"{"id":"x","choices":[],"usage":{"a":1}}"#),
             Some([Some(Kind::EmptyArray), Some(Kind::Object)])
         );
         assert_eq!(
-            kinds(r#"{"choices":[{"i":0}],"usage":null}"#),
+            kinds(br#"{"choices":[{"i":0}],"usage":null}"#),
             Some([Some(Kind::Array), Some(Kind::Null)])
         );
         assert_eq!(
-            kinds(r#"{"choices":[],"choices":[1],"usage":"x","usage":{}}"#),
+            kinds(br#"{"choices":[],"choices":[1],"usage":"x","usage":{}}"#),
             Some([Some(Kind::Array), Some(Kind::Object)])
         );
-        assert_eq!(kinds(r#"{"other":1}"#), Some([None, None]));
-        assert_eq!(kinds("[]"), None);
-        assert_eq!(kinds(r#"{"choices":[]"#), None);
-        assert_eq!(kinds(r#"{"choices":[]} {}"#), None);
+        assert_eq!(kinds(br#"{"other":1}"#), Some([None, None]));
+        assert_eq!(kinds(b"[]"), None);
+        // Not JSON, as a document would say: bad UTF-8 or a lone surrogate anywhere.
+        assert_eq!(
+            kinds(b"{\"model\":\"\xff\",\"choices\":[],\"usage\":{}}"),
+            None
+        );
+        assert_eq!(
+            kinds(br#"{"model":"\udc00","choices":[],"usage":{}}"#),
+            None
+        );
+        assert_eq!(kinds(br#"{"choices":[]"#), None);
+        assert_eq!(kinds(br#"{"choices":[]} {}"#), None);
     }
 
     #[test]
