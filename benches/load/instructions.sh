@@ -130,7 +130,7 @@ out="$RESULTS_DIR/instructions-$TS.md"
 {
   echo "## Instructions per request, majordomo vs bare Pingora ($TS)"
   echo
-  echo "Host: $(uname -srm), $(nproc) CPUs; valgrind $(valgrind --version | sed 's/valgrind-//'); majordomo $(git -C "$REPO" describe --always --dirty 2>/dev/null) release."
+  echo "Host: $(uname -srm), $(nproc) CPUs; valgrind $(valgrind --version | sed 's/valgrind-//'); majordomo binary $MAJORDOMO_BIN (checkout at $(git -C "$REPO" describe --always --dirty 2>/dev/null))."
   echo "Each gateway under callgrind, 1 proxy thread, in front of the nginx mock; counters zeroed after $WARM requests, read after N = $N more (4 connections)."
   echo "majordomo: key auth, usage parsing, pricing, PostgreSQL logging (its sink's instructions for these rows included). User space only."
   echo "Reproduce: \`MODES=\"$MODES\" N=$N benches/load/instructions.sh\`"
