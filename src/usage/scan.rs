@@ -613,7 +613,7 @@ impl Scanner {
         self.started = true;
         let depth = self.stack.len();
         if depth <= self.max_target_depth {
-            for target in self.targets {
+            for target in self.targets.iter().filter(|t| t.path.len() == depth) {
                 if self.path_is(target.path) {
                     self.active.push(Active {
                         slot: target.slot,
@@ -659,6 +659,7 @@ impl Scanner {
         Ok(())
     }
 
+    #[inline]
     fn path_is(&self, path: &[Seg]) -> bool {
         path.len() == self.stack.len()
             && path
