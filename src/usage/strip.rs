@@ -466,6 +466,14 @@ mod tests {
         assert!(is_usage_event(
             b"data: {\"choices\":[],\ndata: \"usage\":{\"prompt_tokens\":1}}\n\n"
         ));
+        // Not JSON (fuzz finding F4): a bad byte or a lone surrogate in any
+        // string, even one nobody reads, means it is not the usage chunk.
+        assert!(!is_usage_event(
+            b"data: {\"model\":\"gpt-\xff\",\"choices\":[],\"usage\":{}}\n\n"
+        ));
+        assert!(!is_usage_event(
+            b"data: {\"model\":\"\\ud800\",\"choices\":[],\"usage\":{}}\n\n"
+        ));
     }
 
     /// Streams built from SSE-ish fragments, usage events included.
