@@ -225,21 +225,30 @@ fn without_null_usage(event: &[u8]) -> Option<Vec<u8>> {
 /// in order (the whole event when nothing is cut); `true` when something
 /// was cut. Lets an event inside one chunk be passed on as slices of it.
 fn kept_ranges(event: &[u8], mut keep: impl FnMut(usize, usize)) -> bool {
-    let mut line_start = 0;
     let mut from = 0;
-    let line_ends = memchr::memchr2_iter(b'\n', b'\r', event).chain(std::iter::once(event.len()));
-    for i in line_ends {
-        let line = &event[line_start..i];
+    for (line_start, line) in lines(event) {
         if line.starts_with(b"data:") {
             if let Some((comma, close)) = trailing_null_usage(line) {
                 keep(from, line_start + comma);
                 from = line_start + close;
             }
         }
-        line_start = i + 1;
     }
     keep(from, event.len());
     from > 0
+}
+
+/// The lines of an event with their offsets: split at each CR or LF, so a
+/// CRLF gives an empty line between, which no caller minds.
+fn lines(event: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    let mut start = 0;
+    memchr::memchr2_iter(b'\n', b'\r', event)
+        .chain(std::iter::once(event.len()))
+        .map(move |end| {
+            let line_start = start;
+            start = end + 1;
+            (line_start, &event[line_start..end])
+        })
 }
 
 /// In a line ending `…, "usage" : null }` (whitespace allowed), the range
@@ -279,11 +288,7 @@ fn is_usage_event(event: &[u8]) -> bool {
     }
     let mut data = Vec::new();
     let mut has_data = false;
-    let mut line_start = 0;
-    let line_ends = memchr::memchr2_iter(b'\n', b'\r', event).chain(std::iter::once(event.len()));
-    for line_end in line_ends {
-        let line = &event[line_start..line_end];
-        line_start = line_end + 1;
+    for (_, line) in lines(event) {
         let Some(value) = line.strip_prefix(b"data") else {
             continue;
         };
