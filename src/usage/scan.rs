@@ -321,12 +321,7 @@ impl Scanner {
             return 0;
         }
         self.record_run(text);
-        if let Some(key) = self
-            .stack
-            .len()
-            .checked_sub(1)
-            .and_then(|d| self.keys.get_mut(d))
-        {
+        if let Some(key) = self.current_key() {
             key.push_run(text);
         }
         run
@@ -530,12 +525,7 @@ impl Scanner {
             State::KeyOrClose | State::Key => match b {
                 b'"' => {
                     self.record(b);
-                    if let Some(key) = self
-                        .stack
-                        .len()
-                        .checked_sub(1)
-                        .and_then(|d| self.keys.get_mut(d))
-                    {
+                    if let Some(key) = self.current_key() {
                         *key = KeyBuf::EMPTY;
                     }
                     self.state = State::InKey { escaped: false };
@@ -579,13 +569,14 @@ impl Scanner {
         Ok(())
     }
 
+    /// The key being read in the innermost object, if its depth is tracked.
+    fn current_key(&mut self) -> Option<&mut KeyBuf> {
+        let depth = self.stack.len().checked_sub(1)?;
+        self.keys.get_mut(depth)
+    }
+
     fn key_byte(&mut self, b: u8) {
-        if let Some(key) = self
-            .stack
-            .len()
-            .checked_sub(1)
-            .and_then(|d| self.keys.get_mut(d))
-        {
+        if let Some(key) = self.current_key() {
             key.push(b);
         }
     }
