@@ -215,8 +215,11 @@ fn assemble(chunk: &Bytes, pieces: Vec<Piece>) -> Bytes {
 fn without_null_usage(event: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     let cut = kept_ranges(event, |from, to| {
-        out.reserve(event.len());
-        out.extend_from_slice(&event[from..to]);
+        // The whole event is one range only when nothing is cut: no copy then.
+        if (from, to) != (0, event.len()) {
+            out.reserve(event.len());
+            out.extend_from_slice(&event[from..to]);
+        }
     });
     cut.then_some(out)
 }
