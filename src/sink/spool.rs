@@ -461,16 +461,19 @@ impl SpoolWriter {
     /// Seals the active segment (shutdown): it is then replayable by the
     /// next process if anything in it is not acknowledged.
     pub fn close(&self) {
-        self.sync();
-        let mut st = self.lock();
-        if let Some(old) = st.active.take() {
-            let _ = old.file.sync_data();
-            if let Some(s) = st.segments.get_mut(&old.id) {
+        let done = {
+            let mut st = self.lock();
+            st.active.take().and_then(|old| {
+                // One fsync for it and every other sealed segment, below.
+                st.unsynced.push(old.file);
+                let s = st.segments.get_mut(&old.id)?;
                 s.sealed = true;
-                if s.outstanding == 0 {
-                    remove_segment(&old.path);
-                }
-            }
+                (s.outstanding == 0).then_some(old.path)
+            })
+        };
+        self.sync();
+        if let Some(path) = done {
+            remove_segment(&path);
         }
     }
 }
