@@ -21,6 +21,10 @@
 # WARMUP (3 s per contender and mode, at the highest CONNS), COOLDOWN (1),
 # ONLY ("direct nginx bare majordomo"), EXACT_N (1000 requests per mode in the exact
 # row-count phase), PIN (none | split: gateway on GW_CPUS, wrk+mock on LOAD_CPUS),
+# PACED_RPS (1000; 0 = off) and PACED_CONNS (16): after each mode's cells, one more cell
+# per contender where PACED_CONNS connections send at PACED_RPS in all, each waiting an
+# exponential think time between requests: the latency a request sees when the gateway
+# is not saturated (a closed loop at full speed measures queueing behind the CPU too),
 # WRK_THREADS (1), QUIET_PCT/WAIT_QUIET/WAIT_QUIET_TOTAL (25 % / 20 s / 90 s: wait
 # for other processes to calm down before a cell), BASE_PORT (18180: mock; +1 nginx,
 # +2 bare, +10 majordomo), PGHOST/PGPORT/PGUSER (127.0.0.1/5432/postgres),
@@ -48,6 +52,8 @@ PIN="${PIN:-none}"
 GW_CPUS="${GW_CPUS:-0}"
 LOAD_CPUS="${LOAD_CPUS:-1}"
 WRK_THREADS="${WRK_THREADS:-1}"
+PACED_RPS="${PACED_RPS:-1000}"
+PACED_CONNS="${PACED_CONNS:-16}"
 WRK_TIMEOUT="${WRK_TIMEOUT:-10s}"
 QUIET_PCT="${QUIET_PCT:-25}"
 WAIT_QUIET="${WAIT_QUIET:-20}"
@@ -216,7 +222,7 @@ json.dump({
   "mem_total_kb": int(sh("awk '/MemTotal/ {print \$2}' /proc/meminfo") or 0),
   "clk_tck": int(sh("getconf CLK_TCK") or 100), "pin": "$PIN", "gw_cpus": "$GW_CPUS", "load_cpus": "$LOAD_CPUS",
   "duration_s": $DURATION, "warmup_s": $WARMUP, "conns": "$CONNS".split(), "modes": "$MODES".split(),
-  "threads": "$THREADS".split(), "wrk_threads": $WRK_THREADS, "exact_n": $EXACT_N,
+  "threads": "$THREADS".split(), "wrk_threads": $WRK_THREADS, "paced_rps": $PACED_RPS, "paced_conns": $PACED_CONNS, "exact_n": $EXACT_N,
   "versions": {"nginx": sh("nginx -v 2>&1 | sed 's/.*version: //'"), "wrk": sh("wrk -v 2>&1 | head -1 | cut -d' ' -f1-2"),
                "postgres": sh("psql -X -h $PGHOST -p $PGPORT -U $PGUSER -d postgres -tAc 'SHOW server_version' 2>&1"),
                "majordomo_git": sh("git -C '$REPO' describe --always --dirty 2>/dev/null"), "kernel": sh("uname -r")},
@@ -272,7 +278,7 @@ run_cell() {
     perf_pid=$!
   fi
   cpu_stat > "$out.stat0"; t0=$(date +%s.%N)
-  BENCH_BODY_FILE="$body" BENCH_JSON_OUT="$out.wrk.json" /usr/bin/time -f '%U %S' -o "$out.time" \
+  BENCH_BODY_FILE="$body" BENCH_JSON_OUT="$out.wrk.json" BENCH_THINK_MS="${CELL_THINK_MS:-0}" /usr/bin/time -f '%U %S' -o "$out.time" \
     "${LOAD_PIN[@]}" wrk -t"$WRK_THREADS" -c"$conns" -d"${secs}s" --timeout "$WRK_TIMEOUT" \
     -s "$HERE/lib/post.lua" "${hflags[@]}" "$url" > "$out.wrk.txt" 2>&1
   rc=$?
@@ -363,6 +369,13 @@ measure() {
       run_cell "$name" "cell-$mode-c$c" "$mode" "$c" "$DURATION" "$url" "$body" "$@" > "$RUN_DIR/line.txt"
       tee -a "$LOG" < "$RUN_DIR/line.txt" >&2
     done
+    if (( PACED_RPS > 0 )); then
+      wait_quiet
+      CELL_THINK_MS=$(python3 -c "print($PACED_CONNS * 1000 / $PACED_RPS)")
+      run_cell "$name" "paced-$mode-c$PACED_CONNS" "$mode" "$PACED_CONNS" "$DURATION" "$url" "$body" "$@" > "$RUN_DIR/line.txt"
+      CELL_THINK_MS=0
+      sed 's/$/ (paced at '"$PACED_RPS"' rps)/' "$RUN_DIR/line.txt" | tee -a "$LOG" >&2
+    fi
   done
 }
 

@@ -13,6 +13,7 @@
 //! already in normal form, then the first in sorted order.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
 
 use super::matching::{canonical, tier_suffix};
 use super::parse::{self, Parsed};
@@ -36,6 +37,40 @@ pub struct PriceTable {
     tiers: HashMap<String, Vec<Tier>>,
     source: String,
     updated_at: Option<String>,
+    memo: LookupMemo,
+}
+
+/// Most model names a table remembers the answer for (clients choose the
+/// names: past this, a name is resolved on every lookup, as without a memo).
+const MEMO_CAP: usize = 1024;
+
+/// [`PriceTable::lookup`]'s answers by model name: each request is priced
+/// with one hash lookup instead of normalising its model name and walking the
+/// indexes again. Valid for the table it belongs to (a table never changes
+/// once built); a clone starts empty.
+#[derive(Default)]
+struct LookupMemo(RwLock<HashMap<Box<str>, Memoized>>);
+
+#[derive(Clone)]
+enum Memoized {
+    Unpriced,
+    /// The match whatever the prompt size.
+    Fixed(PriceMatch),
+    /// The base id has long-context tiers: the prompt size picks one.
+    Tiered(String, MatchKind),
+}
+
+impl Clone for LookupMemo {
+    fn clone(&self) -> Self {
+        LookupMemo::default()
+    }
+}
+
+impl std::fmt::Debug for LookupMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.read().map(|m| m.len()).unwrap_or(0);
+        write!(f, "LookupMemo({n} names)")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -202,7 +237,45 @@ impl PriceTable {
     /// included. Tries the exact id, then the normalised name (and aliases),
     /// then the longest known prefix on a `-` boundary. `None` means unpriced.
     pub fn lookup(&self, model: &str, prompt_tokens: u64) -> Option<PriceMatch> {
-        let (base_id, how) = self.resolve(model)?;
+        let memoized = self.memo.0.read().ok().and_then(|m| m.get(model).cloned());
+        let memoized = match memoized {
+            Some(m) => m,
+            None => {
+                let m = self.memoizable(model);
+                if let Ok(mut memo) = self.memo.0.write() {
+                    if memo.len() < MEMO_CAP {
+                        memo.insert(model.into(), m.clone());
+                    }
+                }
+                m
+            }
+        };
+        match memoized {
+            Memoized::Unpriced => None,
+            Memoized::Fixed(m) => Some(m),
+            Memoized::Tiered(base_id, how) => self.priced(&base_id, how, prompt_tokens),
+        }
+    }
+
+    /// What [`Self::lookup`] remembers for a model name.
+    fn memoizable(&self, model: &str) -> Memoized {
+        let Some((base_id, how)) = self.resolve(model) else {
+            return Memoized::Unpriced;
+        };
+        let tiered = self
+            .entries
+            .get(base_id)
+            .is_some_and(|e| self.tiers.contains_key(&e.canonical));
+        if tiered {
+            return Memoized::Tiered(base_id.to_owned(), how);
+        }
+        match self.priced(base_id, how, 0) {
+            Some(m) => Memoized::Fixed(m),
+            None => Memoized::Unpriced,
+        }
+    }
+
+    fn priced(&self, base_id: &str, how: MatchKind, prompt_tokens: u64) -> Option<PriceMatch> {
         let id = self.tier_for(base_id, prompt_tokens);
         let entry = self.entries.get(id)?;
         Some(PriceMatch {
@@ -348,6 +421,7 @@ impl PriceTable {
             tiers,
             source,
             updated_at,
+            memo: LookupMemo::default(),
         }
     }
 }
@@ -573,6 +647,51 @@ mod tests {
             bundled_hit("gpt-5-chat-latest", 0),
             hit("gpt-5", MatchKind::Prefix)
         );
+    }
+
+    #[test]
+    fn a_remembered_answer_is_the_answer_a_fresh_table_gives() {
+        let memo = PriceTable::bundled();
+        let cases = [
+            ("gpt-4o-2024-08-06", 1_000),
+            ("gpt-4o", 0),
+            ("models/gemini-2.5-pro", 10),
+            ("models/gemini-2.5-pro", 200_001),
+            ("gemini-2.5-pro", 200_001),
+            ("gemini-2.5-pro", 10),
+            ("claude-sonnet-4-5-20250929", 50),
+            ("llama-3-70b", 100),
+            ("", 0),
+        ];
+        for round in 0..3 {
+            for (model, prompt) in cases {
+                // A clone starts with an empty memo: its first answer is computed.
+                let fresh = memo.clone().lookup(model, prompt);
+                assert_eq!(
+                    memo.lookup(model, prompt),
+                    fresh,
+                    "{model} {prompt} round {round}"
+                );
+            }
+        }
+        // The tier still follows the prompt size once the name is remembered.
+        let small = memo.lookup("models/gemini-2.5-pro", 10).unwrap().id;
+        let large = memo.lookup("models/gemini-2.5-pro", 200_001).unwrap().id;
+        assert_ne!(small, large);
+    }
+
+    #[test]
+    fn a_full_memo_still_prices_new_names() {
+        let t = PriceTable::bundled();
+        for i in 0..MEMO_CAP + 10 {
+            assert_eq!(t.lookup(&format!("no-such-model-{i}"), 0), None);
+        }
+        assert_eq!(t.memo.0.read().unwrap().len(), MEMO_CAP);
+        assert_eq!(
+            t.lookup("gpt-4o-2024-08-06", 0),
+            t.clone().lookup("gpt-4o-2024-08-06", 0)
+        );
+        assert!(t.lookup("gpt-4o-2024-08-06", 0).is_some());
     }
 
     #[test]

@@ -153,10 +153,30 @@ fn boolean(out: &mut Vec<u8>, b: bool) {
     out.extend_from_slice(if b { b"true" } else { b"false" });
 }
 
-/// As `rust_decimal`'s `serde-str` writes it: the decimal's text, quoted.
+/// As `rust_decimal`'s `serde-str` writes it: the decimal's text, quoted
+/// (its `Display`: every digit of the scale, `0.` before a fraction).
+/// Negative values go through `Display` itself (costs are not negative).
 fn decimal(out: &mut Vec<u8>, d: &Decimal) {
     out.push(b'"');
-    let _ = write!(out, "{d}");
+    if d.is_sign_negative() {
+        let _ = write!(out, "{d}");
+    } else {
+        let mut buf = itoa::Buffer::new();
+        let digits = buf.format(d.mantissa().unsigned_abs()).as_bytes();
+        let scale = d.scale() as usize;
+        if scale == 0 {
+            out.extend_from_slice(digits);
+        } else if digits.len() > scale {
+            let (int, frac) = digits.split_at(digits.len() - scale);
+            out.extend_from_slice(int);
+            out.push(b'.');
+            out.extend_from_slice(frac);
+        } else {
+            out.extend_from_slice(b"0.");
+            out.resize(out.len() + scale - digits.len(), b'0');
+            out.extend_from_slice(digits);
+        }
+    }
     out.push(b'"');
 }
 
@@ -315,7 +335,44 @@ mod tests {
         }
     }
 
+    #[test]
+    fn costs_keep_every_digit_of_their_scale() {
+        for text in [
+            "0",
+            "0.000",
+            "0.0001",
+            "0.000440",
+            "1.5",
+            "12345.678900",
+            "7",
+            "-0.5",
+            "-0",
+            "79228162514264337593543950335",
+            "0.0000000000000000000000000001",
+        ] {
+            let d = Decimal::from_str(text).unwrap();
+            let mut out = Vec::new();
+            decimal(&mut out, &d);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!("\"{d}\""),
+                "{text}"
+            );
+        }
+    }
+
     proptest! {
+        #[test]
+        fn decimals_are_written_as_their_display(
+            lo in any::<u32>(), mid in any::<u32>(), hi in any::<u32>(),
+            negative in any::<bool>(), scale in 0u32..=28,
+        ) {
+            let d = Decimal::from_parts(lo, mid, hi, negative, scale);
+            let mut out = Vec::new();
+            decimal(&mut out, &d);
+            prop_assert_eq!(String::from_utf8(out).unwrap(), format!("\"{d}\""));
+        }
+
         #[test]
         fn any_strings_and_numbers(
             model in ".{0,40}",

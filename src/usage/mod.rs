@@ -696,6 +696,15 @@ fn captured_json(capture: Option<&Capture>) -> Result<Option<Value>, ()> {
 
 /// A captured value that is a JSON string.
 fn captured_string(capture: Option<&Capture>) -> Option<String> {
+    // Most strings (model names) have no escape: the bytes between the
+    // quotes are the value, no JSON parser needed.
+    if let Some(c) = capture.filter(|c| !c.truncated) {
+        if let [b'"', inner @ .., b'"'] = c.bytes.as_slice() {
+            if !inner.iter().any(|&b| b == b'\\' || b == b'"' || b < 0x20) {
+                return std::str::from_utf8(inner).ok().map(str::to_owned);
+            }
+        }
+    }
     match captured_json(capture) {
         Ok(Some(Value::String(s))) => Some(s),
         _ => None,

@@ -348,3 +348,41 @@ fn json_content_types_are_recognised_without_regard_to_case_or_parameters() {
         assert!(!is_json_content_type(no), "{no}");
     }
 }
+
+#[test]
+fn a_captured_string_reads_as_the_json_parser_reads_it() {
+    let cases: &[&[u8]] = &[
+        b"\"gpt-4o-2024-08-06\"",
+        b"\"\"",
+        b"\"caf\xc3\xa9\"",
+        b"\"a\\\"b\"",
+        b"\"tab\\tescape\"",
+        b"\"\\u00e9\"",
+        b"\"bad \xff utf8\"",
+        b"\"control \x01 byte\"",
+        b"\"",
+        b"42",
+        b"null",
+        b"{\"model\":\"x\"}",
+    ];
+    for bytes in cases {
+        for truncated in [false, true] {
+            let capture = scan::Capture {
+                bytes: bytes.to_vec(),
+                truncated,
+                start: 0,
+                end: bytes.len() as u64,
+            };
+            let by_parser = match captured_json(Some(&capture)) {
+                Ok(Some(Value::String(s))) => Some(s),
+                _ => None,
+            };
+            assert_eq!(
+                captured_string(Some(&capture)),
+                by_parser,
+                "{:?} truncated={truncated}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+}

@@ -65,6 +65,29 @@ def main():
             f"{fmt(m('c_over_d'), '.2f')} | {fmt(m('cpu_c'), '.0f')} | {fmt(m('cpu_d'), '.0f')} | "
             f"{fmt(m('cpu_c_over_d'), '.2f')} | {fmt(m('pg_c'), '.0f')} | {fmt(m('d_p99_ms'), '+.2f')} |"
         )
+    paced = {}
+    for run in runs:
+        for c in run.get("paced", []):
+            paced.setdefault((c["letter"], c["contender"], c["mode"]), []).append(c)
+    if paced:
+        m0 = runs[0]["meta"]
+        lines += [
+            "",
+            f"Paced ({m0.get('paced_conns')} connections, {m0.get('paced_rps')} requests/s in all, not saturated):",
+            "",
+            "| contender | mode | p50 ms | p99 ms | p99.9 ms | Δp50 ms | Δp99 ms | Δp99.9 ms | gw CPU µs/req |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for key in sorted(paced, key=lambda k: (k[2], order.get(k[0], 9), k[1])):
+            cs = [c for c in paced[key] if "rps" in c]
+            m = lambda f: med([c.get(f) for c in cs])
+            direct = key[0] == "a"
+            lines.append(
+                f"| ({key[0]}) {key[1]} | {key[2]} | {fmt(m('p50_ms'), '.3f')} | {fmt(m('p99_ms'), '.3f')} | "
+                f"{fmt(m('p999_ms'), '.3f')} | {'' if direct else fmt(m('d_p50_ms'), '+.3f')} | "
+                f"{'' if direct else fmt(m('d_p99_ms'), '+.3f')} | {'' if direct else fmt(m('d_p999_ms'), '+.3f')} | "
+                f"{'-' if direct else fmt(m('gw_cpu_us_per_req'), '.0f')} |"
+            )
     lines += ["", "Row checks per run:"]
     for p, run in zip(paths, runs):
         md = run.get("rowcheck_md") or ""
