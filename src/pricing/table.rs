@@ -237,14 +237,21 @@ impl PriceTable {
     /// included. Tries the exact id, then the normalised name (and aliases),
     /// then the longest known prefix on a `-` boundary. `None` means unpriced.
     pub fn lookup(&self, model: &str, prompt_tokens: u64) -> Option<PriceMatch> {
-        let memoized = self.memo.0.read().ok().and_then(|m| m.get(model).cloned());
-        let memoized = match memoized {
+        let (remembered, room) = match self.memo.0.read() {
+            Ok(memo) => (memo.get(model).cloned(), memo.len() < MEMO_CAP),
+            Err(_) => (None, false),
+        };
+        let memoized = match remembered {
             Some(m) => m,
             None => {
                 let m = self.memoizable(model);
-                if let Ok(mut memo) = self.memo.0.write() {
-                    if memo.len() < MEMO_CAP {
-                        memo.insert(model.into(), m.clone());
+                // A full memo is not locked for writing again (names past
+                // the cap would otherwise take turns at the write lock).
+                if room {
+                    if let Ok(mut memo) = self.memo.0.write() {
+                        if memo.len() < MEMO_CAP {
+                            memo.insert(model.into(), m.clone());
+                        }
                     }
                 }
                 m
