@@ -12,6 +12,9 @@
 //!   long-context tier may depend on it, not whether or how the name matched;
 //! - a name that is a table id as is matches `Exact`;
 //! - lookups are deterministic;
+//! - a remembered answer (the table keeps each name's answer) is the answer
+//!   computed afresh: compared with a clone whose memo was filled with other
+//!   names first, so it never remembers and computes every lookup;
 //! - costs are non-negative, with `total_cost = input_cost + output_cost`
 //!   unless the sum saturates.
 
@@ -27,6 +30,8 @@ use majordomo::usage::{gemini_model_from_path, Usage};
 
 struct Fixture {
     table: PriceTable,
+    /// The same table with a full memo: every lookup is computed.
+    unremembering: PriceTable,
     prices: BTreeMap<String, Price>,
 }
 
@@ -39,7 +44,15 @@ fn fixture() -> &'static Fixture {
             .iter()
             .map(|(id, price)| (id.to_owned(), price.clone()))
             .collect();
-        Fixture { table, prices }
+        let unremembering = table.clone();
+        for i in 0..4096 {
+            assert_eq!(unremembering.lookup(&format!("\0memo-filler-{i}"), 0), None);
+        }
+        Fixture {
+            table,
+            unremembering,
+            prices,
+        }
     })
 }
 
@@ -69,13 +82,24 @@ fuzz_target!(|data: &[u8]| {
         reasoning_tokens: u64_at(numbers, 49),
     };
 
-    let Fixture { table, prices } = fixture();
+    let Fixture {
+        table,
+        unremembering,
+        prices,
+    } = fixture();
     let _ = gemini_model_from_path(&model);
 
     let found = table.lookup(&model, prompt_tokens);
     assert_eq!(found, table.lookup(&model, prompt_tokens), "not deterministic");
     let small = table.lookup(&model, 0);
     let huge = table.lookup(&model, u64::MAX);
+    for (answer, prompt) in [(&found, prompt_tokens), (&small, 0), (&huge, u64::MAX)] {
+        assert_eq!(
+            answer,
+            &unremembering.lookup(&model, prompt),
+            "remembered answer differs for {model:?} at {prompt}"
+        );
+    }
     assert_eq!(found.is_some(), small.is_some(), "resolution depends on the prompt size");
     assert_eq!(found.is_some(), huge.is_some(), "resolution depends on the prompt size");
     if let (Some(a), Some(b), Some(c)) = (&found, &small, &huge) {
