@@ -40,8 +40,8 @@ pub struct PriceTable {
     memo: LookupMemo,
 }
 
-/// Most model names a table remembers the answer for (clients choose the
-/// names: past this, a name is resolved on every lookup, as without a memo).
+/// Most model names a table remembers the answer for at once (clients choose
+/// the names); when full, it forgets them all and starts over.
 const MEMO_CAP: usize = 1024;
 
 /// [`PriceTable::lookup`]'s answers by model name: each request is priced
@@ -237,22 +237,23 @@ impl PriceTable {
     /// included. Tries the exact id, then the normalised name (and aliases),
     /// then the longest known prefix on a `-` boundary. `None` means unpriced.
     pub fn lookup(&self, model: &str, prompt_tokens: u64) -> Option<PriceMatch> {
-        let (remembered, room) = match self.memo.0.read() {
-            Ok(memo) => (memo.get(model).cloned(), memo.len() < MEMO_CAP),
-            Err(_) => (None, false),
-        };
+        let remembered = self
+            .memo
+            .0
+            .read()
+            .ok()
+            .and_then(|memo| memo.get(model).cloned());
         let memoized = match remembered {
             Some(m) => m,
             None => {
                 let m = self.memoizable(model);
-                // A full memo is not locked for writing again (names past
-                // the cap would otherwise take turns at the write lock).
-                if room {
-                    if let Ok(mut memo) = self.memo.0.write() {
-                        if memo.len() < MEMO_CAP {
-                            memo.insert(model.into(), m.clone());
-                        }
+                if let Ok(mut memo) = self.memo.0.write() {
+                    // Full: start over rather than stop remembering (clients
+                    // choose names; junk ones must not keep real ones out).
+                    if memo.len() >= MEMO_CAP {
+                        memo.clear();
                     }
+                    memo.insert(model.into(), m.clone());
                 }
                 m
             }
@@ -688,17 +689,57 @@ mod tests {
     }
 
     #[test]
-    fn a_full_memo_still_prices_new_names() {
+    fn a_full_memo_starts_over_and_keeps_pricing() {
         let t = PriceTable::bundled();
         for i in 0..MEMO_CAP + 10 {
             assert_eq!(t.lookup(&format!("no-such-model-{i}"), 0), None);
+            assert!(t.memo.0.read().unwrap().len() <= MEMO_CAP);
         }
-        assert_eq!(t.memo.0.read().unwrap().len(), MEMO_CAP);
-        assert_eq!(
-            t.lookup("gpt-4o-2024-08-06", 0),
-            t.clone().lookup("gpt-4o-2024-08-06", 0)
+        assert_eq!(t.memo.0.read().unwrap().len(), 10);
+        let priced = t.lookup("gpt-4o-2024-08-06", 0);
+        assert!(priced.is_some());
+        assert_eq!(priced, t.clone().lookup("gpt-4o-2024-08-06", 0));
+        assert_eq!(t.lookup("gpt-4o-2024-08-06", 0), priced);
+    }
+
+    #[test]
+    fn remembered_answers_follow_the_override_rules_of_tiers() {
+        let base = table(
+            r#"{"models":[{"id":"gemini-2.5-pro","input":"1.25","output":"10"},
+                          {"id":"gemini-2.5-pro-200k","input":"2.5","output":"15"},
+                          {"id":"gpt-4o","input":"2.5","output":"10"}]}"#,
         );
-        assert!(t.lookup("gpt-4o-2024-08-06", 0).is_some());
+        let price = |input: &str| Price {
+            input: input.parse().unwrap(),
+            output: "1".parse().unwrap(),
+            input_cached: None,
+        };
+        // The base overridden, its tier not: the override holds at every size.
+        let only_base = base
+            .clone()
+            .with_overrides(&[("gemini-2.5-pro".to_string(), price("9"))]);
+        // Both overridden: the tier still applies over its threshold.
+        let both = base.clone().with_overrides(&[
+            ("gemini-2.5-pro".to_string(), price("9")),
+            ("gemini-2.5-pro-200k".to_string(), price("18")),
+        ]);
+        for t in [&base, &only_base, &both] {
+            for _ in 0..2 {
+                for prompt in [0, 10, 200_000, 200_001, u64::MAX] {
+                    for model in ["gemini-2.5-pro", "models/gemini-2.5-pro-001", "gpt-4o"] {
+                        assert_eq!(
+                            t.lookup(model, prompt),
+                            t.clone().lookup(model, prompt),
+                            "{model} {prompt}"
+                        );
+                    }
+                }
+            }
+        }
+        let id = |t: &PriceTable, n| t.lookup("gemini-2.5-pro", n).unwrap().id;
+        assert_eq!(id(&base, 300_000), "gemini-2.5-pro-200k");
+        assert_eq!(id(&only_base, 300_000), "gemini-2.5-pro");
+        assert_eq!(id(&both, 300_000), "gemini-2.5-pro-200k");
     }
 
     #[test]
