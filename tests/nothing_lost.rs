@@ -201,6 +201,52 @@ async fn a_sigterm_mid_stream_lets_the_stream_finish_and_writes_its_row() {
     assert!(status.is_some(), "the gateway exits after its grace period");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_graceful_stop_writes_the_batch_still_being_collected() {
+    let env = TestEnv::new(Backend::Postgres).await;
+    let (_, key) = env.create_key("window");
+    let mock = MockUpstream::start().await;
+    let mut gw = env
+        .gateway(&mock)
+        // A batch window that never ends by itself within the test.
+        .env("MAJORDOMO_SINK_BATCH_TIMEOUT_MS", 600_000)
+        .env("MAJORDOMO_SERVER_GRACE_PERIOD_SECS", 3)
+        .env("MAJORDOMO_SERVER_GRACEFUL_SHUTDOWN_TIMEOUT_SECS", 2)
+        .start()
+        .await;
+    let mut ids = HashSet::new();
+    for _ in 0..5 {
+        let r = client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("X-Majordomo-Key", &key)
+            .json(&json!({"model": "gpt-4o", "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        ids.insert(
+            r.headers()["x-majordomo-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+        r.bytes().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(env.rows().await.is_empty(), "still in the batch window");
+    gw.signal("TERM");
+    let status = gw.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.is_some(), "the gateway exits after its grace period");
+    // Written before the process ended, not left in the spool for a next start.
+    let rows: HashSet<String> = env
+        .rows()
+        .await
+        .into_iter()
+        .map(|r| r.id.to_string())
+        .collect();
+    assert_eq!(rows, ids);
+}
+
 fn record(key: Option<uuid::Uuid>, model: &str) -> majordomo::store::RequestRecord {
     let now = chrono::Utc::now();
     majordomo::store::RequestRecord {

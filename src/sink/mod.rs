@@ -22,7 +22,7 @@ pub mod spool;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -161,7 +161,14 @@ pub struct SinkCore {
     /// Set when the database just failed: (when it failed, until when queued
     /// batches go straight to the spool).
     degraded: Mutex<Option<(Instant, Instant)>>,
+    /// Set when a graceful shutdown begins: batches stop waiting out their
+    /// window (the process ends after the grace period, whatever is queued).
+    shutting_down: AtomicBool,
 }
+
+/// Longest wait between two looks at a batch being collected, so that a
+/// shutdown cuts a long batch window short.
+const BATCH_NAP_MAX: Duration = Duration::from_millis(100);
 
 /// Builds the two ends of the sink; fails when the spool directory is unusable.
 pub fn channel(
@@ -189,6 +196,7 @@ pub fn channel(
                 spool,
                 stats,
                 degraded: Mutex::new(None),
+                shutting_down: AtomicBool::new(false),
             }),
         },
     ))
@@ -226,12 +234,14 @@ impl SinkCore {
                 }
             }
             let now = tokio::time::Instant::now();
-            if batch.len() >= max || now >= deadline {
+            if batch.len() >= max || now >= deadline || self.shutting_down.load(Ordering::Relaxed) {
                 break;
             }
             // Check back a few times per batch window: a full batch need not
-            // wait for the whole window.
-            let nap = (deadline - now).min(self.settings.timeout / 4 + Duration::from_millis(1));
+            // wait for the whole window, nor a shutdown.
+            let nap = (deadline - now)
+                .min(self.settings.timeout / 4 + Duration::from_millis(1))
+                .min(BATCH_NAP_MAX);
             tokio::time::sleep(nap).await;
         }
         Some(batch)
@@ -522,7 +532,10 @@ impl BackgroundService for SinkService {
         });
         // The fsync timer has its own task, so a long replay during an outage
         // never delays it, and the fsync itself runs on the blocking pool.
+        // It also watches for the shutdown: from then on batches are written
+        // as soon as they are taken, within the grace period.
         let syncer = tokio::spawn({
+            let core = core.clone();
             let spool = core.spool.clone();
             let every = core
                 .settings
@@ -534,7 +547,10 @@ impl BackgroundService for SinkService {
                 loop {
                     tokio::select! {
                         _ = sync_tick.tick() => {}
-                        _ = shutdown.changed(), if !shutdown_seen => shutdown_seen = true,
+                        _ = shutdown.changed(), if !shutdown_seen => {
+                            shutdown_seen = true;
+                            core.shutting_down.store(true, Ordering::Relaxed);
+                        }
                     }
                     let spool = spool.clone();
                     let _ = tokio::task::spawn_blocking(move || spool.sync()).await;
