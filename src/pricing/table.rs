@@ -270,11 +270,7 @@ impl PriceTable {
         let Some((base_id, how)) = self.resolve(model) else {
             return Memoized::Unpriced;
         };
-        let tiered = self
-            .entries
-            .get(base_id)
-            .is_some_and(|e| self.tiers.contains_key(&e.canonical));
-        if tiered {
+        if self.tiers_of(base_id).is_some() {
             return Memoized::Tiered(base_id.to_owned(), how);
         }
         match self.priced(base_id, how, 0) {
@@ -319,10 +315,7 @@ impl PriceTable {
     /// The id to price with: `id` itself, or its highest tier whose
     /// threshold the prompt is over.
     fn tier_for<'a>(&'a self, id: &'a str, prompt_tokens: u64) -> &'a str {
-        let Some(entry) = self.entries.get(id) else {
-            return id;
-        };
-        let Some(tiers) = self.tiers.get(&entry.canonical) else {
+        let Some((entry, tiers)) = self.tiers_of(id) else {
             return id;
         };
         let Some(tier) = tiers.iter().rev().find(|t| prompt_tokens > t.above_tokens) else {
@@ -336,6 +329,14 @@ impl PriceTable {
             return id;
         }
         &tier.id
+    }
+
+    /// An id's entry and its long-context tiers, when it has any: the one
+    /// place [`Self::tier_for`] and the memo learn whether the prompt size
+    /// can change an id's price.
+    fn tiers_of(&self, id: &str) -> Option<(&Entry, &Vec<Tier>)> {
+        let entry = self.entries.get(id)?;
+        Some((entry, self.tiers.get(&entry.canonical)?))
     }
 
     fn from_parsed(parsed: Parsed) -> PriceTable {
