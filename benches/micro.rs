@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Groups:
-//! - `usage/<provider>_<json|sse>_<small|large>`: `UsageParser::new` + `push`
+//! - `usage/<provider>_<json|sse>_<small|large>` (`responses_*`: OpenAI's
+//!   Responses API): `UsageParser::new` + `push`
 //!   (the body in 16 KiB chunks, as Pingora hands them over) + `finish`;
 //!   throughput in bytes of response body.
 //! - `pricing/*`: `PriceTable::lookup` (exact, dated, unknown model) and
@@ -93,6 +94,101 @@ fn openai_sse(tokens: usize) -> String {
                 "completion_tokens_details": {"reasoning_tokens": 0}}}))
     );
     out + "data: [DONE]\n\n"
+}
+
+fn responses_sse(tokens: usize) -> String {
+    // The Responses API names every event; the text arrives as deltas and
+    // again, whole, in the `.done` events and in `response.completed`.
+    let ev = |name: &str, v: serde_json::Value| format!("event: {name}\ndata: {}\n\n", compact(&v));
+    let text = words(tokens).concat();
+    let response = |status: &str, output: serde_json::Value, usage: serde_json::Value| {
+        json!({"id": "resp_67c9fdcecf488190bdd9a0409de3a1ec07b8b0ad4e5eb654", "object": "response",
+            "created_at": 1741290958, "status": status, "error": null,
+            "incomplete_details": null, "instructions": null, "max_output_tokens": null,
+            "model": "gpt-4.1-2025-04-14", "output": output, "parallel_tool_calls": true,
+            "previous_response_id": null, "reasoning": {"effort": null, "summary": null},
+            "store": true, "temperature": 1.0, "text": {"format": {"type": "text"}},
+            "tool_choice": "auto", "tools": [], "top_p": 1.0, "truncation": "disabled",
+            "usage": usage, "user": null, "metadata": {}})
+    };
+    let item = |status: &str, text: &str| {
+        json!({"id": "msg_67c9fdcf37fc8190ba82116e33fb28c507b8b0ad4e5eb654", "type": "message",
+            "status": status, "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}]})
+    };
+    let part = |text: &str| json!({"type": "output_text", "text": text, "annotations": []});
+    let ids = |n: u64, rest: serde_json::Value| {
+        let mut v = json!({"sequence_number": n,
+            "item_id": "msg_67c9fdcf37fc8190ba82116e33fb28c507b8b0ad4e5eb654",
+            "output_index": 0, "content_index": 0});
+        v.as_object_mut()
+            .unwrap()
+            .extend(rest.as_object().unwrap().clone());
+        v
+    };
+    let mut seq = 0u64;
+    let mut next = || {
+        seq += 1;
+        seq
+    };
+    let mut out = ev(
+        "response.created",
+        json!({"type": "response.created", "sequence_number": 0,
+            "response": response("in_progress", json!([]), json!(null))}),
+    );
+    out += &ev(
+        "response.in_progress",
+        json!({"type": "response.in_progress", "sequence_number": next(),
+            "response": response("in_progress", json!([]), json!(null))}),
+    );
+    out += &ev(
+        "response.output_item.added",
+        json!({"type": "response.output_item.added", "sequence_number": next(),
+            "output_index": 0, "item": item("in_progress", "")}),
+    );
+    out += &ev(
+        "response.content_part.added",
+        ids(
+            next(),
+            json!({"type": "response.content_part.added", "part": part("")}),
+        ),
+    );
+    for w in words(tokens) {
+        out += &ev(
+            "response.output_text.delta",
+            ids(
+                next(),
+                json!({"type": "response.output_text.delta", "delta": w, "logprobs": []}),
+            ),
+        );
+    }
+    out += &ev(
+        "response.output_text.done",
+        ids(
+            next(),
+            json!({"type": "response.output_text.done", "text": text, "logprobs": []}),
+        ),
+    );
+    out += &ev(
+        "response.content_part.done",
+        ids(
+            next(),
+            json!({"type": "response.content_part.done", "part": part(&text)}),
+        ),
+    );
+    out += &ev(
+        "response.output_item.done",
+        json!({"type": "response.output_item.done", "sequence_number": next(),
+            "output_index": 0, "item": item("completed", &text)}),
+    );
+    out + &ev(
+        "response.completed",
+        json!({"type": "response.completed", "sequence_number": next(),
+            "response": response("completed", json!([item("completed", &text)]),
+                json!({"input_tokens": 26, "input_tokens_details": {"cached_tokens": 0},
+                    "output_tokens": tokens, "output_tokens_details": {"reasoning_tokens": 0},
+                    "total_tokens": 26 + tokens}))}),
+    )
 }
 
 fn anthropic_json(answer_words: usize) -> String {
@@ -226,6 +322,22 @@ fn cases() -> Vec<Case> {
             None,
             s,
             openai_sse(2_000),
+        ),
+        c(
+            "responses_sse_small",
+            Provider::OpenAi,
+            "/v1/responses",
+            None,
+            s,
+            responses_sse(19),
+        ),
+        c(
+            "responses_sse_large",
+            Provider::OpenAi,
+            "/v1/responses",
+            None,
+            s,
+            responses_sse(2_000),
         ),
         c(
             "anthropic_json_small",

@@ -3,7 +3,12 @@
 //! Every response object (the whole JSON body, each SSE event with
 //! `alt=sse`, each item of the JSON array streamed without it) may carry
 //! `usageMetadata` and `modelVersion`; they are repeated on every chunk and
-//! the last one counts, as a whole. Columns: input = `promptTokenCount +
+//! the last one counts, as a whole. In an SSE stream only the last event
+//! with `usageMetadata` before a scanned one (the first, one with a
+//! `finishReason` / `blockReason` / `error`) or the end is read (see the
+//! triage in the parent module): the earlier ones are superseded unread. An
+//! event whose `usageMetadata` holds none of the counts below therefore
+//! may hide an earlier one's (Gemini always sends the prompt count). Columns: input = `promptTokenCount +
 //! toolUsePromptTokenCount`, cached = `cachedContentTokenCount` (part of the
 //! prompt count), output = `candidatesTokenCount + thoughtsTokenCount`
 //! (thoughts are billed as output but not part of the candidates count),
@@ -18,7 +23,7 @@
 use super::counts::{captured_counts, Counts};
 use super::scan::{Scanner, Seg::Item, Seg::Key, Target};
 use super::slot::{ERROR, FINISH, MODEL, USAGE};
-use super::{captured_string, error_message, target, Findings, Usage};
+use super::{captured_str, error_message, target, Findings, Usage};
 
 pub(super) const TARGETS: &[Target] = &[
     target(&[Key("usageMetadata")], USAGE),
@@ -78,8 +83,7 @@ impl GeminiUsage {
         }
         findings.note_model(doc.capture(MODEL));
         let failed = findings.note_error(error_message(doc.capture(ERROR)));
-        let finished =
-            captured_string(doc.capture(FINISH)).is_some_and(|reason| !reason.is_empty());
+        let finished = captured_str(doc.capture(FINISH)).is_some_and(|reason| !reason.is_empty());
         if failed || finished {
             findings.terminal = true;
         }

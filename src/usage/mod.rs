@@ -28,12 +28,18 @@
 //! usage unknown (`None`). None of them fails or alters the response.
 //!
 //! Streams spend most of their bytes in content events that carry no usage.
-//! For the two stream shapes where such events can be told apart from their
-//! bytes ([`Triage`]: OpenAI chat completions, Anthropic messages), an
-//! event's data is gathered (a copy, up to [`TRIAGE_CAP`]) and scanned only if
-//! it can matter: the model is not known yet, it holds a `"usage"` object or
-//! an `"error"`, or (Anthropic) its name is not one of the content events.
-//! A content event is then framed but not checked for JSON syntax.
+//! Where such events can be told apart from their bytes ([`Triage`]: OpenAI
+//! chat completions and responses, Anthropic messages, Gemini), an event's
+//! data is gathered (a copy, up to [`TRIAGE_CAP`]) and scanned only if it can
+//! matter: the model is not known yet, it holds a `"usage"` object or a
+//! non-null `"error"`, or its name is not one of the content events
+//! (Anthropic; responses: every `response.*` event but the terminal
+//! `response.completed` / `.incomplete` / `.failed`). Gemini
+//! repeats the cumulative `usageMetadata` in every event: an event that has
+//! it but no `finishReason` / `blockReason` / `error` is kept unscanned, and
+//! scanned only if no later such event replaces it before the next scanned
+//! event or the end; an event without it is skipped. A skipped event is
+//! framed but not checked for JSON syntax.
 //!
 //! The request side lives in [`request`] (learning `model` / `stream`,
 //! injecting `stream_options.include_usage`) and [`strip`] (removing the usage
@@ -51,6 +57,7 @@ pub mod strip;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 use std::sync::LazyLock;
 
@@ -192,8 +199,27 @@ enum Triage {
     /// OpenAI `chat/completions`: only the first event (the model), the
     /// usage chunk and errors matter.
     OpenAiChat,
+    /// OpenAI `responses`: of the named `response.*` events only the first
+    /// (the model), the terminal ones and any with usage or an error matter;
+    /// the output's `.added` / `.delta` / `.done` events and the repeats of
+    /// the response in progress (same model, no usage yet) do not.
+    OpenAiResponses,
     /// Anthropic `messages`: the content block events and pings do not matter.
     AnthropicMessages,
+    /// Gemini: every event repeats the cumulative `usageMetadata`, so of the
+    /// events that matter only for it, only the last one is read
+    /// ([`Verdict::KeepAsLast`]).
+    Gemini,
+}
+
+/// What becomes of one gathered event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Scan,
+    Skip,
+    /// Its usage counts only if no later event carries usage: kept unscanned
+    /// until the next event that is scanned, another one like it, or the end.
+    KeepAsLast,
 }
 
 impl Triage {
@@ -201,20 +227,30 @@ impl Triage {
         let path = path.trim_end_matches('/');
         match provider {
             Provider::OpenAi if path.ends_with("/chat/completions") => Triage::OpenAiChat,
+            Provider::OpenAi if path.ends_with("/responses") => Triage::OpenAiResponses,
             Provider::Anthropic if path.ends_with("/messages") => Triage::AnthropicMessages,
+            Provider::Gemini => Triage::Gemini,
             _ => Triage::None,
         }
     }
 
-    /// Whether an event with this name and (complete) data must be scanned.
-    fn must_scan(self, name: Option<&[u8]>, data: &[u8], findings: &Findings) -> bool {
-        let matters = || has_usage_object(data) || ERROR_KEY.find(data).is_some();
-        match self {
+    /// What to do with this (complete, or cut off by the end of the body)
+    /// event.
+    fn verdict(self, event: &sse::Event<'_>, data: &[u8], findings: &Findings) -> Verdict {
+        let matters = || has_usage_object(data) || has_error_value(data);
+        let model_unknown = || findings.model.as_deref().is_none_or(str::is_empty);
+        let scan = match self {
             Triage::None => true,
-            Triage::OpenAiChat => findings.model.as_deref().is_none_or(str::is_empty) || matters(),
+            Triage::OpenAiChat => model_unknown() || matters(),
+            Triage::OpenAiResponses => {
+                !event.name.is_some_and(|name| {
+                    name.starts_with(b"response.") && !openai::is_terminal_event(name)
+                }) || model_unknown()
+                    || matters()
+            }
             Triage::AnthropicMessages => {
                 !matches!(
-                    name,
+                    event.name,
                     Some(
                         b"content_block_delta"
                             | b"content_block_start"
@@ -223,6 +259,24 @@ impl Triage {
                     )
                 ) || matters()
             }
+            Triage::Gemini => {
+                if event.at_eof
+                    || model_unknown()
+                    || REASON_KEY.find(data).is_some()
+                    || has_error_value(data)
+                {
+                    true
+                } else if USAGE_METADATA_KEY.find(data).is_some() {
+                    return Verdict::KeepAsLast;
+                } else {
+                    false
+                }
+            }
+        };
+        if scan {
+            Verdict::Scan
+        } else {
+            Verdict::Skip
         }
     }
 }
@@ -239,14 +293,35 @@ static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
 static ERROR_KEY: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\"error\""));
+/// Gemini's `"finishReason"` and `"blockReason"`.
+static REASON_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"Reason\""));
+static USAGE_METADATA_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"usageMetadata\""));
 
 /// `"usage"` followed by `:` and `{` (whitespace allowed): a usage object,
 /// not `"usage":null`.
 pub(crate) fn has_usage_object(data: &[u8]) -> bool {
-    USAGE_KEY.find_iter(data).any(|at| {
-        let mut tokens = data[at + 7..].iter().filter(|b| !b.is_ascii_whitespace());
-        tokens.next() == Some(&b':') && tokens.next() == Some(&b'{')
-    })
+    USAGE_KEY
+        .find_iter(data)
+        .any(|at| value_start(&data[at + b"\"usage\"".len()..]) == Some(b'{'))
+}
+
+/// `"error"` with a value that is not `null` (every Responses event that
+/// repeats the response has `"error":null`).
+fn has_error_value(data: &[u8]) -> bool {
+    ERROR_KEY
+        .find_iter(data)
+        .any(|at| value_start(&data[at + b"\"error\"".len()..]).is_some_and(|b| b != b'n'))
+}
+
+/// The first byte of the value after a key: `:` and whitespace skipped.
+fn value_start(after_key: &[u8]) -> Option<u8> {
+    let mut tokens = after_key.iter().filter(|b| !b.is_ascii_whitespace());
+    match tokens.next() {
+        Some(b':') => tokens.next().copied(),
+        _ => None,
+    }
 }
 
 impl std::fmt::Debug for UsageParser {
@@ -268,6 +343,24 @@ impl UsageParser {
         content_encoding: Option<&str>,
     ) -> UsageParser {
         let triage = Triage::for_request(provider, path);
+        UsageParser::with_triage(
+            provider,
+            path,
+            query,
+            content_type,
+            content_encoding,
+            triage,
+        )
+    }
+
+    fn with_triage(
+        provider: Provider,
+        path: &str,
+        query: Option<&str>,
+        content_type: Option<&str>,
+        content_encoding: Option<&str>,
+        triage: Triage,
+    ) -> UsageParser {
         let reader = match BodyFormat::detect(provider, path, query, content_type) {
             Some(format) => Reader::for_format(provider, format, triage),
             None => Reader::Sniff(json_kind(provider, path, query), triage),
@@ -282,6 +375,13 @@ impl UsageParser {
         UsageParser {
             input: Decoder::new(content_encoding, body),
         }
+    }
+
+    /// Feeds a whole body and ends it.
+    #[cfg(test)]
+    pub(crate) fn finish_with(mut self, body: &[u8]) -> ParsedResponse {
+        self.push(body);
+        self.finish()
     }
 
     /// Feeds the next chunk of the body as received from upstream.
@@ -393,9 +493,9 @@ impl Extract {
     /// Takes in one complete JSON value: the whole body, or one event's data
     /// (`event` is then the SSE event name).
     fn value(&mut self, event: Option<&[u8]>, doc: &Scanner, findings: &mut Findings) {
-        let kind = captured_string(doc.capture(slot::TYPE))
-            .or_else(|| event.map(|e| String::from_utf8_lossy(e).into_owned()));
-        let kind = kind.as_deref().unwrap_or("");
+        let typed = captured_str(doc.capture(slot::TYPE));
+        let named = event.map(String::from_utf8_lossy);
+        let kind = typed.as_deref().or(named.as_deref()).unwrap_or("");
         match self {
             Extract::OpenAi(u) => u.value(kind, doc, findings),
             Extract::Anthropic(u) => u.value(kind, doc, findings),
@@ -444,6 +544,7 @@ impl Reader {
                 stray: Scanner::new(STRAY_TARGETS),
                 triage,
                 gathered: Vec::new(),
+                kept: Vec::new(),
                 streaming: triage == Triage::None,
             })),
         }
@@ -460,6 +561,8 @@ struct SseState {
     triage: Triage,
     /// The current event's data so far, while it is being gathered for triage.
     gathered: Vec<u8>,
+    /// An earlier event's data, [`Verdict::KeepAsLast`].
+    kept: Vec<u8>,
     /// The current event's data goes straight to the scanner (no triage, or
     /// it outgrew [`TRIAGE_CAP`]).
     streaming: bool,
@@ -515,6 +618,7 @@ impl Body {
                     stray,
                     triage,
                     gathered,
+                    kept,
                     streaming,
                 } = &mut **state;
                 let mut sink = EventSink {
@@ -522,6 +626,7 @@ impl Body {
                     stray,
                     triage: *triage,
                     gathered,
+                    kept,
                     streaming,
                     extract: &mut self.extract,
                     findings: &mut self.findings,
@@ -552,6 +657,7 @@ impl Body {
                     stray,
                     triage,
                     gathered,
+                    kept,
                     streaming,
                 } = &mut **state;
                 let mut sink = EventSink {
@@ -559,11 +665,13 @@ impl Body {
                     stray,
                     triage: *triage,
                     gathered,
+                    kept,
                     streaming,
                     extract: &mut self.extract,
                     findings: &mut *findings,
                 };
                 reader.finish(&mut sink);
+                sink.scan_kept();
                 sink.stray_done(true);
                 findings.unknown |= reader.overflowed();
                 findings.terminal
@@ -594,12 +702,40 @@ struct EventSink<'a> {
     stray: &'a mut Scanner,
     triage: Triage,
     gathered: &'a mut Vec<u8>,
+    kept: &'a mut Vec<u8>,
     streaming: &'a mut bool,
     extract: &'a mut Extract,
     findings: &'a mut Findings,
 }
 
 impl EventSink<'_> {
+    /// Hands the scanned event (`name`) to the extractor and readies the
+    /// scanner for the next one.
+    fn conclude(&mut self, name: Option<&[u8]>, at_eof: bool) {
+        self.event.end_of_input();
+        match self.event.status() {
+            Status::Complete => self.extract.value(name, self.event, self.findings),
+            Status::Empty => {}
+            // Cut off by the end of input: a truncated stream, not a
+            // malformed one.
+            Status::Partial if at_eof => {}
+            Status::Partial | Status::Failed(_) => self.findings.unknown = true,
+        }
+        self.event.reset();
+    }
+
+    /// Scans the event kept as the last one with usage, if any. Called
+    /// before any later event is scanned, so events are read in order.
+    fn scan_kept(&mut self) {
+        if self.kept.is_empty() {
+            return;
+        }
+        self.event.push(self.kept);
+        self.kept.clear();
+        // Only Gemini keeps events, and they are unnamed.
+        self.conclude(None, false);
+    }
+
     /// Looks for a complete error object among the stray lines.
     fn stray_done(&mut self, at_eof: bool) {
         if at_eof {
@@ -624,6 +760,7 @@ impl sse::Handler for EventSink<'_> {
             self.event.push(bytes);
         } else if self.gathered.len() + bytes.len() > TRIAGE_CAP {
             // Too long to gather: scan it all as it comes.
+            self.scan_kept();
             self.event.push(&self.gathered[..]);
             self.gathered.clear();
             self.event.push(bytes);
@@ -637,10 +774,21 @@ impl sse::Handler for EventSink<'_> {
         let gathered = !*self.streaming;
         *self.streaming = self.triage == Triage::None;
         if gathered {
-            let data = std::mem::take(self.gathered);
-            let scan = !event.done && self.triage.must_scan(event.name, &data, self.findings);
-            if scan {
-                self.event.push(&data);
+            let mut data = std::mem::take(self.gathered);
+            let verdict = if event.done || event.done_cut {
+                Verdict::Skip
+            } else {
+                self.triage.verdict(event, &data, self.findings)
+            };
+            match verdict {
+                Verdict::Scan => {
+                    self.scan_kept();
+                    self.event.push(&data);
+                }
+                // The kept buffer is swapped, not copied; the older one is
+                // reused for gathering.
+                Verdict::KeepAsLast => std::mem::swap(self.kept, &mut data),
+                Verdict::Skip => {}
             }
             *self.gathered = data;
             self.gathered.clear();
@@ -648,26 +796,18 @@ impl sse::Handler for EventSink<'_> {
                 // One large event must not pin 64 KiB for the rest of the stream.
                 *self.gathered = Vec::new();
             }
-            if !scan {
+            if verdict != Verdict::Scan {
                 self.findings.terminal |= event.done;
                 self.event.reset();
                 return;
             }
         }
-        if event.done {
-            self.findings.terminal = true;
+        if event.done || event.done_cut {
+            self.findings.terminal |= event.done;
+            self.event.reset();
         } else {
-            self.event.end_of_input();
-            match self.event.status() {
-                Status::Complete => self.extract.value(event.name, self.event, self.findings),
-                Status::Empty => {}
-                // Cut off by the end of input: a truncated stream, not a
-                // malformed one.
-                Status::Partial if event.at_eof => {}
-                Status::Partial | Status::Failed(_) => self.findings.unknown = true,
-            }
+            self.conclude(event.name, event.at_eof);
         }
-        self.event.reset();
     }
 
     fn stray(&mut self, bytes: &[u8]) {
@@ -696,17 +836,22 @@ fn captured_json(capture: Option<&Capture>) -> Result<Option<Value>, ()> {
 
 /// A captured value that is a JSON string.
 fn captured_string(capture: Option<&Capture>) -> Option<String> {
-    // Most strings (model names) have no escape: the bytes between the
-    // quotes are the value, no JSON parser needed.
+    captured_str(capture).map(Cow::into_owned)
+}
+
+/// [`captured_string`], borrowed from the capture when it can be.
+fn captured_str(capture: Option<&Capture>) -> Option<Cow<'_, str>> {
+    // Most strings (model names, event types) have no escape: the bytes
+    // between the quotes are the value, no JSON parser needed.
     if let Some(c) = capture.filter(|c| !c.truncated) {
         if let [b'"', inner @ .., b'"'] = c.bytes.as_slice() {
             if !inner.iter().any(|&b| b == b'\\' || b == b'"' || b < 0x20) {
-                return std::str::from_utf8(inner).ok().map(str::to_owned);
+                return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
             }
         }
     }
     match captured_json(capture) {
-        Ok(Some(Value::String(s))) => Some(s),
+        Ok(Some(Value::String(s))) => Some(Cow::Owned(s)),
         _ => None,
     }
 }
@@ -788,6 +933,18 @@ pub(crate) mod testing {
                 self.query,
                 self.content_type,
                 self.content_encoding,
+            )
+        }
+
+        /// A parser that scans every event, as if no [`Triage`] applied.
+        pub(crate) fn untriaged_parser(&self) -> UsageParser {
+            UsageParser::with_triage(
+                self.provider,
+                self.path,
+                self.query,
+                self.content_type,
+                self.content_encoding,
+                Triage::None,
             )
         }
 

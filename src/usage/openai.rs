@@ -54,9 +54,7 @@ impl OpenAiUsage {
         findings.note_model(doc.capture(MODEL));
         let mut failed = findings.note_error(error_message(doc.capture(ERROR)));
         match kind {
-            "response.completed" | "response.incomplete" | "response.failed" => {
-                findings.terminal = true
-            }
+            kind if is_terminal_event(kind.as_bytes()) => findings.terminal = true,
             "error" => {
                 failed |= findings.note_error(error_message(doc.capture(MESSAGE)));
                 findings.terminal = true;
@@ -71,6 +69,14 @@ impl OpenAiUsage {
     pub(super) fn usage(&self) -> Option<Usage> {
         self.usage
     }
+}
+
+/// The Responses stream events that end it with the response's outcome.
+pub(super) fn is_terminal_event(kind: &[u8]) -> bool {
+    matches!(
+        kind,
+        b"response.completed" | b"response.incomplete" | b"response.failed"
+    )
 }
 
 /// The counts read from a usage object: the Responses API's names, then
@@ -307,6 +313,22 @@ pub(crate) mod tests {
             p.push(piece);
         }
         assert_eq!(p.finish(), parsed);
+    }
+
+    /// A stream cut inside `data: [DONE]` lost only its end marker: the
+    /// usage before it stands (also where no triage applies).
+    #[test]
+    fn a_stream_cut_inside_the_done_marker_keeps_its_usage() {
+        let stream = chat_stream();
+        let cut = stream.len() - "NE]\n\n".len();
+        assert!(stream[..cut].ends_with(b"data: [DO"));
+        for path in ["/v1/chat/completions", "/v1/completions"] {
+            let parsed =
+                Req::new(Provider::OpenAi, path, "text/event-stream").parse(&stream[..cut]);
+            assert_eq!(parsed.usage, chat_sse().parse(&stream).usage, "{path}");
+            assert!(parsed.usage.is_some());
+            assert!(!parsed.complete, "{path}");
+        }
     }
 
     #[test]

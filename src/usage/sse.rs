@@ -36,6 +36,9 @@ pub(crate) struct Event<'a> {
     pub done: bool,
     /// Dispatched by the end of input rather than by a blank line.
     pub at_eof: bool,
+    /// Dispatched by the end of input with data that is `[DONE]` cut short:
+    /// a truncated end marker, not malformed JSON.
+    pub done_cut: bool,
 }
 
 /// Receives what the reader finds.
@@ -278,6 +281,11 @@ impl SseReader {
                 name: self.has_event_name.then_some(self.event_name.as_slice()),
                 done: self.data_len == 6 && &self.data_head == b"[DONE]",
                 at_eof,
+                done_cut: at_eof
+                    && (1..6).contains(&self.data_len)
+                    && self
+                        .data_head
+                        .starts_with(&b"[DONE]"[..self.data_len as usize]),
             };
             h.dispatch(&event);
         }
@@ -307,11 +315,12 @@ mod tests {
         fn dispatch(&mut self, event: &Event<'_>) {
             let name = event.name.map(|n| String::from_utf8_lossy(n).into_owned());
             self.events.push(format!(
-                "{}|{}{}{}",
+                "{}|{}{}{}{}",
                 name.unwrap_or_else(|| "-".into()),
                 String::from_utf8_lossy(&self.data),
                 if event.done { "|done" } else { "" },
                 if event.at_eof { "|eof" } else { "" },
+                if event.done_cut { "|done_cut" } else { "" },
             ));
             self.data.clear();
         }
@@ -378,6 +387,15 @@ mod tests {
     fn an_unterminated_last_event_is_dispatched_at_eof() {
         assert_eq!(read(b"data: {\"a\":1}").events, ["-|{\"a\":1}|eof"]);
         assert_eq!(read(b"data: [DONE]\n").events, ["-|[DONE]|done|eof"]);
+    }
+
+    #[test]
+    fn a_done_marker_cut_by_the_end_of_input_is_told_apart() {
+        assert_eq!(read(b"data: [DO").events, ["-|[DO|eof|done_cut"]);
+        assert_eq!(read(b"data: [DONE").events, ["-|[DONE|eof|done_cut"]);
+        assert_eq!(read(b"data: [DO\n\n").events, ["-|[DO"]);
+        assert_eq!(read(b"data: [DX").events, ["-|[DX|eof"]);
+        assert_eq!(read(b"data: [DONE]x").events, ["-|[DONE]x|eof"]);
     }
 
     #[test]

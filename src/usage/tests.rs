@@ -386,3 +386,301 @@ fn a_captured_string_reads_as_the_json_parser_reads_it() {
         }
     }
 }
+
+// ------------------------------------------------------------------ triage
+//
+// Triage changes what is scanned, never what is found: for well-formed
+// streams, cut anywhere and chunked anyhow, a triaged parser and one that
+// scans every event agree.
+
+fn parse_both(req: &Req, body: &[u8], cuts: &[usize]) -> (ParsedResponse, ParsedResponse) {
+    let run = |mut parser: UsageParser| {
+        let mut from = 0;
+        for &at in cuts {
+            parser.push(&body[from..at]);
+            from = at;
+        }
+        parser.push(&body[from..]);
+        parser.finish()
+    };
+    (run(req.parser()), run(req.untriaged_parser()))
+}
+
+#[test]
+fn every_sample_stream_cut_anywhere_reads_the_same_triaged_or_not() {
+    for (req, body) in samples() {
+        for end in 0..=body.len() {
+            let (triaged, untriaged) = parse_both(&req, &body[..end], &[]);
+            assert_eq!(triaged, untriaged, "{req:?} cut at {end}");
+        }
+    }
+}
+
+/// One event of a Gemini `alt=sse` stream, as the generator below makes them.
+#[derive(Debug, Clone)]
+enum GeminiEvent {
+    Text { usage: Option<(u64, u64, u64)> },
+    Finish { usage: Option<(u64, u64, u64)> },
+    Blocked,
+    Error,
+}
+
+fn gemini_event() -> impl Strategy<Value = GeminiEvent> {
+    let usage = proptest::option::of((0u64..5000, 0u64..5000, 0u64..500));
+    prop_oneof![
+        6 => usage.clone().prop_map(|usage| GeminiEvent::Text { usage }),
+        2 => usage.prop_map(|usage| GeminiEvent::Finish { usage }),
+        1 => Just(GeminiEvent::Blocked),
+        1 => Just(GeminiEvent::Error),
+    ]
+}
+
+fn gemini_event_data(event: &GeminiEvent) -> String {
+    let meta = |usage: &Option<(u64, u64, u64)>| match usage {
+        Some((prompt, candidates, thoughts)) => format!(
+            r#","usageMetadata":{{"promptTokenCount":{prompt},"candidatesTokenCount":{candidates},"totalTokenCount":{},"thoughtsTokenCount":{thoughts}}}"#,
+            prompt + candidates + thoughts
+        ),
+        None => String::new(),
+    };
+    match event {
+        GeminiEvent::Text { usage } => format!(
+            r#"{{"candidates":[{{"content":{{"parts":[{{"text":"a \"usageMetadata\" Reason\" \"error\""}}],"role":"model"}},"index":0}}]{},"modelVersion":"gemini-2.5-flash","responseId":"r1"}}"#,
+            meta(usage)
+        ),
+        GeminiEvent::Finish { usage } => format!(
+            r#"{{"candidates":[{{"content":{{"parts":[{{"text":"."}}],"role":"model"}},"finishReason":"STOP","index":0}}]{},"modelVersion":"gemini-2.5-flash","responseId":"r1"}}"#,
+            meta(usage)
+        ),
+        GeminiEvent::Blocked => {
+            r#"{"promptFeedback":{"blockReason":"SAFETY"},"usageMetadata":{"promptTokenCount":9,"totalTokenCount":9},"modelVersion":"gemini-2.5-flash"}"#.to_string()
+        }
+        GeminiEvent::Error => {
+            r#"{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}"#
+                .to_string()
+        }
+    }
+}
+
+/// The events of a Responses stream that carry the output, in the order
+/// the API sends them, `deltas` text deltas in the middle.
+fn responses_output_events(deltas: usize) -> Vec<(&'static str, String)> {
+    let item = r#""item_id":"msg_1","output_index":0,"content_index":0"#;
+    let mut events = vec![
+        (
+            "response.output_item.added",
+            r#"{"type":"response.output_item.added","output_index":0,"item":{"id":"msg_1","type":"message","status":"in_progress","role":"assistant","content":[]}}"#.to_string(),
+        ),
+        (
+            "response.content_part.added",
+            format!(r#"{{"type":"response.content_part.added",{item},"part":{{"type":"output_text","text":"","annotations":[]}}}}"#),
+        ),
+    ];
+    for i in 0..deltas {
+        events.push((
+            "response.output_text.delta",
+            format!(r#"{{"type":"response.output_text.delta",{item},"delta":"w{i} \"usage\":{{ \"error\""}}"#),
+        ));
+    }
+    events.push((
+        "response.output_text.done",
+        format!(r#"{{"type":"response.output_text.done",{item},"text":"all"}}"#),
+    ));
+    events.push((
+        "response.output_item.done",
+        r#"{"type":"response.output_item.done","output_index":0,"item":{"id":"msg_1","type":"message","status":"completed","role":"assistant","content":[{"type":"output_text","text":"all","annotations":[]}]}}"#.to_string(),
+    ));
+    events
+}
+
+/// The lifecycle event that ends a Responses stream, by number.
+fn responses_end(which: usize, input: u64, output: u64) -> (&'static str, String) {
+    let usage = format!(
+        r#"{{"input_tokens":{input},"input_tokens_details":{{"cached_tokens":0}},"output_tokens":{output},"output_tokens_details":{{"reasoning_tokens":0}},"total_tokens":{}}}"#,
+        input + output
+    );
+    match which % 4 {
+        0 => ("response.completed", format!(r#"{{"type":"response.completed","response":{{"id":"resp_1","status":"completed","error":null,"model":"gpt-4.1","output":[],"usage":{usage}}}}}"#)),
+        1 => ("response.incomplete", format!(r#"{{"type":"response.incomplete","response":{{"id":"resp_1","status":"incomplete","error":null,"incomplete_details":{{"reason":"max_output_tokens"}},"model":"gpt-4.1","usage":{usage}}}}}"#)),
+        2 => ("response.failed", r#"{"type":"response.failed","response":{"id":"resp_1","status":"failed","error":{"code":"server_error","message":"The model failed."},"model":"gpt-4.1","usage":null}}"#.to_string()),
+        _ => ("error", r#"{"type":"error","code":"ERR_SOMETHING","message":"Something went wrong","param":null}"#.to_string()),
+    }
+}
+
+/// Joins events as SSE (named ones with an `event:` line).
+fn sse_body(events: &[(Option<&str>, String)], crlf_lines: bool) -> Vec<u8> {
+    let mut out = String::new();
+    for (name, data) in events {
+        if let Some(name) = name {
+            out += &format!("event: {name}\n");
+        }
+        out += &format!("data: {data}\n\n");
+    }
+    let out = out.into_bytes();
+    if crlf_lines {
+        testing::crlf(&out)
+    } else {
+        out
+    }
+}
+
+fn cut_and_chunk(len: usize, end: Option<usize>, mut cuts: Vec<usize>) -> (usize, Vec<usize>) {
+    let end = end.map_or(len, |end| end % (len + 1));
+    for cut in &mut cuts {
+        *cut %= end + 1;
+    }
+    cuts.sort_unstable();
+    (end, cuts)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn gemini_streams_read_the_same_triaged_or_not(
+        events in proptest::collection::vec(gemini_event(), 0..10),
+        crlf_lines in any::<bool>(),
+        end in proptest::option::of(any::<usize>()),
+        cuts in proptest::collection::vec(any::<usize>(), 0..6),
+    ) {
+        let req = Req {
+            query: Some("alt=sse"),
+            ..Req::new(Provider::Gemini, GEMINI_STREAM, "text/event-stream")
+        };
+        let events: Vec<_> = events.iter().map(|e| (None, gemini_event_data(e))).collect();
+        let body = sse_body(&events, crlf_lines);
+        let (end, cuts) = cut_and_chunk(body.len(), end, cuts);
+        let (triaged, untriaged) = parse_both(&req, &body[..end], &cuts);
+        prop_assert_eq!(triaged, untriaged);
+    }
+
+    #[test]
+    fn responses_streams_read_the_same_triaged_or_not(
+        with_created in any::<bool>(),
+        deltas in 0usize..8,
+        ending in 0usize..4,
+        input in 0u64..100_000,
+        output in 0u64..10_000,
+        crlf_lines in any::<bool>(),
+        end in proptest::option::of(any::<usize>()),
+        cuts in proptest::collection::vec(any::<usize>(), 0..6),
+    ) {
+        let req = Req::new(Provider::OpenAi, "/v1/responses", "text/event-stream");
+        let created = r#"{"type":"response.created","response":{"id":"resp_1","status":"in_progress","error":null,"model":"gpt-4.1","output":[],"usage":null}}"#;
+        let in_progress = r#"{"type":"response.in_progress","response":{"id":"resp_1","status":"in_progress","error":null,"model":"gpt-4.1","output":[],"usage":null}}"#;
+        let mut events = Vec::new();
+        if with_created {
+            events.push((Some("response.created"), created.to_string()));
+        }
+        events.push((Some("response.in_progress"), in_progress.to_string()));
+        events.push((
+            Some("response.web_search_call.searching"),
+            r#"{"type":"response.web_search_call.searching","output_index":0,"item_id":"ws_1","sequence_number":3}"#.to_string(),
+        ));
+        events.extend(responses_output_events(deltas).into_iter().map(|(name, data)| (Some(name), data)));
+        let (name, data) = responses_end(ending, input, output);
+        events.push((Some(name), data));
+        let body = sse_body(&events, crlf_lines);
+        let (end, cuts) = cut_and_chunk(body.len(), end, cuts);
+        let (triaged, untriaged) = parse_both(&req, &body[..end], &cuts);
+        prop_assert_eq!(triaged, untriaged);
+    }
+}
+
+/// The work triage saves is real: a skipped event is not parsed, so one
+/// that is not even JSON does not make the usage unknown (as with chat
+/// content chunks).
+#[test]
+fn gemini_and_responses_content_events_are_not_parsed() {
+    let gemini = Req {
+        query: Some("alt=sse"),
+        ..Req::new(Provider::Gemini, GEMINI_STREAM, "text/event-stream")
+    };
+    let first = gemini_event_data(&GeminiEvent::Text {
+        usage: Some((8, 1, 0)),
+    });
+    let middle = gemini_event_data(&GeminiEvent::Text {
+        usage: Some((8, 5, 0)),
+    });
+    let last = gemini_event_data(&GeminiEvent::Finish {
+        usage: Some((8, 120, 300)),
+    });
+    for broken in [
+        r#"{"candidates":[}"#,
+        r#"{"candidates":[],"usageMetadata":{"promptTokenCount":8]}"#,
+    ] {
+        // The broken one with usage is replaced by the next one before it
+        // is read.
+        let events = [
+            (None, first.clone()),
+            (None, broken.to_string()),
+            (None, middle.clone()),
+            (None, last.clone()),
+        ];
+        let body = sse_body(&events, true);
+        let parsed = gemini.parse_everywhere(&body);
+        assert_eq!(parsed.usage, Some(usage(8, 0, 0, 0, 420, 300)), "{broken}");
+        assert!(parsed.complete);
+        assert_eq!(gemini.untriaged_parser().finish_with(&body).usage, None);
+    }
+
+    let responses = Req::new(Provider::OpenAi, "/v1/responses", "text/event-stream");
+    let created = r#"{"type":"response.created","response":{"id":"resp_1","status":"in_progress","error":null,"model":"gpt-4.1","usage":null}}"#;
+    let (name, data) = responses_end(0, 30, 4);
+    let events = [
+        (Some("response.created"), created.to_string()),
+        (
+            Some("response.output_text.delta"),
+            r#"{"type":"response.output_text.delta","delta":"x"]"#.to_string(),
+        ),
+        (Some(name), data),
+    ];
+    let body = sse_body(&events, false);
+    let parsed = responses.parse_everywhere(&body);
+    assert_eq!(parsed.usage, Some(usage(30, 0, 0, 0, 4, 0)));
+    assert_eq!(parsed.model.as_deref(), Some("gpt-4.1"));
+    assert!(parsed.complete);
+    assert_eq!(responses.untriaged_parser().finish_with(&body).usage, None);
+}
+
+/// A Gemini event longer than the triage buffer is scanned as it comes;
+/// the event kept before it is read first, so the later usage still wins.
+#[test]
+fn a_gemini_event_longer_than_the_triage_buffer_comes_after_the_kept_one() {
+    let req = Req {
+        query: Some("alt=sse"),
+        ..Req::new(Provider::Gemini, GEMINI_STREAM, "text/event-stream")
+    };
+    let padding = "x".repeat(TRIAGE_CAP + 10);
+    let events = [
+        (
+            None,
+            gemini_event_data(&GeminiEvent::Text {
+                usage: Some((8, 1, 0)),
+            }),
+        ),
+        (
+            None,
+            gemini_event_data(&GeminiEvent::Text {
+                usage: Some((8, 2, 0)),
+            }),
+        ),
+        (
+            None,
+            format!(
+                r#"{{"candidates":[{{"content":{{"parts":[{{"text":"{padding}"}}]}},"index":0}}],"usageMetadata":{{"promptTokenCount":8,"candidatesTokenCount":3}},"modelVersion":"gemini-2.5-flash"}}"#
+            ),
+        ),
+        (None, gemini_event_data(&GeminiEvent::Text { usage: None })),
+    ];
+    let body = sse_body(&events, false);
+    let expected = req.untriaged_parser().finish_with(&body);
+    assert_eq!(expected.usage, Some(usage(8, 0, 0, 0, 3, 0)));
+    for size in [4096, TRIAGE_CAP, body.len()] {
+        let mut parser = req.parser();
+        for piece in body.chunks(size) {
+            parser.push(piece);
+        }
+        assert_eq!(parser.finish(), expected, "chunks of {size}");
+    }
+}
