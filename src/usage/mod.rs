@@ -266,7 +266,7 @@ impl Triage {
                     || has_error_value(data)
                 {
                     true
-                } else if USAGE_METADATA_KEY.find(data).is_some() {
+                } else if has_usage_metadata_object(data) {
                     return Verdict::KeepAsLast;
                 } else {
                     false
@@ -307,12 +307,20 @@ pub(crate) fn has_usage_object(data: &[u8]) -> bool {
         .any(|at| value_start(&data[at + b"\"usage\"".len()..]) == Some(b'{'))
 }
 
-/// `"error"` with a value that is not `null` (every Responses event that
-/// repeats the response has `"error":null`).
+/// `"error"` anywhere but as a key whose value is `null` (every Responses
+/// event that repeats the response has `"error":null`); `"type":"error"`
+/// counts.
 fn has_error_value(data: &[u8]) -> bool {
     ERROR_KEY
         .find_iter(data)
-        .any(|at| value_start(&data[at + b"\"error\"".len()..]).is_some_and(|b| b != b'n'))
+        .any(|at| value_start(&data[at + b"\"error\"".len()..]) != Some(b'n'))
+}
+
+/// `"usageMetadata"` followed by an object (not a text that says it).
+fn has_usage_metadata_object(data: &[u8]) -> bool {
+    USAGE_METADATA_KEY
+        .find_iter(data)
+        .any(|at| value_start(&data[at + b"\"usageMetadata\"".len()..]) == Some(b'{'))
 }
 
 /// The first byte of the value after a key: `:` and whitespace skipped.
@@ -732,6 +740,10 @@ impl EventSink<'_> {
         }
         self.event.push(self.kept);
         self.kept.clear();
+        if self.kept.capacity() > GATHERED_KEEP {
+            // One large kept event must not pin its buffer for the rest of the stream.
+            *self.kept = Vec::new();
+        }
         // Only Gemini keeps events, and they are unnamed.
         self.conclude(None, false);
     }

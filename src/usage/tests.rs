@@ -419,10 +419,18 @@ fn every_sample_stream_cut_anywhere_reads_the_same_triaged_or_not() {
 /// One event of a Gemini `alt=sse` stream, as the generator below makes them.
 #[derive(Debug, Clone)]
 enum GeminiEvent {
-    Text { usage: Option<(u64, u64, u64)> },
-    Finish { usage: Option<(u64, u64, u64)> },
+    Text {
+        usage: Option<(u64, u64, u64)>,
+    },
+    Finish {
+        usage: Option<(u64, u64, u64)>,
+    },
     Blocked,
     Error,
+    /// Text that spells the keys triage looks for, without usage.
+    Decoy,
+    /// An error object written without `data:` (between events).
+    StrayError,
 }
 
 fn gemini_event() -> impl Strategy<Value = GeminiEvent> {
@@ -432,6 +440,8 @@ fn gemini_event() -> impl Strategy<Value = GeminiEvent> {
         2 => usage.prop_map(|usage| GeminiEvent::Finish { usage }),
         1 => Just(GeminiEvent::Blocked),
         1 => Just(GeminiEvent::Error),
+        2 => Just(GeminiEvent::Decoy),
+        1 => Just(GeminiEvent::StrayError),
     ]
 }
 
@@ -459,6 +469,31 @@ fn gemini_event_data(event: &GeminiEvent) -> String {
             r#"{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}"#
                 .to_string()
         }
+        GeminiEvent::Decoy => {
+            r#"{"candidates":[{"content":{"parts":[{"text":"usageMetadata"},{"functionCall":{"name":"f","args":{"usageMetadata":"none"}}}],"role":"model"},"index":0}],"modelVersion":"gemini-2.5-flash"}"#.to_string()
+        }
+        GeminiEvent::StrayError => {
+            r#"{"error":{"code":500,"message":"Internal error mid-stream","status":"INTERNAL"}}"#
+                .to_string()
+        }
+    }
+}
+
+/// A Gemini `alt=sse` body: each event as `data:`, a stray error as its own
+/// line.
+fn gemini_body(events: &[GeminiEvent], crlf_lines: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    for event in events {
+        let data = gemini_event_data(event);
+        match event {
+            GeminiEvent::StrayError => out.extend(format!("{data}\n").into_bytes()),
+            _ => out.extend(sse_body(&[(None, data)], false)),
+        }
+    }
+    if crlf_lines {
+        testing::crlf(&out)
+    } else {
+        out
     }
 }
 
@@ -547,8 +582,7 @@ proptest! {
             query: Some("alt=sse"),
             ..Req::new(Provider::Gemini, GEMINI_STREAM, "text/event-stream")
         };
-        let events: Vec<_> = events.iter().map(|e| (None, gemini_event_data(e))).collect();
-        let body = sse_body(&events, crlf_lines);
+        let body = gemini_body(&events, crlf_lines);
         let (end, cuts) = cut_and_chunk(body.len(), end, cuts);
         let (triaged, untriaged) = parse_both(&req, &body[..end], &cuts);
         prop_assert_eq!(triaged, untriaged);
@@ -585,6 +619,27 @@ proptest! {
         let (triaged, untriaged) = parse_both(&req, &body[..end], &cuts);
         prop_assert_eq!(triaged, untriaged);
     }
+}
+
+/// An error chunk that names itself only by `"type":"error"` is still read
+/// in a triaged chat stream.
+#[test]
+fn a_chat_error_event_without_an_error_key_is_scanned() {
+    let req = Req::new(
+        Provider::OpenAi,
+        "/v1/chat/completions",
+        "text/event-stream",
+    );
+    let body = testing::lf(&[
+        r#"data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{"content":"Hi"}}]}"#,
+        "",
+        r#"data: {"type":"error","code":"server_error","message":"upstream overloaded","param":null}"#,
+        "",
+    ]);
+    let parsed = req.parse_everywhere(&body);
+    assert_eq!(parsed.error.as_deref(), Some("upstream overloaded"));
+    assert!(parsed.complete);
+    assert_eq!(parsed, req.untriaged_parser().finish_with(&body));
 }
 
 /// The work triage saves is real: a skipped event is not parsed, so one
