@@ -13,6 +13,7 @@
 #
 #   benches/load/instructions.sh
 #   MODES="json sse sse-inject" N=2000 benches/load/instructions.sh
+#   MODES="responses gemini" benches/load/instructions.sh   # OpenAI Responses / Gemini streams
 #   MAJORDOMO_BIN=... BARE_BIN=... benches/load/instructions.sh      # skip the cargo build
 #
 # majordomo runs as in run.sh: key auth, usage parsing, pricing, PostgreSQL logging
@@ -72,9 +73,17 @@ MOCK_PID=$!
 for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$MOCK_PORT/health" && break; sleep 0.1; done
 curl -sf -o /dev/null "http://127.0.0.1:$MOCK_PORT/health" || die "mock did not start: $(tail -3 "$RUN_DIR/mock/error.log")"
 
-# the harness's requests (run.sh mk_body): JSON, a stream asking for usage, a stream that does not
+# the harness's requests (run.sh mk_body): JSON, a stream asking for usage, a stream that does not;
+# and streams of OpenAI's Responses API and of Gemini (alt=sse)
 mk_body() {
   local extra=""
+  if [[ "$1" == responses ]]; then
+    printf '{"model":"gpt-4.1","instructions":"You are a concise assistant.","input":"What is the capital of France? Answer in one sentence and add one fact about it.","max_output_tokens":128,"stream":true}' > "$RUN_DIR/body-$1.json"
+    return
+  elif [[ "$1" == gemini ]]; then
+    printf '{"systemInstruction":{"parts":[{"text":"You are a concise assistant."}]},"contents":[{"role":"user","parts":[{"text":"What is the capital of France? Answer in one sentence and add one fact about it."}]}],"generationConfig":{"maxOutputTokens":128,"temperature":0.2}}' > "$RUN_DIR/body-$1.json"
+    return
+  fi
   [[ "$1" == sse ]] && extra=',"stream":true,"stream_options":{"include_usage":true}'
   [[ "$1" == sse-inject ]] && extra=',"stream":true'
   printf '{"model":"gpt-4o","messages":[{"role":"system","content":"You are a concise assistant."},{"role":"user","content":"What is the capital of France? Answer in one sentence and add one fact about it."}],"max_tokens":128,"temperature":0.2%s}' \
@@ -88,14 +97,19 @@ MDM_ENV=(MAJORDOMO_SERVER_HOST=127.0.0.1 MAJORDOMO_SERVER_PORT="$GW_PORT" MAJORD
   MAJORDOMO_SERVER_GRACE_PERIOD_SECS=1 MAJORDOMO_SERVER_GRACEFUL_SHUTDOWN_TIMEOUT_SECS=5
   MAJORDOMO_STORAGE_DRIVER=postgres MAJORDOMO_STORAGE_POSTGRES_HOST="$PGHOST" MAJORDOMO_STORAGE_POSTGRES_PORT="$PGPORT"
   MAJORDOMO_STORAGE_POSTGRES_USER="$PGUSER" MAJORDOMO_STORAGE_POSTGRES_DATABASE="$DB"
-  MAJORDOMO_PROVIDERS_OPENAI_BASE_URL="http://127.0.0.1:$MOCK_PORT" MAJORDOMO_PRICING_REMOTE_URL=
+  MAJORDOMO_PROVIDERS_OPENAI_BASE_URL="http://127.0.0.1:$MOCK_PORT" MAJORDOMO_PROVIDERS_GEMINI_BASE_URL="http://127.0.0.1:$MOCK_PORT"
+  MAJORDOMO_PRICING_REMOTE_URL=
   MAJORDOMO_SINK_SPOOL_DIR="$RUN_DIR/spool" MAJORDOMO_LOGGING_LEVEL=warn)
 KEY=$(env "${MDM_ENV[@]}" "$MAJORDOMO_BIN" keys create --name instructions --json 2>>"$RUN_DIR/keys.log" |
       python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])') || die "keys create failed"
 
 # profile NAME MODE -> $RUN_DIR/NAME-MODE.cg (counters for exactly N requests)
 profile() {
-  local name=$1 mode=$2 out="$RUN_DIR/$1-$2" hdrs=(-H "Authorization: Bearer sk-bench")
+  local name=$1 mode=$2 out="$RUN_DIR/$1-$2" hdrs=(-H "Authorization: Bearer sk-bench") path=/v1/chat/completions
+  case $mode in
+    responses) path=/v1/responses ;;
+    gemini) path="/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"; hdrs=(-H "x-goog-api-key: bench") ;;
+  esac
   if [[ $name == majordomo ]]; then
     hdrs+=(-H "X-Majordomo-Key: $KEY")
     env "${MDM_ENV[@]}" valgrind --tool=callgrind --callgrind-out-file="$out.cg" "$MAJORDOMO_BIN" > "$out.log" 2>&1 &
@@ -108,7 +122,7 @@ profile() {
     kill -0 "$GW_PID" 2>/dev/null || die "$name exited: $(tail -5 "$out.log")"
     curl -s -o /dev/null -m 2 "http://127.0.0.1:$GW_PORT/health" && break; sleep 0.2
   done
-  local url="http://127.0.0.1:$GW_PORT/v1/chat/completions" cmode=${mode%%-*} r
+  local url="http://127.0.0.1:$GW_PORT$path" cmode=${mode%%-*} r
   r=$(python3 "$HERE/lib/httpclient.py" count --url "$url" --body "$RUN_DIR/body-$mode.json" --mode "$cmode" -n "$WARM" -c 4 "${hdrs[@]}")
   sleep 1
   callgrind_control -z "$GW_PID" > /dev/null || die "callgrind_control -z failed"

@@ -30,7 +30,7 @@ def parse_args():
     p.add_argument("-H", dest="headers", action="append", default=[])
     p.add_argument("-n", type=int, required=True)
     p.add_argument("-c", type=int, default=16)
-    p.add_argument("--mode", choices=["json", "sse"], default="json")
+    p.add_argument("--mode", choices=["json", "sse", "responses", "gemini"], default="json")
     p.add_argument("--ready-file")
     p.add_argument("--timeout", type=float, default=120.0)
     return p.parse_args()
@@ -102,6 +102,10 @@ def complete(mode, status, body):
         return f"no chat.completion in body: {body[:200]!r}"
     if mode == "sse" and not body.rstrip().endswith(b"data: [DONE]"):
         return f"stream did not end with data: [DONE]: {body[-200:]!r}"
+    if mode == "responses" and b"event: response.completed" not in body:
+        return f"no response.completed event: {body[-200:]!r}"
+    if mode == "gemini" and b'"finishReason"' not in body:
+        return f"no finishReason: {body[-200:]!r}"
     return None
 
 

@@ -13,6 +13,12 @@ one write).  Routes (POST):
   /v1/messages                 same for Anthropic: SSE event stream or message JSON
   /stream/v1/chat/completions  always SSE      /json/v1/chat/completions  always JSON
   /stream/v1/messages          always SSE      /json/v1/messages          always JSON
+  /v1/responses                same for OpenAI's Responses API: its named event
+                               stream (created, in_progress, output item/part
+                               events, 19 text deltas, completed) or response JSON
+  /v1beta/models/M:streamGenerateContent   Gemini `alt=sse` stream (19 chunks,
+                               CRLF, each repeating usageMetadata; the last with
+                               finishReason)
   GET /health                  "ok"
   GET /_mock_status            nginx stub_status (the harness reads its request counter)
 
@@ -126,6 +132,73 @@ def anthropic_sse():
     return "".join(out)
 
 
+RESP_ID = "resp_67c9fdcecf488190bdd9a0409de3a1ec07b8b0ad4e5eb654"
+MSG_ID = "msg_67c9fdcf37fc8190ba82116e33fb28c507b8b0ad4e5eb654"
+RESP_MODEL = "gpt-4.1-2025-04-14"
+
+
+def responses_object(status, output, usage):
+    return {"id": RESP_ID, "object": "response", "created_at": CREATED, "status": status,
+            "background": False, "error": None, "incomplete_details": None, "instructions": None,
+            "max_output_tokens": None, "model": RESP_MODEL, "output": output,
+            "parallel_tool_calls": True, "previous_response_id": None,
+            "reasoning": {"effort": None, "summary": None}, "service_tier": "default",
+            "store": True, "temperature": 1.0, "text": {"format": {"type": "text"}, "verbosity": "medium"},
+            "tool_choice": "auto", "tools": [], "top_p": 1.0, "truncation": "disabled",
+            "usage": usage, "user": None, "metadata": {}}
+
+
+def responses_message(status, text):
+    return {"id": MSG_ID, "type": "message", "status": status, "role": "assistant",
+            "content": [{"type": "output_text", "annotations": [], "logprobs": [], "text": text}]}
+
+
+RESPONSES_USAGE = {"input_tokens": 26, "input_tokens_details": {"cached_tokens": 0},
+                   "output_tokens": len(ANSWER_TOKENS),
+                   "output_tokens_details": {"reasoning_tokens": 0},
+                   "total_tokens": 26 + len(ANSWER_TOKENS)}
+
+
+def responses_json():
+    return dumps(responses_object("completed", [responses_message("completed", ANSWER)],
+                                  RESPONSES_USAGE)) + "\n"
+
+
+def responses_sse():
+    seq = iter(range(1000))
+
+    def ev(name, data):
+        return "event: " + name + "\ndata: " + dumps(dict({"type": name, "sequence_number": next(seq)}, **data)) + "\n\n"
+
+    part = {"item_id": MSG_ID, "output_index": 0, "content_index": 0}
+    out = [ev("response.created", {"response": responses_object("in_progress", [], None)}),
+           ev("response.in_progress", {"response": responses_object("in_progress", [], None)}),
+           ev("response.output_item.added", {"output_index": 0, "item": responses_message("in_progress", "")}),
+           ev("response.content_part.added", dict(part, part={"type": "output_text", "annotations": [], "logprobs": [], "text": ""}))]
+    out += [ev("response.output_text.delta", dict(part, delta=t, logprobs=[])) for t in ANSWER_TOKENS]
+    out.append(ev("response.output_text.done", dict(part, text=ANSWER, logprobs=[])))
+    out.append(ev("response.content_part.done", dict(part, part={"type": "output_text", "annotations": [], "logprobs": [], "text": ANSWER})))
+    out.append(ev("response.output_item.done", {"output_index": 0, "item": responses_message("completed", ANSWER)}))
+    out.append(ev("response.completed", {"response": responses_object(
+        "completed", [responses_message("completed", ANSWER)], RESPONSES_USAGE)}))
+    return "".join(out)
+
+
+def gemini_sse():
+    out = []
+    for i, t in enumerate(ANSWER_TOKENS):
+        cand = {"content": {"parts": [{"text": t}], "role": "model"}, "index": 0}
+        if i + 1 == len(ANSWER_TOKENS):
+            cand["finishReason"] = "STOP"
+        chunk = {"candidates": [cand],
+                 "usageMetadata": {"promptTokenCount": 26, "candidatesTokenCount": i + 1,
+                                   "totalTokenCount": 27 + i,
+                                   "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 26}]},
+                 "modelVersion": "gemini-2.5-flash", "responseId": "mAitaLmkHPPlz7IPvtfUqQ4"}
+        out.append("data: " + dumps(chunk) + "\r\n\r\n")
+    return "".join(out)
+
+
 def main():
     out_dir = os.path.abspath(sys.argv[1])
     port = int(sys.argv[2]) if len(sys.argv) > 2 else 18080
@@ -137,6 +210,9 @@ def main():
         "openai.sse": openai_sse(),
         "anthropic.json": anthropic_json(),
         "anthropic.sse": anthropic_sse(),
+        "responses.json": responses_json(),
+        "responses.sse": responses_sse(),
+        "gemini.sse": gemini_sse(),
     }
     for name, b in bodies.items():
         with open(os.path.join(out_dir, "bodies", name), "w") as f:
@@ -194,6 +270,11 @@ http {{
         listen 127.0.0.1:{port} backlog=4096;
 {sniff('/v1/chat/completions', 'openai')}
 {sniff('/v1/messages', 'anthropic')}
+{sniff('/v1/responses', 'responses')}
+        location ~ ^/v1beta/models/[^/:]+:streamGenerateContent$ {{
+            echo_read_request_body;
+            echo_exec /_mock/gemini.sse;
+        }}
 {fixed('/stream/v1/chat/completions', 'openai.sse')}
 {fixed('/json/v1/chat/completions', 'openai.json')}
 {fixed('/stream/v1/messages', 'anthropic.sse')}
