@@ -6,8 +6,15 @@
 //! Invariants:
 //! - never panics;
 //! - the streaming injector's output (its pushes, then the tail `finish`
-//!   returns) is the input, byte for byte, when it reports no injection;
-//! - when it injects, the output is the input with
+//!   returns) is the input, byte for byte, when it reports no injection and
+//!   no edit of `stream_options`;
+//! - when it edited the client's `stream_options`, the output is the input
+//!   with `"include_usage":true` (and a comma unless the object was empty)
+//!   right after an object's `{`, 20 or 21 bytes more; it reports an
+//!   injection exactly when the request streams without asking for usage;
+//!   as JSON (when `stream_options` appears once) `include_usage` is `true`
+//!   and nothing else changed;
+//! - when it injects without editing, the output is the input with
 //!   `,"stream_options":{"include_usage":true}` inserted before the final `}`,
 //!   and it parses with serde_json as an object whose
 //!   `stream_options.include_usage` is `true` and which, with `stream_options`
@@ -17,9 +24,10 @@
 //! - the fixed-length injector (`StreamingUsageInjector::fixed_length`, used
 //!   when the upstream request keeps a Content-Length) decides the same,
 //!   outputs exactly `INJECTION_LEN` more bytes than its input, the same bytes
-//!   as the chunked form when it injects, and otherwise only spaces more (the
-//!   same JSON object when the input is one); a second pass of the same body
-//!   through it (a retry's replay) gives the same result;
+//!   as the chunked form when it appends, the chunked form's bytes and
+//!   spaces when it edits, and otherwise only spaces more (the same JSON
+//!   object when the input is one); a second pass of the same body through
+//!   it (a retry's replay) gives the same result;
 //! - `inject_include_usage` (the whole-body form): its output, sniffed, asks
 //!   for a stream with usage and keeps the model; as JSON it only changes
 //!   `stream_options.include_usage`; when it had to add `stream_options`
@@ -46,6 +54,7 @@ mod common;
 
 const INJECTED_FIELD: &[u8] = br#","stream_options":{"include_usage":true}"#;
 const INSERTED_FIELD: &[u8] = br#""stream_options":{"include_usage":true},"#;
+const OPTIONS_MEMBER: &[u8] = br#""include_usage":true"#;
 /// `StreamingUsageInjector` stops holding a tail longer than this.
 const HELD_CAP: usize = 4096;
 
@@ -136,6 +145,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let (info, injected, tail) = injector.finish();
     out.extend_from_slice(&tail);
+    let edited = injector.edited_stream_options();
+    // Duplicate top-level keys: serde_json keeps the last, the edit goes to the first.
+    let single_options = body.windows(16).filter(|w| w == b"\"stream_options\"").count() <= 1;
 
     // RequestSniffer agrees with the injector, in any chunking.
     let sniffed_whole = sniff(std::iter::once(body));
@@ -153,7 +165,39 @@ fuzz_target!(|data: &[u8]| {
     };
     let check_json = common::strict() || reference.is_some();
 
-    if !injected {
+    if edited {
+        assert_eq!(injected, info.stream && !info.include_usage, "edit reported wrongly");
+        let grown = out.len() - body.len();
+        assert!(grown == OPTIONS_MEMBER.len() || grown == OPTIONS_MEMBER.len() + 1);
+        let common = out.iter().zip(body).take_while(|(a, b)| a == b).count();
+        let at = (1..=common)
+            .filter(|&k| body[k - 1] == b'{')
+            .find(|&k| {
+                let member = &out[k..k + grown];
+                member.starts_with(OPTIONS_MEMBER)
+                    && (grown == OPTIONS_MEMBER.len() || member.ends_with(b","))
+                    && out[k + grown..] == body[k..]
+            });
+        assert!(at.is_some(), "the edit is not one member after a {{");
+        if check_json && single_options {
+            let edited_obj = parse_object(&out, "stream_options edit");
+            assert!(include_usage_is_true(&edited_obj));
+            if let Some(original) = &reference {
+                assert_eq!(
+                    without(edited_obj.clone(), "stream_options"),
+                    without(original.clone(), "stream_options")
+                );
+                let Some(Value::Object(options)) = original.get("stream_options") else {
+                    panic!("edited a stream_options that is not an object");
+                };
+                assert!(!options.contains_key("include_usage"));
+                let Some(Value::Object(new_options)) = edited_obj.get("stream_options") else {
+                    panic!("stream_options is no longer an object");
+                };
+                assert_eq!(&without(new_options.clone(), "include_usage"), options);
+            }
+        }
+    } else if !injected {
         assert!(out == body, "no injection reported, but the bytes changed");
     } else {
         assert!(info.stream, "injected into a non-stream request");
@@ -186,6 +230,7 @@ fuzz_target!(|data: &[u8]| {
     // The fixed-length form, twice (the second pass is a retry's replay).
     let mut fixed = StreamingUsageInjector::fixed_length();
     let mut passes = Vec::new();
+    let mut fixed_edits = Vec::new();
     for _ in 0..2 {
         let mut fixed_out = Vec::with_capacity(body.len() + INJECTION_LEN);
         let mut from = 0;
@@ -196,16 +241,20 @@ fuzz_target!(|data: &[u8]| {
         let (fixed_info, fixed_injected, fixed_tail) = fixed.finish();
         fixed_out.extend_from_slice(&fixed_tail);
         passes.push((fixed_info, fixed_injected, fixed_out));
+        fixed_edits.push(fixed.edited_stream_options());
     }
     assert!(passes[0] == passes[1], "a replay is rewritten differently");
     let (fixed_info, fixed_injected, fixed_out) = &passes[0];
     assert_eq!(fixed_info, &info, "fixed-length info");
     assert_eq!(*fixed_injected, injected, "fixed-length decision");
     assert_eq!(fixed_out.len(), body.len() + INJECTION_LEN, "fixed length");
-    if injected {
+    assert!(fixed_edits == [edited, edited], "fixed-length edit decision");
+    let no_spaces = |b: &[u8]| b.iter().copied().filter(|c| *c != b' ').collect::<Vec<u8>>();
+    if edited {
+        assert!(no_spaces(fixed_out) == no_spaces(&out), "fixed-length edit differs");
+    } else if injected {
         assert!(*fixed_out == out, "fixed-length injection differs");
     } else {
-        let no_spaces = |b: &[u8]| b.iter().copied().filter(|c| *c != b' ').collect::<Vec<u8>>();
         assert!(no_spaces(fixed_out) == no_spaces(body), "padding changed more than spaces");
         if let Some(original) = &reference {
             assert_eq!(&parse_object(fixed_out, "padded body"), original);
@@ -214,7 +263,9 @@ fuzz_target!(|data: &[u8]| {
 
     // The whole-body form.
     let rewritten = inject_include_usage(body);
-    if injected {
+    // An edit is made before the body's end is seen; only an appended field
+    // implies the body was one complete object.
+    if injected && !edited {
         assert!(
             rewritten.is_some(),
             "the streaming form injected, the whole-body form did not"
@@ -262,7 +313,7 @@ fuzz_target!(|data: &[u8]| {
                 );
             }
         }
-        if injected {
+        if injected && single_options {
             let streamed = parse_object(&out, "streaming injection");
             assert_eq!(streamed, rewritten_obj, "the two injections disagree");
         }

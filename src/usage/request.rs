@@ -295,9 +295,16 @@ mod tests {
 /// so a client's `Content-Length` plus that stays true; otherwise the
 /// upstream request must be sent chunked.
 ///
-/// A body that already has a `stream_options` object is left alone (a
-/// duplicate key would override the client's other options); its usage is
-/// then only known if the client asked for it.
+/// A body that already has a top-level `stream_options` object without an
+/// `include_usage` member (`{"include_obfuscation":false}`, `{}`) gets
+/// `"include_usage":true` as that object's first member instead: the object
+/// is held back from its `{` to its `}` (at most [`OPTIONS_HOLD_CAP`] bytes;
+/// a longer one passes unchanged) so the member is only added where it is
+/// missing (no duplicate key, which strict JSON readers refuse) and with a
+/// comma only when the object has other members. Only the first such object
+/// is edited. An `include_usage` the client set, true or false, is left as it
+/// is; so is a `stream_options` that is not an object. The injection is
+/// reported only if the request streams.
 #[derive(Debug, Default)]
 pub struct StreamingUsageInjector {
     scanner: Option<Scanner>,
@@ -305,7 +312,23 @@ pub struct StreamingUsageInjector {
     first: Option<u8>,
     /// Pad a body that gets no field to the same length.
     fixed_length: bool,
+    /// Bytes pushed so far (the scanner's offsets count from the body's start).
+    consumed: u64,
+    /// A `stream_options` object being held back: its offset and its bytes
+    /// (and any after it in the same chunk) so far.
+    options: Option<(u64, Vec<u8>)>,
+    /// Bytes added inside a `stream_options` object.
+    added: usize,
+    /// No later `stream_options` is looked at: one was edited, or one
+    /// outgrew the hold.
+    options_done: bool,
 }
+
+/// The member added to a `stream_options` object that lacks it.
+const INCLUDE_USAGE_MEMBER: &[u8] = br#""include_usage":true"#;
+
+/// Longest `stream_options` object held back to add `include_usage`.
+pub const OPTIONS_HOLD_CAP: usize = 4096;
 
 /// How many bytes the injection adds (also the padding of a fixed-length injector).
 pub const INJECTION_LEN: usize = INJECTED_FIELD.len();
@@ -318,9 +341,7 @@ impl StreamingUsageInjector {
     pub fn new() -> Self {
         StreamingUsageInjector {
             scanner: Some(Scanner::new(TARGETS)),
-            held: Vec::new(),
-            first: None,
-            fixed_length: false,
+            ..Default::default()
         }
     }
 
@@ -340,6 +361,14 @@ impl StreamingUsageInjector {
         self.fixed_length
     }
 
+    /// Whether `include_usage` was added to the client's `stream_options`
+    /// object (after [`StreamingUsageInjector::finish`]: the body changed even
+    /// where the injection is not reported, e.g. a later `"stream": false`).
+    #[must_use]
+    pub fn edited_stream_options(&self) -> bool {
+        self.added > 0
+    }
+
     /// Feeds a chunk; returns the bytes to forward now.
     pub fn push(&mut self, chunk: bytes::Bytes) -> bytes::Bytes {
         if self.scanner.is_none() {
@@ -357,6 +386,13 @@ impl StreamingUsageInjector {
         if self.first.is_none() {
             self.first = chunk.iter().copied().find(|b| !b.is_ascii_whitespace());
         }
+        let base = self.consumed;
+        self.consumed += chunk.len() as u64;
+        let chunk = if self.options_done {
+            chunk
+        } else {
+            self.edit_options(chunk, base)
+        };
         if self.held.is_empty() {
             match closing_tail(&chunk) {
                 None => chunk,
@@ -378,6 +414,65 @@ impl StreamingUsageInjector {
         }
     }
 
+    /// Holds back a `stream_options` object that began in this chunk (at
+    /// `base` in the body) or earlier, and once it has ended, adds
+    /// `include_usage` to it if it lacks it. Returns the bytes to forward.
+    fn edit_options(&mut self, chunk: bytes::Bytes, base: u64) -> bytes::Bytes {
+        let Some(scanner) = self.scanner.as_ref() else {
+            return chunk;
+        };
+        let (head, start, mut held) = match self.options.take() {
+            Some((start, mut held)) => {
+                held.extend_from_slice(&chunk);
+                (bytes::Bytes::new(), start, held)
+            }
+            None => {
+                let Some(start) = scanner.last_start(STREAM_OPTIONS).filter(|&at| at >= base)
+                else {
+                    return chunk;
+                };
+                let at = (start - base) as usize;
+                if chunk.get(at) != Some(&b'{') {
+                    // `null` or another non-object: left as it is.
+                    return chunk;
+                }
+                (chunk.slice(..at), start, chunk[at..].to_vec())
+            }
+        };
+        let ended = scanner
+            .capture(STREAM_OPTIONS)
+            .filter(|options| options.start == start);
+        let Some(options) = ended else {
+            if held.len() > OPTIONS_HOLD_CAP {
+                self.options_done = true;
+                return joined(&head, &held);
+            }
+            self.options = Some((start, held));
+            return head;
+        };
+        let has_include_usage = scanner
+            .capture(INCLUDE_USAGE)
+            .is_some_and(|flag| flag.start > options.start && flag.end <= options.end);
+        let len = usize::try_from(options.end - options.start).unwrap_or(usize::MAX);
+        // Whether the request streams is not known yet (`stream` may come
+        // later): a non-stream request with `stream_options` is refused or
+        // ignores it, with the member as without it.
+        if !has_include_usage && len <= held.len() && len <= OPTIONS_HOLD_CAP {
+            let empty = held[1..len]
+                .iter()
+                .find(|b| !b.is_ascii_whitespace())
+                .is_none_or(|&b| b == b'}');
+            let mut member = INCLUDE_USAGE_MEMBER.to_vec();
+            if !empty {
+                member.push(b',');
+            }
+            held.splice(1..1, member.iter().copied());
+            self.added = member.len();
+            self.options_done = true;
+        }
+        joined(&head, &held)
+    }
+
     /// Ends the body: returns what the request asked for, whether the
     /// injection was made, and the last bytes to forward.
     pub fn finish(&mut self) -> (RequestInfo, bool, bytes::Bytes) {
@@ -388,7 +483,11 @@ impl StreamingUsageInjector {
             stream: is_true(scanner.capture(STREAM)),
             include_usage: include_usage_is_true(&scanner),
         };
-        let held = std::mem::take(&mut self.held);
+        let mut held = std::mem::take(&mut self.held);
+        if let Some((_, options)) = self.options.take() {
+            // The body ended inside `stream_options`: it goes out unchanged.
+            held.splice(0..0, options);
+        }
         let inject = scanner.status() == Status::Complete
             && scanner.documents() == 1
             && self.first == Some(b'{')
@@ -396,20 +495,22 @@ impl StreamingUsageInjector {
             && scanner.capture(STREAM_OPTIONS).is_none()
             && held.first() == Some(&b'}');
         if !inject {
+            let edited = self.added > 0 && info.stream && !info.include_usage;
             if !self.fixed_length {
-                return (info, false, bytes::Bytes::from(held));
+                return (info, edited, bytes::Bytes::from(held));
             }
+            let padding = INJECTION_LEN - self.added;
             // Spaces inside the object (before its `}`) when it has one,
             // else after whatever the body was.
-            let mut out = Vec::with_capacity(INJECTION_LEN + held.len());
+            let mut out = Vec::with_capacity(padding + held.len());
             if held.first() == Some(&b'}') {
-                out.resize(INJECTION_LEN, b' ');
+                out.resize(padding, b' ');
                 out.extend_from_slice(&held);
             } else {
                 out.extend_from_slice(&held);
-                out.resize(held.len() + INJECTION_LEN, b' ');
+                out.resize(held.len() + padding, b' ');
             }
-            return (info, false, bytes::Bytes::from(out));
+            return (info, edited, bytes::Bytes::from(out));
         }
         let mut out = Vec::with_capacity(INJECTED_FIELD.len() + held.len());
         out.extend_from_slice(INJECTED_FIELD);
@@ -421,6 +522,14 @@ impl StreamingUsageInjector {
 const INJECTED_FIELD: &[u8] = br#","stream_options":{"include_usage":true}"#;
 
 /// Where a trailing `}` followed only by whitespace starts, if the data ends so.
+/// `head` then `rest`, as one buffer.
+fn joined(head: &[u8], rest: &[u8]) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(head.len() + rest.len());
+    out.extend_from_slice(head);
+    out.extend_from_slice(rest);
+    bytes::Bytes::from(out)
+}
+
 fn closing_tail(data: &[u8]) -> Option<usize> {
     let last = data.iter().rposition(|b| !b.is_ascii_whitespace())?;
     (data[last] == b'}').then_some(last)
@@ -462,7 +571,8 @@ mod streaming_injector_tests {
         for body in [
             &br#"{"model":"gpt-4o","messages":[]}"#[..],
             br#"{"stream":true,"stream_options":{"include_usage":true}}"#,
-            br#"{"stream":true,"stream_options":{"include_obfuscation":false}}"#,
+            br#"{"stream":true,"stream_options":{"include_obfuscation":true,"include_usage":false}}"#,
+            br#"{"stream":true,"stream_options":null}"#,
             br#"{"stream":false}"#,
             br#"[{"stream":true}]"#,
             br#"{"stream":true"#,
@@ -553,6 +663,128 @@ mod streaming_injector_tests {
                 assert_eq!(attempts[0].0.model.as_deref(), Some("gpt-4o"));
             }
         }
+    }
+
+    /// Every way to cut the body in three.
+    fn three_way_splits(len: usize) -> impl Iterator<Item = (usize, usize)> {
+        (0..=len).flat_map(move |a| (a..=len).map(move |b| (a, b)))
+    }
+
+    fn run_parts(fixed: bool, parts: &[&[u8]]) -> (RequestInfo, bool, Vec<u8>) {
+        let mut inj = if fixed {
+            StreamingUsageInjector::fixed_length()
+        } else {
+            StreamingUsageInjector::new()
+        };
+        let mut out = Vec::new();
+        for part in parts {
+            out.extend_from_slice(&inj.push(bytes::Bytes::copy_from_slice(part)));
+        }
+        let (info, injected, tail) = inj.finish();
+        out.extend_from_slice(&tail);
+        (info, injected, out)
+    }
+
+    #[test]
+    fn a_stream_options_object_without_include_usage_gets_it_at_every_split() {
+        for body in [
+            &br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_obfuscation":false},"messages":[{"role":"user","content":"} {"}]}"#[..],
+            br#"{"stream":true,"stream_options":{}}"#,
+            br#"{ "stream" : true , "stream_options" : {  } , "n" : 1 }  "#,
+            br#"{"stream":true,"stream_options":{"include_obfuscation":false,"x":{"include_usage":false}}}"#,
+            br#"{"stream_options":{"include_obfuscation":false},"stream":true}"#,
+        ] {
+            let original: serde_json::Value = serde_json::from_slice(body).unwrap();
+            let mut expected = original.clone();
+            expected["stream_options"]["include_usage"] = serde_json::Value::Bool(true);
+            for (a, b) in three_way_splits(body.len()) {
+                let parts = [&body[..a], &body[a..b], &body[b..]];
+                let (info, injected, out) = run_parts(false, &parts);
+                let what = format!("{} split {a}/{b}", String::from_utf8_lossy(body));
+                assert!(injected, "{what}");
+                assert!(info.stream && !info.include_usage, "{what}");
+                let value: serde_json::Value = serde_json::from_slice(&out)
+                    .unwrap_or_else(|e| panic!("{what}: {e}: {}", String::from_utf8_lossy(&out)));
+                assert_eq!(value, expected, "{what}");
+                assert_eq!(out.len(), body.len() + value_growth(&original), "{what}");
+                let (_, fixed_injected, fixed_out) = run_parts(true, &parts);
+                assert!(fixed_injected, "{what}");
+                assert_eq!(fixed_out.len(), body.len() + INJECTION_LEN, "{what}");
+                let fixed_value: serde_json::Value = serde_json::from_slice(&fixed_out).unwrap();
+                assert_eq!(fixed_value, expected, "{what}");
+            }
+        }
+    }
+
+    /// The bytes the member adds: with a comma unless the object was empty.
+    fn value_growth(original: &serde_json::Value) -> usize {
+        let empty = original["stream_options"]
+            .as_object()
+            .is_some_and(serde_json::Map::is_empty);
+        INCLUDE_USAGE_MEMBER.len() + usize::from(!empty)
+    }
+
+    #[test]
+    fn a_non_stream_request_has_its_stream_options_edited_but_no_injection_reported() {
+        let body = br#"{"stream":false,"stream_options":{}}"#;
+        for split in 0..=body.len() {
+            let (info, injected, out) = run(body, split);
+            assert!(!injected && !info.stream);
+            assert_eq!(
+                out,
+                br#"{"stream":false,"stream_options":{"include_usage":true}}"#
+            );
+        }
+    }
+
+    #[test]
+    fn a_stream_options_object_longer_than_the_hold_passes_unchanged() {
+        let body = format!(
+            r#"{{"stream":true,"stream_options":{{"x":"{}"}},"model":"m"}}"#,
+            "a".repeat(OPTIONS_HOLD_CAP)
+        );
+        for split in [0, 20, 40, body.len() - 5] {
+            let (info, injected, out) = run(body.as_bytes(), split);
+            assert!(!injected);
+            assert_eq!(out, body.as_bytes());
+            assert_eq!(info.model.as_deref(), Some("m"));
+        }
+    }
+
+    #[test]
+    fn a_body_that_ends_inside_stream_options_goes_out_unchanged() {
+        let body = br#"{"stream":true,"stream_options":{"include_obfuscation":fal"#;
+        for split in 0..=body.len() {
+            let (_, injected, out) = run(body, split);
+            assert!(!injected);
+            assert_eq!(out, body);
+            let (_, _, fixed_out) = run_fixed_parts(body, split);
+            assert_eq!(fixed_out.len(), body.len() + INJECTION_LEN);
+        }
+    }
+
+    fn run_fixed_parts(body: &[u8], split: usize) -> (RequestInfo, bool, Vec<u8>) {
+        run_parts(true, &[&body[..split], &body[split..]])
+    }
+
+    #[test]
+    fn an_edited_stream_options_is_edited_the_same_on_a_replay() {
+        let body =
+            br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_obfuscation":false}}"#;
+        let mut inj = StreamingUsageInjector::fixed_length();
+        let mut attempts = Vec::new();
+        for _ in 0..2 {
+            let mut out = Vec::new();
+            for part in body.chunks(7) {
+                out.extend_from_slice(&inj.push(bytes::Bytes::copy_from_slice(part)));
+            }
+            let (info, injected, tail) = inj.finish();
+            out.extend_from_slice(&tail);
+            assert!(inj.edited_stream_options());
+            attempts.push((info, injected, out));
+        }
+        assert_eq!(attempts[0], attempts[1]);
+        assert!(attempts[0].1);
     }
 
     #[test]

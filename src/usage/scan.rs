@@ -195,6 +195,9 @@ pub(crate) struct Scanner {
     documents: u64,
     active: Vec<Active>,
     slots: [Option<Capture>; SLOTS],
+    /// Where the latest value captured into each slot began (it may still
+    /// be open).
+    starts: [Option<u64>; SLOTS],
     /// Capture buffers of earlier inputs, reused so that scanning one SSE
     /// event after another allocates nothing.
     spare: Vec<Vec<u8>>,
@@ -224,6 +227,7 @@ impl Scanner {
             documents: 0,
             active: Vec::new(),
             slots: Default::default(),
+            starts: [None; SLOTS],
             spare: Vec::new(),
             peak_capture: 0,
             skip_to: None,
@@ -251,6 +255,7 @@ impl Scanner {
                 self.spare.push(capture.bytes);
             }
         }
+        self.starts = [None; SLOTS];
     }
 
     pub(crate) fn push(&mut self, mut input: &[u8]) {
@@ -448,6 +453,12 @@ impl Scanner {
         self.slots.get(slot).and_then(Option::as_ref)
     }
 
+    /// The offset of the first byte of the latest value that began at a
+    /// target of `slot`, whether it has ended or not.
+    pub(crate) fn last_start(&self, slot: usize) -> Option<u64> {
+        self.starts.get(slot).copied().flatten()
+    }
+
     /// Removes and returns the last completed capture in `slot`.
     pub(crate) fn take_capture(&mut self, slot: usize) -> Option<Capture> {
         self.slots.get_mut(slot).and_then(Option::take)
@@ -606,6 +617,7 @@ impl Scanner {
         if depth <= self.max_target_depth {
             for target in self.targets.iter().filter(|t| t.path.len() == depth) {
                 if self.path_is(target.path) {
+                    self.starts[target.slot] = Some(self.pos);
                     self.active.push(Active {
                         slot: target.slot,
                         depth,
