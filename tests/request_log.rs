@@ -268,6 +268,37 @@ async fn an_injected_usage_chunk_is_hidden_from_the_client_and_still_logged(back
     assert_eq!(row.model, "gpt-4o-2024-08-06");
     assert!(row.usage_complete && row.price_found);
 
+    // A stream_options object without include_usage gets it added, the
+    // client's own option kept; the client still sees no usage chunk.
+    mock.push_response(
+        ScriptedResponse::new(200)
+            .with_header("content-type", "text/event-stream")
+            .with_chunks(
+                all.as_bytes()
+                    .chunks(7)
+                    .map(Bytes::copy_from_slice)
+                    .collect(),
+            ),
+    );
+    let with_options = json!({"model": "gpt-4o", "stream": true,
+        "stream_options": {"include_obfuscation": false},
+        "messages": [{"role": "user", "content": "hi"}]});
+    let (status, id, got) = send(&gw, &key, "/v1/chat/completions", &with_options).await;
+    assert_eq!(status, 200);
+    assert_eq!(String::from_utf8(got.to_vec()).unwrap(), expected);
+    let upstream_request = mock.last_request().unwrap();
+    assert_eq!(
+        upstream_request.json()["stream_options"],
+        json!({"include_usage": true, "include_obfuscation": false})
+    );
+    assert_eq!(
+        upstream_request.header("content-length"),
+        Some(upstream_request.body.len().to_string().as_str())
+    );
+    let row = env.row(&id).await;
+    assert_tokens(&row, &canned::OPENAI_CHAT, "stream_options edited");
+    assert!(row.usage_complete && row.price_found);
+
     // With injection turned off the request goes upstream untouched.
     drop(gw);
     let gw = env
