@@ -57,6 +57,8 @@ const KEY_DEPTH: usize = 6;
 const KEY_CAP: usize = 32;
 /// Number of capture slots.
 pub(crate) const SLOTS: usize = 8;
+/// Most targets one scanner follows (they are bits of a `u32`).
+const MAX_TARGETS: usize = 32;
 
 /// Why a scan stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +205,11 @@ pub(crate) struct Scanner {
     spare: Vec<Vec<u8>>,
     /// The most bytes any capture buffer ever held (for tests and metrics).
     peak_capture: usize,
+    /// `alive[d]`: the targets (bit `i` = `targets[i]`) whose first `d`
+    /// segments match the path down to depth `d`: the containers there and,
+    /// in objects, the current keys. Set when an array opens and when a key
+    /// ends, so a value's start tests bits instead of walking every path.
+    alive: [u32; KEY_DEPTH + 1],
     /// Inside a container no target can reach: skipping to the depth given,
     /// see [`Scanner::skip_run`].
     skip_to: Option<usize>,
@@ -215,6 +222,9 @@ impl Scanner {
         let max_target_depth = targets.iter().map(|t| t.path.len()).max().unwrap_or(0);
         debug_assert!(max_target_depth <= KEY_DEPTH);
         debug_assert!(targets.iter().all(|t| t.slot < SLOTS));
+        assert!(targets.len() <= MAX_TARGETS, "too many scan targets");
+        let mut alive = [0; KEY_DEPTH + 1];
+        alive[0] = (1u64 << targets.len()).wrapping_sub(1) as u32;
         Scanner {
             targets,
             max_target_depth,
@@ -230,6 +240,7 @@ impl Scanner {
             starts: [None; SLOTS],
             spare: Vec::new(),
             peak_capture: 0,
+            alive,
             skip_to: None,
             skip_in_string: false,
             skip_escaped: false,
@@ -500,6 +511,7 @@ impl Scanner {
                     self.key_byte(b);
                 } else if b == b'"' {
                     self.state = State::Colon;
+                    self.key_ended();
                 } else if b < 0x20 {
                     return Err(ScanError::Malformed);
                 } else {
@@ -586,6 +598,27 @@ impl Scanner {
         self.keys.get_mut(depth)
     }
 
+    /// The key of the innermost object is complete: the targets still alive
+    /// one level down are those whose segment there is this key.
+    fn key_ended(&mut self) {
+        let depth = self.stack.len();
+        if depth == 0 || depth > self.max_target_depth {
+            return;
+        }
+        let Some(key) = self.keys.get(depth - 1) else {
+            return;
+        };
+        let mut next = 0;
+        for i in bits(self.alive[depth - 1]) {
+            if let Some(Seg::Key(k)) = self.targets[i].path.get(depth - 1) {
+                if key.is(k) {
+                    next |= 1 << i;
+                }
+            }
+        }
+        self.alive[depth] = next;
+    }
+
     fn key_byte(&mut self, b: u8) {
         if let Some(key) = self.current_key() {
             key.push(b);
@@ -614,9 +647,24 @@ impl Scanner {
         };
         self.started = true;
         let depth = self.stack.len();
-        if depth <= self.max_target_depth {
-            for target in self.targets.iter().filter(|t| t.path.len() == depth) {
-                if self.path_is(target.path) {
+        // Targets whose path leads here: some end here, others go deeper.
+        let here = match self.alive.get(depth) {
+            Some(&alive) if depth <= self.max_target_depth => alive,
+            _ => 0,
+        };
+        debug_assert_eq!(
+            here,
+            self.targets
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.path.len() >= depth && self.path_is(&t.path[..depth]))
+                .fold(0, |m, (i, _)| m | 1 << i),
+            "alive targets at depth {depth}"
+        );
+        let targets = self.targets;
+        if here != 0 {
+            for target in bits(here).map(|i| &targets[i]) {
+                if target.path.len() == depth {
                     self.starts[target.slot] = Some(self.pos);
                     self.active.push(Active {
                         slot: target.slot,
@@ -643,16 +691,21 @@ impl Scanner {
                     return Err(ScanError::TooDeep);
                 }
                 let reachable = depth < self.max_target_depth
-                    && self
-                        .targets
-                        .iter()
-                        .any(|t| t.path.len() > depth && self.path_is(&t.path[..depth]));
-                if b == b'{' {
+                    && bits(here).any(|i| targets[i].path.len() > depth);
+                let inside = if b == b'{' {
                     self.stack.push(Container::Object);
                     self.state = State::KeyOrClose;
+                    // Nothing matches in an object before its first key.
+                    0
                 } else {
                     self.stack.push(Container::Array);
                     self.state = State::ValueOrClose;
+                    bits(here)
+                        .filter(|&i| matches!(targets[i].path.get(depth), Some(Seg::Item)))
+                        .fold(0, |m, i| m | 1 << i)
+                };
+                if let Some(alive) = self.alive.get_mut(depth + 1) {
+                    *alive = inside;
                 }
                 if !reachable {
                     self.skip_to = Some(depth);
@@ -726,6 +779,17 @@ impl Scanner {
             }
         }
     }
+}
+
+/// The indexes of the bits set in `mask`, lowest first.
+fn bits(mut mask: u32) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (mask != 0).then(|| {
+            let i = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            i
+        })
+    })
 }
 
 fn is_whitespace(b: u8) -> bool {
