@@ -282,10 +282,8 @@ impl Scanner {
             let run = match self.state {
                 State::InString { escaped: false } => self.string_run(input),
                 State::InKey { escaped: false } => self.key_run(input),
-                State::InString { .. }
-                | State::InKey { .. }
-                | State::Number
-                | State::Literal { .. } => 0,
+                State::Number => self.number_run(input),
+                State::InString { .. } | State::InKey { .. } | State::Literal { .. } => 0,
                 _ if is_whitespace(input[0]) => self.whitespace_run(input),
                 _ => 0,
             };
@@ -420,6 +418,19 @@ impl Scanner {
         i
     }
 
+    /// The rest of a number (its first byte began it). The byte that ends
+    /// it is left to the state machine, as is the end of input.
+    fn number_run(&mut self, input: &[u8]) -> usize {
+        let run = input
+            .iter()
+            .position(|b| !is_number_byte(*b))
+            .unwrap_or(input.len());
+        if run > 0 {
+            self.record_run(&input[..run]);
+        }
+        run
+    }
+
     /// Whitespace between tokens.
     fn whitespace_run(&mut self, input: &[u8]) -> usize {
         let run = input
@@ -485,7 +496,7 @@ impl Scanner {
         // A number ends at the first byte that cannot continue it; that byte
         // is then handled as whatever follows a value.
         if self.state == State::Number {
-            if matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
+            if is_number_byte(b) {
                 self.record(b);
                 return Ok(());
             }
@@ -790,6 +801,11 @@ fn bits(mut mask: u32) -> impl Iterator<Item = usize> {
             i
         })
     })
+}
+
+/// A byte that can continue a number (the grammar inside is not checked).
+fn is_number_byte(b: u8) -> bool {
+    matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
 }
 
 fn is_whitespace(b: u8) -> bool {
