@@ -324,8 +324,10 @@ pub struct StreamingUsageInjector {
     options_done: bool,
 }
 
-/// The member added to a `stream_options` object that lacks it.
+/// The member added to a `stream_options` object that lacks it: alone, and
+/// before the object's other members.
 const INCLUDE_USAGE_MEMBER: &[u8] = br#""include_usage":true"#;
+const INCLUDE_USAGE_MEMBER_FIRST: &[u8] = br#""include_usage":true,"#;
 
 /// Longest `stream_options` object held back to add `include_usage`.
 pub const OPTIONS_HOLD_CAP: usize = 4096;
@@ -421,10 +423,15 @@ impl StreamingUsageInjector {
         let Some(scanner) = self.scanner.as_ref() else {
             return chunk;
         };
-        let (head, start, mut held) = match self.options.take() {
+        let ended = |start| {
+            scanner
+                .capture(STREAM_OPTIONS)
+                .filter(|options| options.start == start)
+        };
+        let (start, head, held) = match self.options.take() {
             Some((start, mut held)) => {
                 held.extend_from_slice(&chunk);
-                (bytes::Bytes::new(), start, held)
+                (start, bytes::Bytes::new(), held)
             }
             None => {
                 let Some(start) = scanner.last_start(STREAM_OPTIONS).filter(|&at| at >= base)
@@ -436,41 +443,41 @@ impl StreamingUsageInjector {
                     // `null` or another non-object: left as it is.
                     return chunk;
                 }
-                (chunk.slice(..at), start, chunk[at..].to_vec())
+                if let Some(options) = ended(start) {
+                    // Began and ended in this chunk: copied only if edited.
+                    return match options_member(scanner, options, &chunk[at..]) {
+                        Some(member) => {
+                            self.edited(member);
+                            spliced(&chunk, at + 1, member)
+                        }
+                        None => chunk,
+                    };
+                }
+                (start, chunk.slice(..at), chunk[at..].to_vec())
             }
         };
-        let ended = scanner
-            .capture(STREAM_OPTIONS)
-            .filter(|options| options.start == start);
-        let Some(options) = ended else {
-            if held.len() > OPTIONS_HOLD_CAP {
+        match ended(start) {
+            Some(options) => match options_member(scanner, options, &held) {
+                Some(member) => {
+                    self.edited(member);
+                    joined(&head, &spliced(&held, 1, member))
+                }
+                None => joined(&head, &held),
+            },
+            None if held.len() > OPTIONS_HOLD_CAP => {
                 self.options_done = true;
-                return joined(&head, &held);
+                joined(&head, &held)
             }
-            self.options = Some((start, held));
-            return head;
-        };
-        let has_include_usage = scanner
-            .capture(INCLUDE_USAGE)
-            .is_some_and(|flag| flag.start > options.start && flag.end <= options.end);
-        let len = usize::try_from(options.end - options.start).unwrap_or(usize::MAX);
-        // Whether the request streams is not known yet (`stream` may come
-        // later): a non-stream request with `stream_options` is refused or
-        // ignores it, with the member as without it.
-        if !has_include_usage && len <= held.len() && len <= OPTIONS_HOLD_CAP {
-            let empty = held[1..len]
-                .iter()
-                .find(|b| !b.is_ascii_whitespace())
-                .is_none_or(|&b| b == b'}');
-            let mut member = INCLUDE_USAGE_MEMBER.to_vec();
-            if !empty {
-                member.push(b',');
+            None => {
+                self.options = Some((start, held));
+                head
             }
-            held.splice(1..1, member.iter().copied());
-            self.added = member.len();
-            self.options_done = true;
         }
-        joined(&head, &held)
+    }
+
+    fn edited(&mut self, member: &[u8]) {
+        self.added = member.len();
+        self.options_done = true;
     }
 
     /// Ends the body: returns what the request asked for, whether the
@@ -522,6 +529,40 @@ impl StreamingUsageInjector {
 const INJECTED_FIELD: &[u8] = br#","stream_options":{"include_usage":true}"#;
 
 /// Where a trailing `}` followed only by whitespace starts, if the data ends so.
+/// What goes after the `{` of an ended `stream_options` object (`object`
+/// holds its bytes from that brace on): nothing if it has `include_usage`
+/// or is longer than [`OPTIONS_HOLD_CAP`], else the member, with a comma if
+/// the object has other members. Whether the request streams is not known
+/// yet (`stream` may come later): a non-stream request with `stream_options`
+/// is refused or ignores it, with the member as without it.
+fn options_member(scanner: &Scanner, options: &Capture, object: &[u8]) -> Option<&'static [u8]> {
+    let has_include_usage = scanner
+        .capture(INCLUDE_USAGE)
+        .is_some_and(|flag| flag.start > options.start && flag.end <= options.end);
+    let len = usize::try_from(options.end - options.start).ok()?;
+    if has_include_usage || len > OPTIONS_HOLD_CAP || len > object.len() {
+        return None;
+    }
+    let empty = object[1..len]
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_none_or(|&b| b == b'}');
+    Some(if empty {
+        INCLUDE_USAGE_MEMBER
+    } else {
+        INCLUDE_USAGE_MEMBER_FIRST
+    })
+}
+
+/// `data` with `insert` put in at `at`, as one buffer.
+fn spliced(data: &[u8], at: usize, insert: &[u8]) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(data.len() + insert.len());
+    out.extend_from_slice(&data[..at]);
+    out.extend_from_slice(insert);
+    out.extend_from_slice(&data[at..]);
+    bytes::Bytes::from(out)
+}
+
 /// `head` then `rest`, as one buffer.
 fn joined(head: &[u8], rest: &[u8]) -> bytes::Bytes {
     let mut out = Vec::with_capacity(head.len() + rest.len());
@@ -721,7 +762,11 @@ mod streaming_injector_tests {
         let empty = original["stream_options"]
             .as_object()
             .is_some_and(serde_json::Map::is_empty);
-        INCLUDE_USAGE_MEMBER.len() + usize::from(!empty)
+        if empty {
+            INCLUDE_USAGE_MEMBER.len()
+        } else {
+            INCLUDE_USAGE_MEMBER_FIRST.len()
+        }
     }
 
     #[test]
@@ -785,6 +830,17 @@ mod streaming_injector_tests {
         }
         assert_eq!(attempts[0], attempts[1]);
         assert!(attempts[0].1);
+    }
+
+    #[test]
+    fn a_stream_options_that_needs_nothing_is_forwarded_without_copy() {
+        let mut inj = StreamingUsageInjector::new();
+        let chunk = bytes::Bytes::from_static(
+            br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"#,
+        );
+        let out = inj.push(chunk.clone());
+        assert_eq!(out.as_ptr(), chunk.as_ptr());
+        assert_eq!(out.len(), chunk.len());
     }
 
     #[test]
