@@ -499,8 +499,10 @@ fn bench_keys(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let mut storage = majordomo::config::StorageConfig::default();
-    storage.driver = Some(majordomo::config::StorageDriver::Sqlite);
+    let mut storage = majordomo::config::StorageConfig {
+        driver: Some(majordomo::config::StorageDriver::Sqlite),
+        ..Default::default()
+    };
     storage.sqlite.path = dir.path().join("bench.db");
     let store = Store::open(&storage).unwrap();
     let cache = rt.block_on(async {

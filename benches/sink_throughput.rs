@@ -81,17 +81,20 @@ fn record(key: Uuid, i: usize) -> RequestRecord {
 }
 
 fn pg(database: &str) -> StorageConfig {
-    let mut pg = PostgresConfig::default();
-    pg.host = Some(std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into()));
-    pg.port = env_or("PGPORT", 5432u16);
-    pg.user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
-    pg.password = std::env::var("PGPASSWORD").ok();
-    pg.database = database.into();
-    pg.max_conns = 8;
-    let mut s = StorageConfig::default();
-    s.driver = Some(StorageDriver::Postgres);
-    s.postgres = pg;
-    s
+    let pg = PostgresConfig {
+        host: Some(std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into())),
+        port: env_or("PGPORT", 5432u16),
+        user: std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()),
+        password: std::env::var("PGPASSWORD").ok(),
+        database: database.into(),
+        max_conns: 8,
+        ..Default::default()
+    };
+    StorageConfig {
+        driver: Some(StorageDriver::Postgres),
+        postgres: pg,
+        ..Default::default()
+    }
 }
 
 /// A plain connection to `database` (the admin work and the final count).

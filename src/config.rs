@@ -65,7 +65,7 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -138,7 +138,7 @@ pub enum StorageDriver {
     Postgres,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// `sqlite` (default) or `postgres`. When unset and a PostgreSQL host or
@@ -146,16 +146,6 @@ pub struct StorageConfig {
     pub driver: Option<StorageDriver>,
     pub sqlite: SqliteConfig,
     pub postgres: PostgresConfig,
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        StorageConfig {
-            driver: None,
-            sqlite: SqliteConfig::default(),
-            postgres: PostgresConfig::default(),
-        }
-    }
 }
 
 impl StorageConfig {
@@ -230,22 +220,12 @@ impl std::fmt::Debug for PostgresConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProvidersConfig {
     pub openai: ProviderConfig,
     pub anthropic: ProviderConfig,
     pub gemini: ProviderConfig,
-}
-
-impl Default for ProvidersConfig {
-    fn default() -> Self {
-        ProvidersConfig {
-            openai: ProviderConfig::default(),
-            anthropic: ProviderConfig::default(),
-            gemini: ProviderConfig::default(),
-        }
-    }
 }
 
 impl ProvidersConfig {
@@ -495,24 +475,6 @@ pub struct MetricsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig { port: 9091 }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            storage: StorageConfig::default(),
-            providers: ProvidersConfig::default(),
-            upstream: UpstreamConfig::default(),
-            auth: AuthConfig::default(),
-            metadata: MetadataConfig::default(),
-            logging: LoggingConfig::default(),
-            s3: S3Config::default(),
-            pricing: PricingConfig::default(),
-            sink: SinkConfig::default(),
-            metrics: MetricsConfig::default(),
-        }
     }
 }
 

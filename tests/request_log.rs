@@ -187,13 +187,10 @@ async fn each_provider_and_mode_logs_an_exact_priced_row(backend: Backend) {
             case.name
         );
         assert!(row.time_to_first_byte_ms.is_some());
-        match case.total_cost {
-            Some(total) => {
-                assert!(row.price_found, "{}", case.name);
-                assert_eq!(row.total_cost, d(total), "{}", case.name);
-                assert_eq!(row.input_cost + row.output_cost, row.total_cost);
-            }
-            None => {}
+        if let Some(total) = case.total_cost {
+            assert!(row.price_found, "{}", case.name);
+            assert_eq!(row.total_cost, d(total), "{}", case.name);
+            assert_eq!(row.input_cost + row.output_cost, row.total_cost);
         }
     }
     // Credentials never stored in clear.
@@ -224,7 +221,7 @@ async fn an_injected_usage_chunk_is_hidden_from_the_client_and_still_logged(back
         )
     };
     let usage_event = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-2024-08-06\",\"choices\":[],\"usage\":{\"prompt_tokens\":1234,\"completion_tokens\":567,\"total_tokens\":1801,\"prompt_tokens_details\":{\"cached_tokens\":200},\"completion_tokens_details\":{\"reasoning_tokens\":64}}}\n\n".to_string();
-    let events = vec![
+    let events = [
         chunk(0, "Hel"),
         chunk(1, "lo}"),
         usage_event,
