@@ -969,14 +969,7 @@ pub(crate) mod testing {
 
         /// Parses `body` split at the given offsets (ascending).
         pub(crate) fn parse_split(&self, body: &[u8], splits: &[usize]) -> ParsedResponse {
-            let mut p = self.parser();
-            let mut from = 0;
-            for &at in splits {
-                p.push(&body[from..at]);
-                from = at;
-            }
-            p.push(&body[from..]);
-            p.finish()
+            feed(self.parser(), body, splits)
         }
 
         /// Parses `body` and checks that every single split point and
@@ -990,6 +983,17 @@ pub(crate) mod testing {
             assert_eq!(self.parse_split(body, &bytes), whole, "one-byte chunks");
             whole
         }
+    }
+
+    /// Pushes `body` split at the given offsets (ascending) and finishes.
+    pub(crate) fn feed(mut parser: UsageParser, body: &[u8], splits: &[usize]) -> ParsedResponse {
+        let mut from = 0;
+        for &at in splits {
+            parser.push(&body[from..at]);
+            from = at;
+        }
+        parser.push(&body[from..]);
+        parser.finish()
     }
 
     pub(crate) fn usage(

@@ -580,16 +580,26 @@ fn closing_tail(data: &[u8]) -> Option<usize> {
 mod streaming_injector_tests {
     use super::*;
 
-    fn run(body: &[u8], split: usize) -> (RequestInfo, bool, Vec<u8>) {
-        let mut inj = StreamingUsageInjector::new();
+    /// Pushes the parts through a new injector (fixed-length or not);
+    /// returns its info, decision and whole output.
+    fn run_parts(fixed: bool, parts: &[&[u8]]) -> (RequestInfo, bool, Vec<u8>) {
+        let mut inj = if fixed {
+            StreamingUsageInjector::fixed_length()
+        } else {
+            StreamingUsageInjector::new()
+        };
         let mut out = Vec::new();
-        let split = split.min(body.len());
-        for part in [&body[..split], &body[split..]] {
+        for part in parts {
             out.extend_from_slice(&inj.push(bytes::Bytes::copy_from_slice(part)));
         }
         let (info, injected, tail) = inj.finish();
         out.extend_from_slice(&tail);
         (info, injected, out)
+    }
+
+    fn run(body: &[u8], split: usize) -> (RequestInfo, bool, Vec<u8>) {
+        let split = split.min(body.len());
+        run_parts(false, &[&body[..split], &body[split..]])
     }
 
     #[test]
@@ -629,14 +639,8 @@ mod streaming_injector_tests {
     }
 
     fn run_fixed(body: &[u8], split: usize) -> (bool, Vec<u8>) {
-        let mut inj = StreamingUsageInjector::fixed_length();
-        let mut out = Vec::new();
         let split = split.min(body.len());
-        for part in [&body[..split], &body[split..]] {
-            out.extend_from_slice(&inj.push(bytes::Bytes::copy_from_slice(part)));
-        }
-        let (_, injected, tail) = inj.finish();
-        out.extend_from_slice(&tail);
+        let (_, injected, out) = run_parts(true, &[&body[..split], &body[split..]]);
         (injected, out)
     }
 
@@ -709,21 +713,6 @@ mod streaming_injector_tests {
     /// Every way to cut the body in three.
     fn three_way_splits(len: usize) -> impl Iterator<Item = (usize, usize)> {
         (0..=len).flat_map(move |a| (a..=len).map(move |b| (a, b)))
-    }
-
-    fn run_parts(fixed: bool, parts: &[&[u8]]) -> (RequestInfo, bool, Vec<u8>) {
-        let mut inj = if fixed {
-            StreamingUsageInjector::fixed_length()
-        } else {
-            StreamingUsageInjector::new()
-        };
-        let mut out = Vec::new();
-        for part in parts {
-            out.extend_from_slice(&inj.push(bytes::Bytes::copy_from_slice(part)));
-        }
-        let (info, injected, tail) = inj.finish();
-        out.extend_from_slice(&tail);
-        (info, injected, out)
     }
 
     #[test]
@@ -803,13 +792,9 @@ mod streaming_injector_tests {
             let (_, injected, out) = run(body, split);
             assert!(!injected);
             assert_eq!(out, body);
-            let (_, _, fixed_out) = run_fixed_parts(body, split);
+            let (_, fixed_out) = run_fixed(body, split);
             assert_eq!(fixed_out.len(), body.len() + INJECTION_LEN);
         }
-    }
-
-    fn run_fixed_parts(body: &[u8], split: usize) -> (RequestInfo, bool, Vec<u8>) {
-        run_parts(true, &[&body[..split], &body[split..]])
     }
 
     #[test]

@@ -394,16 +394,10 @@ fn a_captured_string_reads_as_the_json_parser_reads_it() {
 // scans every event agree.
 
 fn parse_both(req: &Req, body: &[u8], cuts: &[usize]) -> (ParsedResponse, ParsedResponse) {
-    let run = |mut parser: UsageParser| {
-        let mut from = 0;
-        for &at in cuts {
-            parser.push(&body[from..at]);
-            from = at;
-        }
-        parser.push(&body[from..]);
-        parser.finish()
-    };
-    (run(req.parser()), run(req.untriaged_parser()))
+    (
+        testing::feed(req.parser(), body, cuts),
+        testing::feed(req.untriaged_parser(), body, cuts),
+    )
 }
 
 #[test]
