@@ -7,9 +7,10 @@
 //! with `usageMetadata` before a scanned one (the first, one with a
 //! `finishReason` / `blockReason` / `error`) or the end is read (see the
 //! triage in the parent module): the earlier ones are superseded unread. An
-//! event whose `usageMetadata` holds none of the counts below therefore
-//! may hide an earlier one's (Gemini always sends the prompt count). Columns: input = `promptTokenCount +
-//! toolUsePromptTokenCount`, cached = `cachedContentTokenCount` (part of the
+//! event whose `usageMetadata` holds none of the counts below therefore may
+//! hide an earlier one's (Gemini always sends the prompt count).
+//!
+//! Columns: input = `promptTokenCount + toolUsePromptTokenCount`, cached = `cachedContentTokenCount` (part of the
 //! prompt count), output = `candidatesTokenCount + thoughtsTokenCount`
 //! (thoughts are billed as output but not part of the candidates count),
 //! reasoning = `thoughtsTokenCount`.

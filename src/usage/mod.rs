@@ -260,17 +260,15 @@ impl Triage {
                 ) || matters()
             }
             Triage::Gemini => {
-                if event.at_eof
+                let matters = event.at_eof
                     || model_unknown()
                     || REASON_KEY.find(data).is_some()
-                    || has_error_value(data)
-                {
-                    true
-                } else if has_usage_metadata_object(data) {
+                    || has_error_value(data);
+                // Usage alone is read only if no later event supersedes it.
+                if !matters && has_usage_metadata_object(data) {
                     return Verdict::KeepAsLast;
-                } else {
-                    false
                 }
+                matters
             }
         };
         if scan {
@@ -285,8 +283,17 @@ impl Triage {
 /// scanned as it comes.
 pub const TRIAGE_CAP: usize = 64 * 1024;
 
-/// Capacity of the gathering buffer kept between events.
+/// Capacity of an event buffer kept between events.
 const GATHERED_KEEP: usize = 8 * 1024;
+
+/// Empties an event buffer for the next event; one large event must not pin
+/// up to 64 KiB for the rest of the stream.
+fn clear_for_reuse(buffer: &mut Vec<u8>) {
+    buffer.clear();
+    if buffer.capacity() > GATHERED_KEEP {
+        *buffer = Vec::new();
+    }
+}
 
 /// Searchers built once: building one costs more than searching an event.
 static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
@@ -302,34 +309,35 @@ static USAGE_METADATA_KEY: LazyLock<memmem::Finder<'static>> =
 /// `"usage"` followed by `:` and `{` (whitespace allowed): a usage object,
 /// not `"usage":null`.
 pub(crate) fn has_usage_object(data: &[u8]) -> bool {
-    USAGE_KEY
-        .find_iter(data)
-        .any(|at| value_start(&data[at + b"\"usage\"".len()..]) == Some(b'{'))
+    any_value(&USAGE_KEY, data, |first| first == Some(b'{'))
 }
 
 /// `"error"` anywhere but as a key whose value is `null` (every Responses
 /// event that repeats the response has `"error":null`); `"type":"error"`
 /// counts.
 fn has_error_value(data: &[u8]) -> bool {
-    ERROR_KEY
-        .find_iter(data)
-        .any(|at| value_start(&data[at + b"\"error\"".len()..]) != Some(b'n'))
+    any_value(&ERROR_KEY, data, |first| first != Some(b'n'))
 }
 
 /// `"usageMetadata"` followed by an object (not a text that says it).
 fn has_usage_metadata_object(data: &[u8]) -> bool {
-    USAGE_METADATA_KEY
-        .find_iter(data)
-        .any(|at| value_start(&data[at + b"\"usageMetadata\"".len()..]) == Some(b'{'))
+    any_value(&USAGE_METADATA_KEY, data, |first| first == Some(b'{'))
 }
 
-/// The first byte of the value after a key: `:` and whitespace skipped.
-fn value_start(after_key: &[u8]) -> Option<u8> {
-    let mut tokens = after_key.iter().filter(|b| !b.is_ascii_whitespace());
-    match tokens.next() {
-        Some(b':') => tokens.next().copied(),
-        _ => None,
-    }
+/// Whether some occurrence of the quoted `key` in `data` passes `test` on
+/// what follows it: the first byte of its value (after `:` and whitespace),
+/// or `None` when no `:` follows (not a key).
+fn any_value(key: &memmem::Finder<'_>, data: &[u8], test: impl Fn(Option<u8>) -> bool) -> bool {
+    key.find_iter(data).any(|at| {
+        let mut tokens = data[at + key.needle().len()..]
+            .iter()
+            .filter(|b| !b.is_ascii_whitespace());
+        let first = match tokens.next() {
+            Some(b':') => tokens.next().copied(),
+            _ => None,
+        };
+        test(first)
+    })
 }
 
 impl std::fmt::Debug for UsageParser {
@@ -739,11 +747,7 @@ impl EventSink<'_> {
             return;
         }
         self.event.push(self.kept);
-        self.kept.clear();
-        if self.kept.capacity() > GATHERED_KEEP {
-            // One large kept event must not pin its buffer for the rest of the stream.
-            *self.kept = Vec::new();
-        }
+        clear_for_reuse(self.kept);
         // Only Gemini keeps events, and they are unnamed.
         self.conclude(None, false);
     }
@@ -787,7 +791,7 @@ impl sse::Handler for EventSink<'_> {
         *self.streaming = self.triage == Triage::None;
         if gathered {
             let mut data = std::mem::take(self.gathered);
-            let verdict = if event.done || event.done_cut {
+            let verdict = if event.is_end_marker() {
                 Verdict::Skip
             } else {
                 self.triage.verdict(event, &data, self.findings)
@@ -803,18 +807,14 @@ impl sse::Handler for EventSink<'_> {
                 Verdict::Skip => {}
             }
             *self.gathered = data;
-            self.gathered.clear();
-            if self.gathered.capacity() > GATHERED_KEEP {
-                // One large event must not pin 64 KiB for the rest of the stream.
-                *self.gathered = Vec::new();
-            }
+            clear_for_reuse(self.gathered);
             if verdict != Verdict::Scan {
                 self.findings.terminal |= event.done;
                 self.event.reset();
                 return;
             }
         }
-        if event.done || event.done_cut {
+        if event.is_end_marker() {
             self.findings.terminal |= event.done;
             self.event.reset();
         } else {

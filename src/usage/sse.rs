@@ -41,6 +41,13 @@ pub(crate) struct Event<'a> {
     pub done_cut: bool,
 }
 
+impl Event<'_> {
+    /// `[DONE]`, whole or cut short: no JSON to read.
+    pub fn is_end_marker(&self) -> bool {
+        self.done || self.done_cut
+    }
+}
+
 /// Receives what the reader finds.
 pub(crate) trait Handler {
     /// More bytes of the current event's data (`\n` between data lines).
