@@ -121,6 +121,32 @@ fn without(mut map: serde_json::Map<String, Value>, key: &str) -> serde_json::Ma
     map
 }
 
+/// `stream_options.include_usage` is true in `new`, and (when the original
+/// object is known) nothing else differs from it: not the other members, nor
+/// the other options of an original `stream_options` object.
+fn assert_only_include_usage_set(
+    new: &serde_json::Map<String, Value>,
+    original: Option<&serde_json::Map<String, Value>>,
+) {
+    assert!(include_usage_is_true(new));
+    let Some(original) = original else {
+        return;
+    };
+    assert_eq!(
+        without(new.clone(), "stream_options"),
+        without(original.clone(), "stream_options")
+    );
+    if let Some(Value::Object(options)) = original.get("stream_options") {
+        let Some(Value::Object(new_options)) = new.get("stream_options") else {
+            panic!("stream_options is no longer an object");
+        };
+        assert_eq!(
+            without(new_options.clone(), "include_usage"),
+            without(options.clone(), "include_usage")
+        );
+    }
+}
+
 fn include_usage_is_true(map: &serde_json::Map<String, Value>) -> bool {
     map.get("stream_options")
         .and_then(|o| o.get("include_usage"))
@@ -181,21 +207,13 @@ fuzz_target!(|data: &[u8]| {
         assert!(at.is_some(), "the edit is not one member after a {{");
         if check_json && single_options {
             let edited_obj = parse_object(&out, "stream_options edit");
-            assert!(include_usage_is_true(&edited_obj));
             if let Some(original) = &reference {
-                assert_eq!(
-                    without(edited_obj.clone(), "stream_options"),
-                    without(original.clone(), "stream_options")
-                );
                 let Some(Value::Object(options)) = original.get("stream_options") else {
                     panic!("edited a stream_options that is not an object");
                 };
                 assert!(!options.contains_key("include_usage"));
-                let Some(Value::Object(new_options)) = edited_obj.get("stream_options") else {
-                    panic!("stream_options is no longer an object");
-                };
-                assert_eq!(&without(new_options.clone(), "include_usage"), options);
             }
+            assert_only_include_usage_set(&edited_obj, reference.as_ref());
         }
     } else if !injected {
         assert!(out == body, "no injection reported, but the bytes changed");
@@ -297,22 +315,7 @@ fuzz_target!(|data: &[u8]| {
 
     if check_json {
         let rewritten_obj = parse_object(&rewritten, "whole-body injection");
-        assert!(include_usage_is_true(&rewritten_obj));
-        if let Some(original) = &reference {
-            assert_eq!(
-                without(rewritten_obj.clone(), "stream_options"),
-                without(original.clone(), "stream_options")
-            );
-            if let Some(Value::Object(options)) = original.get("stream_options") {
-                let Some(Value::Object(new_options)) = rewritten_obj.get("stream_options") else {
-                    panic!("stream_options is no longer an object");
-                };
-                assert_eq!(
-                    without(new_options.clone(), "include_usage"),
-                    without(options.clone(), "include_usage")
-                );
-            }
-        }
+        assert_only_include_usage_set(&rewritten_obj, reference.as_ref());
         if injected && single_options {
             let streamed = parse_object(&out, "streaming injection");
             assert_eq!(streamed, rewritten_obj, "the two injections disagree");
