@@ -15,6 +15,10 @@
 //! are skipped through [`Kind`], which (unlike serde's `IgnoredAny`) reads
 //! strings as strings, so invalid UTF-8 or a lone surrogate escape fails as
 //! it did in a document.
+//!
+//! Serde itself is the second reader: the objects providers actually send
+//! (plain ASCII keys, integer counts) are read first by a small cursor,
+//! [`plain_counts`], which declines anything else.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -44,11 +48,22 @@ pub(super) fn captured_counts<const N: usize>(
     if capture.truncated {
         return Err(());
     }
+    match plain_counts(&capture.bytes, paths) {
+        Some(plain) => Ok(plain),
+        None => serde_counts(&capture.bytes, paths),
+    }
+}
+
+/// [`captured_counts`] for any text, through serde.
+fn serde_counts<const N: usize>(
+    text: &[u8],
+    paths: &[&[&str]; N],
+) -> Result<Option<Counts<N>>, ()> {
     let mut counts = Counts {
         object: false,
         values: [None; N],
     };
-    let mut de = serde_json::Deserializer::from_slice(&capture.bytes);
+    let mut de = serde_json::Deserializer::from_slice(text);
     let null = de
         .deserialize_any(Top {
             paths,
@@ -57,6 +72,202 @@ pub(super) fn captured_counts<const N: usize>(
         .map_err(|_| ())?;
     de.end().map_err(|_| ())?;
     Ok((!null).then_some(counts))
+}
+
+/// The usage objects providers send, read without serde: `null`, or an
+/// object whose keys and strings are printable ASCII without escapes, whose
+/// numbers are integers that fit a `u64` (or are negative), nested at most
+/// [`PLAIN_DEPTH`] deep. Serde's keys and numbers cost about 4 800
+/// instructions for OpenAI's usage object, this about 2 700.
+/// `None` for anything else, valid or not — escapes, non-ASCII text,
+/// fractions, exponents, large numbers, leading zeros, bad syntax — which
+/// serde then reads: this answers only where its answer is serde's.
+fn plain_counts<const N: usize>(text: &[u8], paths: &[&[&str]; N]) -> Option<Option<Counts<N>>> {
+    let mut p = Plain { text, at: 0 };
+    p.whitespace();
+    let counts = if p.literal(b"null") {
+        None
+    } else {
+        let mut counts = Counts {
+            object: true,
+            values: [None; N],
+        };
+        p.object(|p, key| {
+            // As `Top::visit_map`: a repeated key replaces what the earlier
+            // one said; a leaf path wins over a nested one.
+            let mut nested = false;
+            let mut leaf = None;
+            for (i, path) in paths.iter().enumerate() {
+                if path.first().map(|k| k.as_bytes()) == Some(key) {
+                    counts.values[i] = None;
+                    match path.len() {
+                        1 => leaf = Some(i),
+                        _ => nested = true,
+                    }
+                }
+            }
+            if let Some(i) = leaf {
+                counts.values[i] = p.count()?;
+            } else if nested && p.peek() == Some(b'{') {
+                let values = &mut counts.values;
+                p.object(|p, inner| {
+                    let slot = paths.iter().position(|path| {
+                        path.len() == 2 && path[0].as_bytes() == key && path[1].as_bytes() == inner
+                    });
+                    match slot {
+                        Some(i) => values[i] = p.count()?,
+                        None => p.skip(1)?,
+                    }
+                    Some(())
+                })?;
+            } else {
+                p.skip(0)?;
+            }
+            Some(())
+        })?;
+        Some(counts)
+    };
+    p.whitespace();
+    (p.at == text.len()).then_some(counts)
+}
+
+/// How deep [`plain_counts`] follows arrays and objects before leaving the
+/// value to serde.
+const PLAIN_DEPTH: usize = 4;
+
+/// A cursor over the text [`plain_counts`] reads. Each method returns `None`
+/// where the text leaves the plain subset.
+struct Plain<'a> {
+    text: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Plain<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.text.get(self.at).copied()
+    }
+
+    fn whitespace(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    fn eat(&mut self, b: u8) -> bool {
+        let hit = self.peek() == Some(b);
+        self.at += usize::from(hit);
+        hit
+    }
+
+    fn literal(&mut self, word: &[u8]) -> bool {
+        let hit = self.text[self.at..].starts_with(word);
+        if hit {
+            self.at += word.len();
+        }
+        hit
+    }
+
+    /// A string's content: printable ASCII, no escapes.
+    fn string(&mut self) -> Option<&'a [u8]> {
+        if !self.eat(b'"') {
+            return None;
+        }
+        let rest = &self.text[self.at..];
+        let content = &rest[..memchr::memchr(b'"', rest)?];
+        // No early exit: the compiler turns this into a vector loop.
+        let plain = content.iter().fold(true, |plain, &b| {
+            plain & (b' '..=b'~').contains(&b) & (b != b'\\')
+        });
+        if !plain {
+            return None;
+        }
+        self.at += content.len() + 1;
+        Some(content)
+    }
+
+    /// An integer: `Some(n)` for a non-negative one that fits a `u64`,
+    /// `None` (inside) for a negative one.
+    fn integer(&mut self) -> Option<Option<u64>> {
+        let negative = self.eat(b'-');
+        let start = self.at;
+        let mut n: u64 = 0;
+        while let Some(d @ b'0'..=b'9') = self.peek() {
+            n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+            self.at += 1;
+        }
+        let digits = self.at - start;
+        let leading_zero = digits > 1 && self.text[start] == b'0';
+        if digits == 0 || leading_zero || matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        Some((!negative).then_some(n))
+    }
+
+    /// A value read as `Count` reads it: a count only when it is a
+    /// non-negative integer.
+    fn count(&mut self) -> Option<Option<u64>> {
+        match self.peek()? {
+            b'-' | b'0'..=b'9' => self.integer(),
+            _ => self.skip(1).map(|()| None),
+        }
+    }
+
+    /// Any value, kept nowhere.
+    fn skip(&mut self, depth: usize) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'-' | b'0'..=b'9' => self.integer().map(drop),
+            b'{' if depth < PLAIN_DEPTH => self.object(|p, _| p.skip(depth + 1)),
+            b'[' if depth < PLAIN_DEPTH => {
+                self.at += 1;
+                self.whitespace();
+                if self.eat(b']') {
+                    return Some(());
+                }
+                loop {
+                    self.whitespace();
+                    self.skip(depth + 1)?;
+                    self.whitespace();
+                    if self.eat(b']') {
+                        return Some(());
+                    }
+                    if !self.eat(b',') {
+                        return None;
+                    }
+                }
+            }
+            _ => (self.literal(b"null") || self.literal(b"true") || self.literal(b"false"))
+                .then_some(()),
+        }
+    }
+
+    /// An object, each member's value read by `member` (given the key).
+    fn object(&mut self, mut member: impl FnMut(&mut Self, &[u8]) -> Option<()>) -> Option<()> {
+        if !self.eat(b'{') {
+            return None;
+        }
+        self.whitespace();
+        if self.eat(b'}') {
+            return Some(());
+        }
+        loop {
+            self.whitespace();
+            let key = self.string()?;
+            self.whitespace();
+            if !self.eat(b':') {
+                return None;
+            }
+            self.whitespace();
+            member(self, key)?;
+            self.whitespace();
+            if self.eat(b'}') {
+                return Some(());
+            }
+            if !self.eat(b',') {
+                return None;
+            }
+        }
+    }
 }
 
 /// The whole value; `true` when it is `null`.
@@ -382,12 +593,72 @@ mod tests {
         }
     }
 
+    /// Both readers give a document's answer; the plain one may decline.
     fn check(text: &str) {
+        let expected = via_value(text);
         assert_eq!(
             captured_counts(Some(&capture(text)), &PATHS),
-            via_value(text),
+            expected,
             "{text}"
         );
+        assert_eq!(serde_counts(text.as_bytes(), &PATHS), expected, "{text}");
+        if let Some(plain) = plain_counts(text.as_bytes(), &PATHS) {
+            assert_eq!(Ok(plain), expected, "plain reader on {text}");
+        }
+    }
+
+    #[test]
+    fn the_providers_usage_objects_take_the_plain_path() {
+        for text in [
+            // OpenAI Chat Completions, Responses, Anthropic, Gemini.
+            r#"{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}"#,
+            r#"{"input_tokens":36,"input_tokens_details":{"cached_tokens":0},"output_tokens":87,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":123}"#,
+            r#"{"input_tokens":25,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":0},"output_tokens":12,"service_tier":"standard","server_tool_use":null}"#,
+            r#"{"promptTokenCount": 8, "candidatesTokenCount": 12, "totalTokenCount": 20, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 8}], "thoughtsTokenCount": 0}"#,
+            " null ",
+            "{ }",
+            r#"{"prompt_tokens":-1,"completion_tokens":true,"prompt_tokens_details":[1,[2,{}]]}"#,
+            r#"{"prompt_tokens":1,"prompt_tokens":2,"prompt_tokens_details":{"cached_tokens":3},"prompt_tokens_details":7}"#,
+        ] {
+            assert!(plain_counts(text.as_bytes(), &PATHS).is_some(), "{text}");
+            check(text);
+        }
+        let counts = plain_counts(
+            br#"{"prompt_tokens":1200,"prompt_tokens_details":{"cached_tokens":1024,"x":[]},"completion_tokens":18446744073709551615}"#,
+            &PATHS,
+        );
+        assert_eq!(
+            counts,
+            Some(Some(Counts {
+                object: true,
+                values: [Some(1200), Some(u64::MAX), Some(1024), None, None]
+            }))
+        );
+    }
+
+    #[test]
+    fn the_plain_path_declines_what_it_does_not_cover() {
+        for text in [
+            r#"{"prompt\u005ftokens":9}"#,
+            r#"{"s":"\n","prompt_tokens":3}"#,
+            r#"{"s":"é","prompt_tokens":3}"#,
+            r#"{"prompt_tokens":1.0}"#,
+            r#"{"prompt_tokens":1e3}"#,
+            r#"{"prompt_tokens":01}"#,
+            r#"{"prompt_tokens":18446744073709551616}"#,
+            r#"{"a":[[[[[1]]]]],"prompt_tokens":3}"#,
+            r#"{"prompt_tokens":1}x"#,
+            r#"{"prompt_tokens":1"#,
+            r#"{"prompt_tokens":1,}"#,
+            r#"{"prompt_tokens" 1}"#,
+            "[1,2]",
+            "5",
+            "nul",
+            "",
+        ] {
+            assert_eq!(plain_counts(text.as_bytes(), &PATHS), None, "{text}");
+            check(text);
+        }
     }
 
     #[test]
@@ -515,6 +786,29 @@ mod tests {
         ) {
             let text = format!("{{{}}}", entries.iter()
                 .map(|(k, v)| format!("\"{k}\":{v}")).collect::<Vec<_>>().join(","));
+            check(&text);
+        }
+
+        /// Texts near the plain subset's edges: odd spacing, numbers of every
+        /// form, escapes, non-ASCII, deep nesting, and cuts anywhere.
+        #[test]
+        fn texts_at_the_plain_paths_edges(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    Just("{"), Just("}"), Just("["), Just("]"), Just(","), Just(":"), Just(" "),
+                    Just("\n"), Just("\"prompt_tokens\""), Just("\"prompt_tokens_details\""),
+                    Just("\"cached_tokens\""), Just("\"completion_tokens\""), Just("\"x\""),
+                    Just("\"a\\\"b\""), Just("\"\\u0041\""), Just("\"é\""), Just("0"), Just("7"),
+                    Just("-3"), Just("-0"), Just("01"), Just("2.5"), Just("1e2"), Just("-"),
+                    Just("18446744073709551615"), Just("18446744073709551616"), Just("null"),
+                    Just("true"), Just("fals"),
+                ],
+                0..24,
+            ),
+            wrap in any::<bool>(),
+        ) {
+            let inner = parts.concat();
+            let text = if wrap { format!("{{{inner}}}") } else { inner };
             check(&text);
         }
     }
