@@ -13,11 +13,13 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use prometheus::{
-    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Counter, CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, Opts, Registry, TextEncoder,
 };
 
 use crate::keys::cache::KeyCache;
 use crate::pricing::live::LivePrices;
+use crate::provider::Provider;
 use crate::sink::{SinkSender, SinkStats};
 use crate::store::RequestRecord;
 
@@ -29,7 +31,34 @@ pub struct Metrics {
     tokens: IntCounterVec,
     cost: CounterVec,
     upstream_errors: IntCounterVec,
+    /// Each provider's series of the per-provider metrics, in
+    /// `Provider::ALL` order, looked up once: a `with_label_values` hashes
+    /// its labels and takes a lock on every call (about 300 instructions,
+    /// five or more times per request). Each is made on its first use, so a
+    /// series still appears only once something was counted in it.
+    by_provider: [ProviderSeries; 3],
     sources: OnceLock<Sources>,
+}
+
+#[derive(Default)]
+struct ProviderSeries {
+    duration: OnceLock<Histogram>,
+    ttfb: OnceLock<Histogram>,
+    /// In `TOKEN_KINDS` order.
+    tokens: [OnceLock<IntCounter>; 5],
+    cost: OnceLock<Counter>,
+    upstream_errors: OnceLock<IntCounter>,
+}
+
+const TOKEN_KINDS: [&str; 5] = ["input", "output", "cached", "cache_creation", "reasoning"];
+
+/// Applies `apply` to a series: the one in `cell` (made by `make` on first
+/// use), or a fresh lookup for a provider with no cell.
+fn series<T>(cell: Option<&OnceLock<T>>, make: impl Fn() -> T, apply: impl FnOnce(&T)) {
+    match cell {
+        Some(cell) => apply(cell.get_or_init(make)),
+        None => apply(&make()),
+    }
 }
 
 /// State owned elsewhere, read when scraped.
@@ -111,6 +140,7 @@ impl Metrics {
             tokens,
             cost,
             upstream_errors,
+            by_provider: Default::default(),
             sources: OnceLock::new(),
         }
     }
@@ -128,33 +158,52 @@ impl Metrics {
         self.requests
             .with_label_values(&[provider, priced_as.unwrap_or("unpriced"), status])
             .inc();
-        self.duration
-            .with_label_values(&[provider])
-            .observe(f64::from(r.response_time_ms) / 1000.0);
+        let cached = Provider::ALL
+            .iter()
+            .position(|p| p.as_str() == provider)
+            .map(|i| &self.by_provider[i]);
+        series(
+            cached.map(|c| &c.duration),
+            || self.duration.with_label_values(&[provider]),
+            |h| h.observe(f64::from(r.response_time_ms) / 1000.0),
+        );
         if let Some(t) = r.time_to_first_byte_ms {
-            self.ttfb
-                .with_label_values(&[provider])
-                .observe(f64::from(t) / 1000.0);
+            series(
+                cached.map(|c| &c.ttfb),
+                || self.ttfb.with_label_values(&[provider]),
+                |h| h.observe(f64::from(t) / 1000.0),
+            );
         }
-        for (kind, n) in [
-            ("input", r.input_tokens),
-            ("output", r.output_tokens),
-            ("cached", r.cached_tokens),
-            ("cache_creation", r.cache_creation_tokens),
-            ("reasoning", r.reasoning_tokens),
-        ] {
+        let counts = [
+            r.input_tokens,
+            r.output_tokens,
+            r.cached_tokens,
+            r.cache_creation_tokens,
+            r.reasoning_tokens,
+        ];
+        for (i, (kind, n)) in TOKEN_KINDS.into_iter().zip(counts).enumerate() {
             if n > 0 {
-                self.tokens
-                    .with_label_values(&[provider, kind])
-                    .inc_by(n as u64);
+                series(
+                    cached.map(|c| &c.tokens[i]),
+                    || self.tokens.with_label_values(&[provider, kind]),
+                    |c| c.inc_by(n as u64),
+                );
             }
         }
         if r.price_found {
             let usd: f64 = r.total_cost.try_into().unwrap_or(0.0);
-            self.cost.with_label_values(&[provider]).inc_by(usd);
+            series(
+                cached.map(|c| &c.cost),
+                || self.cost.with_label_values(&[provider]),
+                |c| c.inc_by(usd),
+            );
         }
         if upstream_failed {
-            self.upstream_errors.with_label_values(&[provider]).inc();
+            series(
+                cached.map(|c| &c.upstream_errors),
+                || self.upstream_errors.with_label_values(&[provider]),
+                |c| c.inc(),
+            );
         }
     }
 
@@ -293,6 +342,80 @@ impl pingora::apps::http_app::ServeHttp for MetricsApp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(provider: &str, input: i64, reasoning: i64) -> RequestRecord {
+        let at = chrono::Utc::now();
+        RequestRecord {
+            id: uuid::Uuid::now_v7(),
+            api_key_id: None,
+            provider_api_key_hash: None,
+            provider: provider.into(),
+            model: "gpt-4o".into(),
+            request_path: "/v1/chat/completions".into(),
+            request_method: "POST".into(),
+            requested_at: at,
+            responded_at: at,
+            response_time_ms: 20,
+            time_to_first_byte_ms: Some(5),
+            input_tokens: input,
+            output_tokens: 7,
+            cached_tokens: 0,
+            cache_creation_tokens: 0,
+            reasoning_tokens: reasoning,
+            input_cost: rust_decimal::Decimal::ZERO,
+            output_cost: rust_decimal::Decimal::ZERO,
+            total_cost: rust_decimal::Decimal::new(25, 2),
+            price_found: true,
+            usage_complete: true,
+            status_code: 200,
+            error_message: None,
+            raw_metadata: None,
+            request_body: None,
+            response_body: None,
+            body_s3_key: None,
+        }
+    }
+
+    fn line<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .map(|l| l[series.len()..].trim())
+    }
+
+    #[test]
+    fn remembered_series_count_like_looked_up_ones_and_appear_only_once_used() {
+        let m = Metrics::new();
+        m.observe(&row("openai", 10, 0), Some("gpt-4o"), false);
+        m.observe(&row("openai", 5, 3), Some("gpt-4o"), true);
+        // A provider name with no remembered series still counts.
+        m.observe(&row("other", 1, 0), None, false);
+        let text = m.render();
+        let tokens = |p: &str, k: &str| {
+            line(
+                &text,
+                &format!(r#"majordomo_tokens_total{{kind="{k}",provider="{p}"}}"#),
+            )
+        };
+        assert_eq!(tokens("openai", "input"), Some("15"));
+        assert_eq!(tokens("openai", "output"), Some("14"));
+        assert_eq!(tokens("openai", "reasoning"), Some("3"));
+        assert_eq!(tokens("openai", "cached"), None, "never counted: no series");
+        assert_eq!(tokens("other", "input"), Some("1"));
+        assert_eq!(tokens("other", "reasoning"), None);
+        let of = |name: &str, p: &str| line(&text, &format!(r#"{name}{{provider="{p}"}}"#));
+        assert_eq!(of("majordomo_upstream_errors_total", "openai"), Some("1"));
+        assert_eq!(of("majordomo_upstream_errors_total", "other"), None);
+        assert_eq!(of("majordomo_cost_usd_total", "openai"), Some("0.5"));
+        assert_eq!(
+            of("majordomo_request_duration_seconds_count", "openai"),
+            Some("2")
+        );
+        assert_eq!(
+            of("majordomo_time_to_first_byte_seconds_count", "other"),
+            Some("1")
+        );
+        assert!(!text.contains("anthropic"), "no request, no series");
+    }
 
     #[test]
     fn statuses_format_without_allocating() {

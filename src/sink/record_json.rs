@@ -184,19 +184,21 @@ fn decimal(out: &mut Vec<u8>, d: &Decimal) {
 /// what chrono cannot print as plain digits (a leap second, a year outside
 /// 0..=9999) goes through chrono's own serializer.
 fn timestamp(out: &mut Vec<u8>, t: &DateTime<Utc>) {
-    let year = t.year();
-    let nanos = t.nanosecond();
+    // The naive value once: each accessor of a `DateTime` converts it anew.
+    let n = t.naive_utc();
+    let year = n.year();
+    let nanos = n.nanosecond();
     if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
         json(out, t);
         return;
     }
     let mut buf = *b"\"0000-00-00T00:00:00.000000000Z\"";
     digits(&mut buf[1..5], year as u32);
-    digits(&mut buf[6..8], t.month());
-    digits(&mut buf[9..11], t.day());
-    digits(&mut buf[12..14], t.hour());
-    digits(&mut buf[15..17], t.minute());
-    digits(&mut buf[18..20], t.second());
+    digits(&mut buf[6..8], n.month());
+    digits(&mut buf[9..11], n.day());
+    digits(&mut buf[12..14], n.hour());
+    digits(&mut buf[15..17], n.minute());
+    digits(&mut buf[18..20], n.second());
     digits(&mut buf[21..30], nanos);
     out.extend_from_slice(&buf);
 }
