@@ -160,7 +160,12 @@ pub fn provider_credential_hash(provider: Provider, req: &RequestHeader) -> Opti
         Provider::OpenAi => bearer(header(AUTHORIZATION.as_str())).or_else(|| header("api-key")),
     }?;
     let credential = credential.trim();
-    (!credential.is_empty()).then(|| blake3::hash(credential.as_bytes()).to_hex().to_string())
+    (!credential.is_empty()).then(|| {
+        blake3::hash(credential.as_bytes())
+            .to_hex()
+            .as_str()
+            .to_owned()
+    })
 }
 
 fn bearer(v: Option<&str>) -> Option<&str> {
