@@ -811,5 +811,11 @@ mod tests {
             let text = if wrap { format!("{{{inner}}}") } else { inner };
             check(&text);
         }
+
+        /// Any short text over JSON's own characters.
+        #[test]
+        fn any_text_of_json_characters(text in r#"[{}\[\]":,0-9.eE+\- \tnulrtfasp_\\]{0,40}"#) {
+            check(&text);
+        }
     }
 }
