@@ -36,7 +36,7 @@ pub struct Metrics {
     /// its labels and takes a lock on every call (about 300 instructions,
     /// five or more times per request). Each is made on its first use, so a
     /// series still appears only once something was counted in it.
-    by_provider: [ProviderSeries; 3],
+    by_provider: [ProviderSeries; Provider::ALL.len()],
     sources: OnceLock<Sources>,
 }
 
