@@ -16,9 +16,9 @@
 //! strings as strings, so invalid UTF-8 or a lone surrogate escape fails as
 //! it did in a document.
 //!
-//! Serde itself is the second reader: the objects providers actually send
-//! (plain ASCII keys, integer counts) are read first by a small cursor,
-//! [`plain_counts`], which declines anything else.
+//! There are two readers: a small cursor, [`plain_counts`], reads the
+//! objects providers actually send (plain ASCII keys, integer counts) and
+//! declines anything else, which serde then reads.
 
 use std::borrow::Cow;
 use std::fmt;
