@@ -344,35 +344,16 @@ mod tests {
     use super::*;
 
     fn row(provider: &str, input: i64, reasoning: i64) -> RequestRecord {
-        let at = chrono::Utc::now();
         RequestRecord {
-            id: uuid::Uuid::now_v7(),
-            api_key_id: None,
-            provider_api_key_hash: None,
             provider: provider.into(),
-            model: "gpt-4o".into(),
-            request_path: "/v1/chat/completions".into(),
-            request_method: "POST".into(),
-            requested_at: at,
-            responded_at: at,
             response_time_ms: 20,
             time_to_first_byte_ms: Some(5),
             input_tokens: input,
             output_tokens: 7,
-            cached_tokens: 0,
-            cache_creation_tokens: 0,
             reasoning_tokens: reasoning,
-            input_cost: rust_decimal::Decimal::ZERO,
-            output_cost: rust_decimal::Decimal::ZERO,
             total_cost: rust_decimal::Decimal::new(25, 2),
             price_found: true,
-            usage_complete: true,
-            status_code: 200,
-            error_message: None,
-            raw_metadata: None,
-            request_body: None,
-            response_body: None,
-            body_s3_key: None,
+            ..RequestRecord::plain()
         }
     }
 

@@ -481,40 +481,14 @@ impl SpoolWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Utc;
     use proptest::prelude::*;
-    use rust_decimal::Decimal;
     use uuid::Uuid;
 
     fn record(n: u32) -> RequestRecord {
         RequestRecord {
-            id: Uuid::now_v7(),
-            api_key_id: None,
-            provider_api_key_hash: None,
-            provider: "openai".into(),
             model: format!("model-{n}"),
-            request_path: "/v1/chat/completions".into(),
-            request_method: "POST".into(),
-            requested_at: Utc::now(),
-            responded_at: Utc::now(),
-            response_time_ms: 1,
-            time_to_first_byte_ms: None,
             input_tokens: i64::from(n),
-            output_tokens: 0,
-            cached_tokens: 0,
-            cache_creation_tokens: 0,
-            reasoning_tokens: 0,
-            input_cost: Decimal::ZERO,
-            output_cost: Decimal::ZERO,
-            total_cost: Decimal::ZERO,
-            price_found: false,
-            usage_complete: true,
-            status_code: 200,
-            error_message: None,
-            raw_metadata: None,
-            request_body: None,
-            response_body: None,
-            body_s3_key: None,
+            ..RequestRecord::plain()
         }
     }
 

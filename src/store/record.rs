@@ -45,3 +45,41 @@ pub struct RequestRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_s3_key: Option<String>,
 }
+
+#[cfg(test)]
+impl RequestRecord {
+    /// A plain OpenAI 200 row with no tokens, for unit tests; each test sets
+    /// the fields it is about.
+    pub(crate) fn plain() -> RequestRecord {
+        let at = Utc::now();
+        RequestRecord {
+            id: Uuid::now_v7(),
+            api_key_id: None,
+            provider_api_key_hash: None,
+            provider: "openai".into(),
+            model: "gpt-4o".into(),
+            request_path: "/v1/chat/completions".into(),
+            request_method: "POST".into(),
+            requested_at: at,
+            responded_at: at,
+            response_time_ms: 1,
+            time_to_first_byte_ms: None,
+            input_tokens: 0,
+            output_tokens: 0,
+            cached_tokens: 0,
+            cache_creation_tokens: 0,
+            reasoning_tokens: 0,
+            input_cost: Decimal::ZERO,
+            output_cost: Decimal::ZERO,
+            total_cost: Decimal::ZERO,
+            price_found: false,
+            usage_complete: true,
+            status_code: 200,
+            error_message: None,
+            raw_metadata: None,
+            request_body: None,
+            response_body: None,
+            body_s3_key: None,
+        }
+    }
+}
