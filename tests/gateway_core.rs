@@ -698,3 +698,131 @@ fn bad_config_is_a_clear_error_naming_the_key() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
 }
+
+/// An upstream that answers the first request on each connection and resets
+/// the connection on the second (an idle keep-alive connection closed by the
+/// provider just as the gateway reuses it), or, with `reset_first`, resets
+/// every connection at its first request. Counts the requests it read.
+async fn resetting_upstream(
+    reset_first: bool,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for nth in 1.. {
+                    // One request: headers, then Content-Length bytes of body.
+                    let body_at = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..body_at]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < body_at + length {
+                        let mut chunk = [0u8; 4096];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..body_at + length);
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    if nth == 2 || reset_first {
+                        conn.set_zero_linger().unwrap();
+                        return; // dropped with SO_LINGER 0: a reset
+                    }
+                    let answer = r#"{"id":"chatcmpl-r","object":"chat.completion","model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18}}"#;
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    if conn.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// Every LLM call is a POST, which Pingora never retries by itself: a pooled
+/// connection the provider closed just as it was reused would be a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_on_a_reused_connection_the_provider_reset_is_retried_on_a_new_one() {
+    use std::sync::atomic::Ordering;
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let (_, key) = env.create_key("reset");
+    let mock = MockUpstream::start().await;
+    let (url, seen) = resetting_upstream(false).await;
+    let gw = env
+        .gateway(&mock)
+        .env("MAJORDOMO_PROVIDERS_OPENAI_BASE_URL", &url)
+        .start()
+        .await;
+    let c = client();
+    for n in 1..=3 {
+        let r = c
+            .post(gw.url(OPENAI_CHAT))
+            .header("X-Majordomo-Key", &key)
+            .json(&chat_body())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {n}: {}", gw.log());
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["usage"]["prompt_tokens"], 11);
+    }
+    // Request 2 went out on the pooled connection, was reset, and was sent
+    // again on a new one; request 3 met the same on that one.
+    assert_eq!(seen.load(Ordering::SeqCst), 5);
+    let rows = env.wait_rows(3, Duration::from_secs(10)).await;
+    assert_eq!(rows.len(), 3, "one row per request, not per attempt");
+    assert!(rows
+        .iter()
+        .all(|r| r.status_code == 200 && r.input_tokens == 11 && r.usage_complete));
+}
+
+/// A reset on a new connection may have come after the provider read the
+/// request: it is a 502, never sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_reset_on_a_new_connection_is_a_502_and_not_sent_again() {
+    use std::sync::atomic::Ordering;
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let (_, key) = env.create_key("reset");
+    let mock = MockUpstream::start().await;
+    let (url, seen) = resetting_upstream(true).await;
+    let gw = env
+        .gateway(&mock)
+        .env("MAJORDOMO_PROVIDERS_OPENAI_BASE_URL", &url)
+        .start()
+        .await;
+    let r = client()
+        .post(gw.url(OPENAI_CHAT))
+        .header("X-Majordomo-Key", &key)
+        .json(&chat_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    let rows = env.wait_rows(1, Duration::from_secs(10)).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status_code, 502);
+}

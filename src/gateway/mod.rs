@@ -487,6 +487,31 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// A pooled upstream connection can be closed by the provider just as a
+    /// request goes out on it (its idle timeout racing ours): reading the
+    /// answer then ends, or fails with a reset, before a byte of it arrives.
+    /// Pingora marks exactly those errors "retry if the connection was
+    /// reused", but its default hook refuses every non-idempotent method,
+    /// and every LLM call is a POST: a 502 for nothing. This lets such a
+    /// failure retry on a new connection when the connection was reused, no
+    /// response header arrived and the whole body is still in Pingora's
+    /// replay buffer. Timeouts and failures on a new connection are never
+    /// retried (the provider may be working on the request).
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let replayable = !session.as_ref().retry_buffer_truncated();
+        e.retry
+            .decide_reuse(client_reused && ctx.status == 0 && replayable);
+        e
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let ending = match e {
             None => Ending::Delivered,
