@@ -493,10 +493,11 @@ impl ProxyHttp for Gateway {
     /// Pingora marks exactly those errors "retry if the connection was
     /// reused", but its default hook refuses every non-idempotent method,
     /// and every LLM call is a POST: a 502 for nothing. This lets such a
-    /// failure retry on a new connection when the connection was reused, no
-    /// response header arrived and the whole body is still in Pingora's
-    /// replay buffer. Timeouts and failures on a new connection are never
-    /// retried (the provider may be working on the request).
+    /// failure be retried (on another connection, within Pingora's retry
+    /// limit) when the connection was reused, no response header arrived
+    /// and the whole body is still in Pingora's replay buffer. Timeouts and
+    /// failures on a new connection are never retried (the provider may be
+    /// working on the request).
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
