@@ -762,37 +762,66 @@ async fn resetting_upstream(
     (url, seen)
 }
 
+/// A gateway (SQLite log) whose OpenAI upstream is [`resetting_upstream`].
+struct ResetCase {
+    gw: GatewayProcess,
+    _mock: MockUpstream,
+    env: TestEnv,
+    key: String,
+    /// Requests the upstream read.
+    seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ResetCase {
+    async fn start(reset_first: bool) -> ResetCase {
+        let env = TestEnv::new(Backend::Sqlite).await;
+        let (_, key) = env.create_key("reset");
+        let mock = MockUpstream::start().await;
+        let (url, seen) = resetting_upstream(reset_first).await;
+        let gw = env
+            .gateway(&mock)
+            .env("MAJORDOMO_PROVIDERS_OPENAI_BASE_URL", &url)
+            .start()
+            .await;
+        ResetCase {
+            gw,
+            _mock: mock,
+            env,
+            key,
+            seen,
+        }
+    }
+
+    async fn post(&self, c: &reqwest::Client) -> reqwest::Response {
+        c.post(self.gw.url(OPENAI_CHAT))
+            .header("X-Majordomo-Key", &self.key)
+            .json(&chat_body())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    fn seen(&self) -> usize {
+        self.seen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// Every LLM call is a POST, which Pingora never retries by itself: a pooled
 /// connection the provider closed just as it was reused would be a 502.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_on_a_reused_connection_the_provider_reset_is_retried_on_a_new_one() {
-    use std::sync::atomic::Ordering;
-    let env = TestEnv::new(Backend::Sqlite).await;
-    let (_, key) = env.create_key("reset");
-    let mock = MockUpstream::start().await;
-    let (url, seen) = resetting_upstream(false).await;
-    let gw = env
-        .gateway(&mock)
-        .env("MAJORDOMO_PROVIDERS_OPENAI_BASE_URL", &url)
-        .start()
-        .await;
+    let case = ResetCase::start(false).await;
     let c = client();
     for n in 1..=3 {
-        let r = c
-            .post(gw.url(OPENAI_CHAT))
-            .header("X-Majordomo-Key", &key)
-            .json(&chat_body())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "request {n}: {}", gw.log());
+        let r = case.post(&c).await;
+        assert_eq!(r.status(), 200, "request {n}: {}", case.gw.log());
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["usage"]["prompt_tokens"], 11);
     }
     // Request 2 went out on the pooled connection, was reset, and was sent
     // again on a new one; request 3 met the same on that one.
-    assert_eq!(seen.load(Ordering::SeqCst), 5);
-    let rows = env.wait_rows(3, Duration::from_secs(10)).await;
+    assert_eq!(case.seen(), 5);
+    let rows = case.env.wait_rows(3, Duration::from_secs(10)).await;
     assert_eq!(rows.len(), 3, "one row per request, not per attempt");
     assert!(rows
         .iter()
@@ -803,26 +832,10 @@ async fn a_post_on_a_reused_connection_the_provider_reset_is_retried_on_a_new_on
 /// request: it is a 502, never sent twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_reset_on_a_new_connection_is_a_502_and_not_sent_again() {
-    use std::sync::atomic::Ordering;
-    let env = TestEnv::new(Backend::Sqlite).await;
-    let (_, key) = env.create_key("reset");
-    let mock = MockUpstream::start().await;
-    let (url, seen) = resetting_upstream(true).await;
-    let gw = env
-        .gateway(&mock)
-        .env("MAJORDOMO_PROVIDERS_OPENAI_BASE_URL", &url)
-        .start()
-        .await;
-    let r = client()
-        .post(gw.url(OPENAI_CHAT))
-        .header("X-Majordomo-Key", &key)
-        .json(&chat_body())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 502);
-    assert_eq!(seen.load(Ordering::SeqCst), 1);
-    let rows = env.wait_rows(1, Duration::from_secs(10)).await;
+    let case = ResetCase::start(true).await;
+    assert_eq!(case.post(&client()).await.status(), 502);
+    assert_eq!(case.seen(), 1);
+    let rows = case.env.wait_rows(1, Duration::from_secs(10)).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].status_code, 502);
 }
