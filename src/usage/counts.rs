@@ -74,6 +74,36 @@ fn serde_counts<const N: usize>(
     Ok((!null).then_some(counts))
 }
 
+/// A key of the usage object, for both readers: clears the counts of the
+/// paths that start there (a repeated key replaces what the earlier one
+/// said) and says which one-key path it ends, if any (that wins), and
+/// whether longer paths go on into its value.
+fn outer_member<const N: usize>(
+    paths: &[&[&str]; N],
+    values: &mut [Option<u64>; N],
+    key: &[u8],
+) -> (Option<usize>, bool) {
+    let mut leaf = None;
+    let mut nested = false;
+    for (i, path) in paths.iter().enumerate() {
+        if path.first().map(|k| k.as_bytes()) == Some(key) {
+            values[i] = None;
+            match path.len() {
+                1 => leaf = Some(i),
+                _ => nested = true,
+            }
+        }
+    }
+    (leaf, nested)
+}
+
+/// The two-key path `outer` → `key`, if one is asked for.
+fn inner_slot(paths: &[&[&str]], outer: &[u8], key: &[u8]) -> Option<usize> {
+    paths
+        .iter()
+        .position(|p| p.len() == 2 && p[0].as_bytes() == outer && p[1].as_bytes() == key)
+}
+
 /// The usage objects providers send, read without serde: `null`, or an
 /// object whose keys and strings are printable ASCII without escapes, whose
 /// numbers are integers that fit a `u64` (or are negative), nested at most
@@ -93,28 +123,13 @@ fn plain_counts<const N: usize>(text: &[u8], paths: &[&[&str]; N]) -> Option<Opt
             values: [None; N],
         };
         p.object(|p, key| {
-            // As `Top::visit_map`: a repeated key replaces what the earlier
-            // one said; a leaf path wins over a nested one.
-            let mut nested = false;
-            let mut leaf = None;
-            for (i, path) in paths.iter().enumerate() {
-                if path.first().map(|k| k.as_bytes()) == Some(key) {
-                    counts.values[i] = None;
-                    match path.len() {
-                        1 => leaf = Some(i),
-                        _ => nested = true,
-                    }
-                }
-            }
+            let (leaf, nested) = outer_member(paths, &mut counts.values, key);
             if let Some(i) = leaf {
                 counts.values[i] = p.count()?;
             } else if nested && p.peek() == Some(b'{') {
                 let values = &mut counts.values;
                 p.object(|p, inner| {
-                    let slot = paths.iter().position(|path| {
-                        path.len() == 2 && path[0].as_bytes() == key && path[1].as_bytes() == inner
-                    });
-                    match slot {
+                    match inner_slot(paths, key, inner) {
                         Some(i) => values[i] = p.count()?,
                         None => p.skip(1)?,
                     }
@@ -320,18 +335,7 @@ impl<'de, const N: usize> Visitor<'de> for Top<'_, N> {
         self.counts.object = true;
         while let Some(key) = map.next_key_seed(Key)? {
             let key = &*key;
-            // A repeated key replaces what the earlier one said.
-            let mut nested = false;
-            let mut leaf = None;
-            for (i, path) in self.paths.iter().enumerate() {
-                if path.first() == Some(&key) {
-                    self.counts.values[i] = None;
-                    match path.len() {
-                        1 => leaf = Some(i),
-                        _ => nested = true,
-                    }
-                }
-            }
+            let (leaf, nested) = outer_member(self.paths, &mut self.counts.values, key.as_bytes());
             if let Some(i) = leaf {
                 self.counts.values[i] = map.next_value_seed(Count)?;
             } else if nested {
@@ -443,11 +447,7 @@ impl<'de, const N: usize> Visitor<'de> for Inner<'_, '_, N> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key_seed(Key)? {
-            let slot = self
-                .paths
-                .iter()
-                .position(|p| p.len() == 2 && p[0] == self.outer && p[1] == key);
-            match slot {
+            match inner_slot(self.paths, self.outer.as_bytes(), key.as_bytes()) {
                 Some(i) => self.values[i] = map.next_value_seed(Count)?,
                 None => {
                     map.next_value_seed(Kind::Null)?;
