@@ -717,31 +717,18 @@ async fn resetting_upstream(
             let counter = counter.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                for nth in 1.. {
-                    // One request: headers, then Content-Length bytes of body.
-                    let body_at = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
+                let mut nth = 0;
+                loop {
+                    let Some(len) = buffered_request_len(&buf) else {
                         let mut chunk = [0u8; 4096];
                         match conn.read(&mut chunk).await {
                             Ok(0) | Err(_) => return,
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
+                        continue;
                     };
-                    let head = String::from_utf8_lossy(&buf[..body_at]).to_ascii_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse().unwrap());
-                    while buf.len() < body_at + length {
-                        let mut chunk = [0u8; 4096];
-                        match conn.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    buf.drain(..body_at + length);
+                    buf.drain(..len);
+                    nth += 1;
                     counter.fetch_add(1, Ordering::SeqCst);
                     if nth == 2 || reset_first {
                         conn.set_zero_linger().unwrap();
@@ -760,6 +747,18 @@ async fn resetting_upstream(
         }
     });
     (url, seen)
+}
+
+/// The length of the first request in `buf` (headers, then Content-Length
+/// bytes of body), once all of it is there.
+fn buffered_request_len(buf: &[u8]) -> Option<usize> {
+    let body_at = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..body_at]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    (buf.len() >= body_at + length).then_some(body_at + length)
 }
 
 /// A gateway (SQLite log) whose OpenAI upstream is [`resetting_upstream`].
