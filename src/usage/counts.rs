@@ -78,6 +78,7 @@ fn serde_counts<const N: usize>(
 /// paths that start there (a repeated key replaces what the earlier one
 /// said) and says which one-key path it ends, if any (that wins), and
 /// whether longer paths go on into its value.
+#[inline]
 fn outer_member<const N: usize>(
     paths: &[&[&str]; N],
     values: &mut [Option<u64>; N],
@@ -98,6 +99,7 @@ fn outer_member<const N: usize>(
 }
 
 /// The two-key path `outer` → `key`, if one is asked for.
+#[inline]
 fn inner_slot(paths: &[&[&str]], outer: &[u8], key: &[u8]) -> Option<usize> {
     paths
         .iter()
