@@ -395,9 +395,7 @@ impl MockUpstream {
 
     /// Like [`start`](Self::start) on a chosen port (0 = any).
     pub async fn start_on(port: u16) -> MockUpstream {
-        let listener = TcpListener::bind(("127.0.0.1", port))
-            .await
-            .expect("mock upstream: bind 127.0.0.1");
+        let listener = listen(port).expect("mock upstream: bind 127.0.0.1");
         let addr = listener.local_addr().expect("mock upstream: local_addr");
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let inner = Arc::new(Inner {
@@ -559,6 +557,16 @@ impl axum::serve::Listener for MockListener {
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.local_addr()
     }
+}
+
+/// Listen on `127.0.0.1:port` with a backlog of 4096 connections. A plain `bind` gets std's
+/// 128: a burst of new connections (the gateway opens one per concurrent request) overflows
+/// that queue, and the kernel resets the overflow, which would read as the gateway's fault.
+fn listen(port: u16) -> io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
+    socket.listen(4096)
 }
 
 /// A TCP connection that fails every read/write once the mock is stopped, so hyper drops it
