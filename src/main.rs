@@ -11,6 +11,13 @@ use majordomo::cli::{Cli, Command};
 use majordomo::config::{find_config_file, Config, ProcessEnv};
 use majordomo::store::Store;
 
+// jemalloc rather than glibc's malloc: Pingora and the gateway allocate ~115 blocks per
+// request, many of them larger than glibc's per-thread cache takes (header buffers, body
+// buffers, session futures). benches/README.md, "Allocator", has the measurements.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn init_logging(config: &Config) {
     let mut builder = env_logger::Builder::new();
     builder.parse_filters(&config.logging.level);
