@@ -4,13 +4,17 @@
 //! the lowercased rest of its name (`X-Majordomo-User-Id` → `user-id`), first
 //! value only. Limits on count and size are a 400, never a truncated row.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 use crate::config::MetadataConfig;
 
 pub const HEADER_PREFIX: &str = "x-majordomo-";
 pub const KEY_HEADER: &str = "x-majordomo-key";
 pub const PROVIDER_HEADER: &str = "x-majordomo-provider";
+/// The same two as parsed names: a lookup by `&str` parses and lowercases the
+/// name on every request.
+pub const KEY_HEADER_NAME: HeaderName = HeaderName::from_static(KEY_HEADER);
+pub const PROVIDER_HEADER_NAME: HeaderName = HeaderName::from_static(PROVIDER_HEADER);
 
 /// Collects metadata entries, or says why the headers are not acceptable.
 pub fn collect(

@@ -128,8 +128,9 @@ impl Gateway {
         ctx.error_message = Some(err.message());
         // Keep the connection for the client's next request when the unread
         // body is small enough to discard; never drain one refused for its size.
-        let small_body = matches!(content_length(session.req_header()), Some(n) if n <= DRAIN_LIMIT)
-            || !has_body(session.req_header());
+        let length = content_length(session.req_header());
+        let small_body = matches!(length, Some(n) if n <= DRAIN_LIMIT)
+            || !has_body(session.req_header(), length);
         if status == 413 || !small_body || session.drain_request_body().await.is_err() {
             session.set_keepalive(None);
         }
@@ -148,14 +149,14 @@ impl Gateway {
     async fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
         let req = session.req_header();
         ctx.provider = provider::detect_from_path(req.uri.path());
-        if let Some(forced) = req.headers.get(metadata::PROVIDER_HEADER) {
+        if let Some(forced) = req.headers.get(&metadata::PROVIDER_HEADER_NAME) {
             let name = String::from_utf8_lossy(forced.as_bytes());
             ctx.provider = Provider::from_name(&name)
                 .ok_or_else(|| GatewayError::UnknownProvider(name.into_owned()))?;
         }
         let key = req
             .headers
-            .get(metadata::KEY_HEADER)
+            .get(&metadata::KEY_HEADER_NAME)
             .ok_or(GatewayError::MissingKey)?
             .to_str()
             .map_err(|_| GatewayError::InvalidKey)?
@@ -173,14 +174,15 @@ impl Gateway {
         }
         ctx.metadata = metadata::collect(&req.headers, &self.config.metadata)
             .map_err(GatewayError::BadMetadata)?;
-        if let Some(len) = content_length(req) {
+        let length = content_length(req);
+        if let Some(len) = length {
             if len > self.config.server.max_body_bytes {
                 return Err(GatewayError::BodyTooLarge {
                     limit: self.config.server.max_body_bytes,
                 });
             }
         }
-        ctx.body_watch = self.body_watch(req, ctx.provider);
+        ctx.body_watch = self.body_watch(req, ctx.provider, length);
         let logging = &self.config.logging;
         if logging.body_storage != crate::config::BodyStorage::None {
             if logging.store_request_body {
@@ -195,8 +197,14 @@ impl Gateway {
 
     /// Chat-completions bodies may get `stream_options.include_usage`; every
     /// other body is only read for its `model`.
-    fn body_watch(&self, req: &RequestHeader, provider: Provider) -> BodyWatch {
-        if !has_body(req) {
+    /// `length`: the request's Content-Length, parsed once by the caller.
+    fn body_watch(
+        &self,
+        req: &RequestHeader,
+        provider: Provider,
+        length: Option<u64>,
+    ) -> BodyWatch {
+        if !has_body(req, length) {
             return BodyWatch::None;
         }
         let injectable = provider == Provider::OpenAi
@@ -210,8 +218,8 @@ impl Gateway {
             .is_some_and(crate::usage::is_json_content_type)
             && header(http::header::CONTENT_ENCODING)
                 .is_none_or(|e| e.trim().eq_ignore_ascii_case("identity"));
-        let has_length = content_length(req).is_some()
-            && !req.headers.contains_key(http::header::TRANSFER_ENCODING);
+        let has_length =
+            length.is_some() && !req.headers.contains_key(http::header::TRANSFER_ENCODING);
         if injectable && has_length && plain_json {
             // The body's length changes by a known amount: the upstream
             // request keeps a Content-Length (some servers refuse chunked
@@ -251,9 +259,8 @@ async fn respond(
 /// Largest unread request body discarded to keep a rejected client's connection.
 const DRAIN_LIMIT: u64 = 64 * 1024;
 
-fn has_body(req: &RequestHeader) -> bool {
-    req.headers.contains_key(http::header::TRANSFER_ENCODING)
-        || content_length(req).is_some_and(|n| n > 0)
+fn has_body(req: &RequestHeader, length: Option<u64>) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING) || length.is_some_and(|n| n > 0)
 }
 
 fn content_length(req: &RequestHeader) -> Option<u64> {

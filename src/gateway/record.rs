@@ -4,7 +4,7 @@
 //! [`build`] and hands the result to the sink.
 
 use chrono::Utc;
-use http::header::AUTHORIZATION;
+use http::header::{HeaderName, AUTHORIZATION};
 use pingora::http::RequestHeader;
 use serde_json::{Map, Value};
 
@@ -149,15 +149,17 @@ fn metadata_json(m: &[(String, String)]) -> Option<Map<String, Value>> {
 /// BLAKE3 of the provider credential the client sent (never the credential),
 /// so usage can be grouped per provider key.
 pub fn provider_credential_hash(provider: Provider, req: &RequestHeader) -> Option<String> {
-    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+    // Parsed names: a lookup by `&str` parses the name again on every request.
+    const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+    const X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
+    const API_KEY: HeaderName = HeaderName::from_static("api-key");
+    let header = |name: &HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
     let credential = match provider {
-        Provider::Anthropic => {
-            header("x-api-key").or_else(|| bearer(header(AUTHORIZATION.as_str())))
-        }
-        Provider::Gemini => header("x-goog-api-key")
+        Provider::Anthropic => header(&X_API_KEY).or_else(|| bearer(header(&AUTHORIZATION))),
+        Provider::Gemini => header(&X_GOOG_API_KEY)
             .or_else(|| query_param(req.uri.query(), "key"))
-            .or_else(|| bearer(header(AUTHORIZATION.as_str()))),
-        Provider::OpenAi => bearer(header(AUTHORIZATION.as_str())).or_else(|| header("api-key")),
+            .or_else(|| bearer(header(&AUTHORIZATION))),
+        Provider::OpenAi => bearer(header(&AUTHORIZATION)).or_else(|| header(&API_KEY)),
     }?;
     let credential = credential.trim();
     (!credential.is_empty()).then(|| {

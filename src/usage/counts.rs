@@ -25,7 +25,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::scan::Capture;
+use super::scan::{string_end, Capture};
 
 /// What a usage capture held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,11 +190,16 @@ impl<'a> Plain<'a> {
             return None;
         }
         let rest = &self.text[self.at..];
-        let content = &rest[..memchr::memchr(b'"', rest)?];
+        // Up to the first quote or backslash; a backslash (an escape) declines.
+        let end = string_end(rest);
+        if rest.get(end) != Some(&b'"') {
+            return None;
+        }
+        let content = &rest[..end];
         // No early exit: the compiler turns this into a vector loop.
-        let plain = content.iter().fold(true, |plain, &b| {
-            plain & (b' '..=b'~').contains(&b) & (b != b'\\')
-        });
+        let plain = content
+            .iter()
+            .fold(true, |plain, &b| plain & (b' '..=b'~').contains(&b));
         if !plain {
             return None;
         }

@@ -61,7 +61,8 @@ GROUPS = [
     ("pingora", r"pingora"),
     ("tokio", r"tokio::"),
     ("serde / serde_json", r"serde_json|serde_core|serde::"),
-    ("malloc / free", r"^(malloc|free|cfree|realloc|calloc|_int_\w+|unlink_chunk.*|malloc_consolidate|__libc_\w*alloc)$|__rust(c::__rdl)?_(alloc|dealloc|realloc)"),
+    # glibc's malloc (the bare proxy) and jemalloc (majordomo: _rjem_* entry points, je_* inside)
+    ("malloc / free", r"^(malloc|free|cfree|realloc|calloc|_int_\w+|unlink_chunk.*|malloc_consolidate|__libc_\w*alloc)$|__rust(c::__rdl)?_(alloc|dealloc|realloc)|^_?rjem_|^_rjem_je_|^je_|tikv_jemalloc"),
     ("memcpy / memmove", r"mem(cpy|move|set)"),
     ("http / httparse", r"^(http::|httparse::|<http::)"),
 ]
