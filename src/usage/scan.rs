@@ -249,6 +249,12 @@ impl Scanner {
 
     /// Forgets everything seen so far (keeps allocations), to scan a new input.
     pub(crate) fn reset(&mut self) {
+        // Nothing consumed since the last reset (or since `new`), and no
+        // failure on a first byte: nothing to forget. Stream triage resets
+        // after every event, most of them unscanned.
+        if self.pos == 0 && self.error.is_none() {
+            return;
+        }
         self.stack.clear();
         self.state = State::Value;
         self.error = None;
@@ -1028,6 +1034,25 @@ mod tests {
         assert_eq!(s.status(), Status::Partial);
         assert_eq!(captured(&s, 0), Some(&br#"{"a":1}"#[..]));
         assert_eq!(captured(&s, 1), None);
+    }
+
+    #[test]
+    fn reset_forgets_a_failure_on_the_first_byte_and_a_whole_scan() {
+        let mut s = Scanner::new(TARGETS);
+        s.reset(); // untouched: a no-op
+        s.push(b"}");
+        assert_eq!(s.status(), Status::Failed(ScanError::Malformed));
+        s.reset();
+        assert_eq!(s.status(), Status::Empty);
+        s.push(br#"{"usage":{"a":1}}"#);
+        assert_eq!(s.status(), Status::Complete);
+        assert_eq!(captured(&s, 0), Some(&br#"{"a":1}"#[..]));
+        s.reset();
+        assert_eq!(s.status(), Status::Empty);
+        assert_eq!(captured(&s, 0), None);
+        s.push(br#"{"model":"m"}"#);
+        assert_eq!(captured(&s, 0), None);
+        assert_eq!(captured(&s, 1).map(<[u8]>::len), Some(3));
     }
 
     #[test]
