@@ -252,7 +252,6 @@ fn record(key: Option<uuid::Uuid>, model: &str) -> majordomo::store::RequestReco
     majordomo::store::RequestRecord {
         id: uuid::Uuid::now_v7(),
         api_key_id: key,
-        provider_api_key_hash: None,
         provider: "openai".into(),
         model: model.into(),
         request_path: "/v1/chat/completions".into(),
@@ -263,20 +262,9 @@ fn record(key: Option<uuid::Uuid>, model: &str) -> majordomo::store::RequestReco
         time_to_first_byte_ms: Some(3),
         input_tokens: 10,
         output_tokens: 2,
-        cached_tokens: 0,
-        cache_creation_tokens: 0,
-        reasoning_tokens: 0,
-        input_cost: rust_decimal::Decimal::ZERO,
-        output_cost: rust_decimal::Decimal::ZERO,
-        total_cost: rust_decimal::Decimal::ZERO,
-        price_found: false,
         usage_complete: true,
         status_code: 200,
-        error_message: None,
-        raw_metadata: None,
-        request_body: None,
-        response_body: None,
-        body_s3_key: None,
+        ..Default::default()
     }
 }
 

@@ -45,7 +45,6 @@ fn record(key: Uuid, user: &str) -> RequestRecord {
     RequestRecord {
         id: Uuid::now_v7(),
         api_key_id: Some(key),
-        provider_api_key_hash: None,
         provider: "openai".into(),
         model: "gpt-4o".into(),
         request_path: "/v1/chat/completions".into(),
@@ -56,20 +55,14 @@ fn record(key: Uuid, user: &str) -> RequestRecord {
         time_to_first_byte_ms: Some(5),
         input_tokens: 10,
         output_tokens: 20,
-        cached_tokens: 0,
-        cache_creation_tokens: 0,
-        reasoning_tokens: 0,
         input_cost: Decimal::new(25, 6),
         output_cost: Decimal::new(200, 6),
         total_cost: Decimal::new(225, 6),
         price_found: true,
         usage_complete: true,
         status_code: 200,
-        error_message: None,
         raw_metadata: Some(meta),
-        request_body: None,
-        response_body: None,
-        body_s3_key: None,
+        ..Default::default()
     }
 }
 

@@ -66,6 +66,8 @@ pub fn build(
             _ => None,
         });
     let elapsed = ctx.started.elapsed();
+    // Every field named, no `..Default::default()`: a new column must be
+    // decided here, not silently left empty.
     let record = RequestRecord {
         id: ctx.request_id,
         api_key_id: ctx.api_key_id,

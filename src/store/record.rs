@@ -7,7 +7,11 @@ use uuid::Uuid;
 
 /// Everything `llm_requests` records about one request. Column meanings are
 /// SPEC §4's; the sink serialises it to the spool as JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// `Default` (nil id, the epoch, zeros, empty text) is for tests and
+/// benchmarks that set only the fields they are about; the gateway builds
+/// every field explicitly (`gateway::record::build`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RequestRecord {
     pub id: Uuid,
     pub api_key_id: Option<Uuid>,
@@ -54,8 +58,6 @@ impl RequestRecord {
         let at = Utc::now();
         RequestRecord {
             id: Uuid::now_v7(),
-            api_key_id: None,
-            provider_api_key_hash: None,
             provider: "openai".into(),
             model: "gpt-4o".into(),
             request_path: "/v1/chat/completions".into(),
@@ -63,23 +65,9 @@ impl RequestRecord {
             requested_at: at,
             responded_at: at,
             response_time_ms: 1,
-            time_to_first_byte_ms: None,
-            input_tokens: 0,
-            output_tokens: 0,
-            cached_tokens: 0,
-            cache_creation_tokens: 0,
-            reasoning_tokens: 0,
-            input_cost: Decimal::ZERO,
-            output_cost: Decimal::ZERO,
-            total_cost: Decimal::ZERO,
-            price_found: false,
             usage_complete: true,
             status_code: 200,
-            error_message: None,
-            raw_metadata: None,
-            request_body: None,
-            response_body: None,
-            body_s3_key: None,
+            ..RequestRecord::default()
         }
     }
 }
