@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod keys;
+pub mod logging;
 pub mod metrics;
 pub mod pricing;
 pub mod provider;

@@ -1,7 +1,6 @@
 //! The `majordomo` binary: `serve` (default), `keys`, `migrate`.
 #![forbid(unsafe_code)]
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -17,29 +16,6 @@ use majordomo::store::Store;
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-fn init_logging(config: &Config) {
-    let mut builder = env_logger::Builder::new();
-    builder.parse_filters(&config.logging.level);
-    // Pingora is chatty at info about every proxy error it already reports to us.
-    builder.filter_module("pingora_proxy", log::LevelFilter::Warn);
-    builder.filter_module("pingora_core", log::LevelFilter::Warn);
-    if let Ok(filters) = std::env::var("RUST_LOG") {
-        builder.parse_filters(&filters);
-    }
-    if config.logging.format == "json" {
-        builder.format(|buf, record| {
-            let line = serde_json::json!({
-                "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                "level": record.level().as_str(),
-                "target": record.target(),
-                "msg": record.args().to_string(),
-            });
-            writeln!(buf, "{line}")
-        });
-    }
-    let _ = builder.try_init();
-}
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
@@ -58,8 +34,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config);
-    match run(cli, config) {
+    let log_output = majordomo::logging::init(&config);
+    let result = run(cli, config);
+    // The access lines of the last requests (the writer thread may be stalled).
+    log_output.flush(std::time::Duration::from_secs(2));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("majordomo: {e:#}");

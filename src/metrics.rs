@@ -215,6 +215,16 @@ impl Metrics {
         if let Some(s) = self.sources.get() {
             render_sources(s, &mut out);
         }
+        let _ = writeln!(
+            out,
+            "# HELP majordomo_log_lines_dropped_total Access log lines dropped because stderr did not keep up"
+        );
+        let _ = writeln!(out, "# TYPE majordomo_log_lines_dropped_total counter");
+        let _ = writeln!(
+            out,
+            "majordomo_log_lines_dropped_total {}",
+            crate::logging::dropped_lines()
+        );
         out
     }
 }

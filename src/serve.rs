@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 
 use crate::cli::ServeFlags;
 use crate::config::{BodyStorage, Config};
@@ -163,5 +163,8 @@ pub fn run(config: Config, flags: ServeFlags) -> anyhow::Result<()> {
         "majordomo listening on {addr} (storage: {:?})",
         config.storage.effective_driver()
     );
-    server.run_forever()
+    // `run`, not `run_forever`: the latter exits the process, and main still
+    // has the last access lines to write out.
+    server.run(RunArgs::default());
+    Ok(())
 }

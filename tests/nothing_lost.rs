@@ -198,7 +198,14 @@ async fn a_sigterm_mid_stream_lets_the_stream_finish_and_writes_its_row() {
     assert!(row.usage_complete);
     assert_eq!(row.input_tokens as u64, canned::OPENAI_CHAT.input);
     let status = gw.wait_exit(Duration::from_secs(15)).await;
-    assert!(status.is_some(), "the gateway exits after its grace period");
+    let status = status.expect("the gateway exits after its grace period");
+    assert!(status.success(), "{status}");
+    // The access log's writer thread was flushed before the process ended.
+    let log = gw.log();
+    assert!(
+        log.lines().any(|l| l.contains(&id) && l.contains(" 200 ")),
+        "no access line for {id}:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -105,6 +105,56 @@ async fn access_log_lines_carry_the_request_id_and_never_a_secret() {
     }
 }
 
+/// Access lines go to a writer thread: a full stderr pipe (a log collector
+/// that stopped reading) blocks that thread, never a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_log_reader_does_not_stall_requests() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let (_, key) = env.create_key("stalled-log");
+    let mock = MockUpstream::start().await;
+    let gw = env
+        .gateway(&mock)
+        .env("MAJORDOMO_LOGGING_LEVEL", "info")
+        .unread_output()
+        .start()
+        .await;
+    // ~110 bytes an access line: 2 000 lines are over three times the 64 KiB
+    // a pipe holds.
+    const N: usize = 2000;
+    let client = client();
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < N {
+        let batch: Vec<_> = (sent..(sent + 16).min(N))
+            .map(|_| {
+                client
+                    .post(gw.url("/v1/chat/completions"))
+                    .header("X-Majordomo-Key", &key)
+                    .json(&json!({"model": "gpt-4o", "messages": []}))
+                    .timeout(Duration::from_secs(10))
+                    .send()
+            })
+            .collect();
+        for r in futures_util::future::join_all(batch).await {
+            let r = r.unwrap_or_else(|e| panic!("request {sent} with stderr full: {e}"));
+            assert_eq!(r.status(), 200);
+            r.bytes().await.unwrap();
+            sent += 1;
+        }
+    }
+    env.wait_rows(N, Duration::from_secs(30)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "{N} requests took {:?}",
+        started.elapsed()
+    );
+    // The lines wait in memory (under the 4 MiB cap): none dropped yet.
+    assert_eq!(
+        gw.metric("majordomo_log_lines_dropped_total").await,
+        Some(0.0)
+    );
+}
+
 async fn a_revoked_key_fails_on_every_replica_within_a_second(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let (id, key) = env.create_key("replicas");

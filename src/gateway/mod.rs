@@ -552,7 +552,7 @@ impl ProxyHttp for Gateway {
         }
         let mut id = [0u8; 36];
         log::info!(
-            target: "majordomo::access",
+            target: crate::logging::ACCESS_TARGET,
             "{} {} {} {} {} {}ms",
             ctx.request_id_str(&mut id),
             session.req_header().method,

@@ -215,6 +215,7 @@ pub struct GatewayBuilder<'a> {
     env: &'a TestEnv,
     vars: Vec<(String, String)>,
     args: Vec<String>,
+    unread_output: bool,
 }
 
 impl TestEnv {
@@ -232,6 +233,7 @@ impl TestEnv {
                 ("MAJORDOMO_PROVIDERS_GEMINI_BASE_URL".into(), base),
             ],
             args: vec![],
+            unread_output: false,
         }
     }
 }
@@ -244,6 +246,13 @@ impl GatewayBuilder<'_> {
 
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_string());
+        self
+    }
+
+    /// Stdout and stderr go to pipes nobody reads: once the pipe is full,
+    /// a write to it blocks (a stalled log collector). `log()` is then empty.
+    pub fn unread_output(mut self) -> Self {
+        self.unread_output = true;
         self
     }
 
@@ -266,9 +275,12 @@ impl GatewayBuilder<'_> {
             )
             .envs(self.vars)
             .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+            .stdin(Stdio::null());
+        if self.unread_output {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        } else {
+            cmd.stdout(log.try_clone().unwrap()).stderr(log);
+        }
         let child = cmd.spawn().expect("spawn majordomo");
         let mut gw = GatewayProcess {
             child,

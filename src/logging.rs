@@ -1,0 +1,451 @@
+//! The process's log output: env_logger lines on stderr, except the access
+//! log (one line per request), which is handed to a writer thread.
+//!
+//! A proxy thread must never wait on I/O: a stderr write is a system call on
+//! every request, and a stalled reader of stderr (a full pipe to a log
+//! collector) would stop every request behind it. Access lines are appended
+//! to a bounded buffer instead, and a writer thread writes what gathered every
+//! [`FLUSH_EVERY`]. When the buffer is full, lines are dropped and counted
+//! (`majordomo_log_lines_dropped_total`, and a line saying how many once the
+//! output moves again); request rows never depend on this log. Other lines
+//! (start-up, warnings, errors) are rare and still go straight to stderr.
+//!
+//! The writer thread starts with the first access line, so a daemonized
+//! server (which forks after logging is set up) starts its own.
+
+use std::fmt::{self, Write as _};
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+
+/// The `log` target of the per-request access line.
+pub const ACCESS_TARGET: &str = "majordomo::access";
+
+/// How often the writer thread writes what gathered: one write per interval
+/// under load, instead of one per request.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(20);
+
+/// Most bytes of access lines waiting for the writer; past this, lines are
+/// dropped rather than the proxy waiting or memory growing.
+pub const PENDING_CAP: usize = 4 << 20;
+
+/// Capacity of a write buffer kept between writes.
+const KEEP_CAPACITY: usize = 256 << 10;
+
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Access lines dropped because the log output did not keep up.
+pub fn dropped_lines() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// Installs the global logger for `config.logging`. Keep the handle: it
+/// writes out the waiting access lines when the process ends.
+pub fn init(config: &Config) -> LogOutput {
+    let deferred = DeferredLines::new(Box::new(io::stderr()), FLUSH_EVERY, PENDING_CAP);
+    let direct = builder(config).build();
+    let mut access = builder(config);
+    access.target(env_logger::Target::Pipe(Box::new(DeferredWriter(
+        deferred.clone(),
+    ))));
+    let access = access.build();
+    let max_level = direct.filter().max(access.filter());
+    if log::set_boxed_logger(Box::new(Split { direct, access })).is_ok() {
+        log::set_max_level(max_level);
+    }
+    LogOutput { deferred }
+}
+
+fn builder(config: &Config) -> env_logger::Builder {
+    let mut builder = env_logger::Builder::new();
+    builder.parse_filters(&config.logging.level);
+    // Pingora is chatty at info about every proxy error it already reports to us.
+    builder.filter_module("pingora_proxy", log::LevelFilter::Warn);
+    builder.filter_module("pingora_core", log::LevelFilter::Warn);
+    if let Ok(filters) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&filters);
+    }
+    if config.logging.format == "json" {
+        builder.format(|buf, record| {
+            writeln!(
+                buf,
+                r#"{{"ts":"{}","level":"{}","target":{},"msg":{}}}"#,
+                chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                record.level().as_str(),
+                JsonString(format_args!("{}", record.target())),
+                JsonString(*record.args()),
+            )
+        });
+    }
+    builder
+}
+
+/// Access lines to the writer thread, everything else straight to stderr.
+struct Split {
+    direct: env_logger::Logger,
+    access: env_logger::Logger,
+}
+
+impl log::Log for Split {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        if metadata.target() == ACCESS_TARGET {
+            self.access.enabled(metadata)
+        } else {
+            self.direct.enabled(metadata)
+        }
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if record.target() == ACCESS_TARGET {
+            self.access.log(record);
+        } else {
+            self.direct.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.direct.flush();
+    }
+}
+
+/// What [`init`] returns: ends the access log cleanly.
+pub struct LogOutput {
+    deferred: Arc<DeferredLines>,
+}
+
+impl LogOutput {
+    /// Writes out the waiting access lines; waits at most `timeout` (the
+    /// output may be stalled: the process must still end).
+    pub fn flush(&self, timeout: Duration) {
+        self.deferred.flush(timeout);
+    }
+}
+
+/// env_logger's pipe target: each formatted record arrives in one write.
+struct DeferredWriter(Arc<DeferredLines>);
+
+impl Write for DeferredWriter {
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        self.0.push(line);
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Lines waiting for the writer thread, and the thread's output.
+pub struct DeferredLines {
+    pending: Mutex<Pending>,
+    /// Wakes the writer early (a flush was asked for).
+    wake: Condvar,
+    /// Tells flushers that a write finished.
+    written: Condvar,
+    output: Mutex<Option<Box<dyn Write + Send>>>,
+    writer: Once,
+    every: Duration,
+    cap: usize,
+}
+
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    /// Dropped since the writer last reported it.
+    dropped: u64,
+    flushes_asked: u64,
+    flushes_done: u64,
+    /// The writer thread could not start: lines are written by their caller.
+    no_writer: bool,
+}
+
+impl DeferredLines {
+    pub fn new(output: Box<dyn Write + Send>, every: Duration, cap: usize) -> Arc<DeferredLines> {
+        Arc::new(DeferredLines {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            written: Condvar::new(),
+            output: Mutex::new(Some(output)),
+            writer: Once::new(),
+            every,
+            cap,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues one line (it is dropped, and counted, if the buffer is full).
+    pub fn push(self: &Arc<Self>, line: &[u8]) {
+        self.writer.call_once(|| self.start_writer());
+        let mut pending = self.lock();
+        if pending.no_writer {
+            drop(pending);
+            self.write_out(line, 0);
+            return;
+        }
+        if pending.bytes.len() + line.len() > self.cap {
+            pending.dropped += 1;
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        } else {
+            pending.bytes.extend_from_slice(line);
+        }
+    }
+
+    fn start_writer(self: &Arc<Self>) {
+        let lines = self.clone();
+        let started = std::thread::Builder::new()
+            .name("majordomo-log".into())
+            .spawn(move || lines.run_writer());
+        if let Err(e) = started {
+            self.lock().no_writer = true;
+            self.write_out(
+                format!("majordomo: cannot start the log writer thread ({e}); access lines are written directly\n").as_bytes(),
+                0,
+            );
+        }
+    }
+
+    fn run_writer(&self) {
+        let mut batch = Vec::new();
+        loop {
+            let (dropped, asked) = {
+                let mut pending = self.lock();
+                if pending.flushes_asked == pending.flushes_done {
+                    pending = self
+                        .wake
+                        .wait_timeout(pending, self.every)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                std::mem::swap(&mut pending.bytes, &mut batch);
+                (std::mem::take(&mut pending.dropped), pending.flushes_asked)
+            };
+            self.write_out(&batch, dropped);
+            batch.clear();
+            if batch.capacity() > KEEP_CAPACITY {
+                batch = Vec::new();
+            }
+            let mut pending = self.lock();
+            pending.flushes_done = pending.flushes_done.max(asked);
+            self.written.notify_all();
+        }
+    }
+
+    /// Write errors are ignored: there is nowhere left to report them.
+    fn write_out(&self, bytes: &[u8], dropped: u64) {
+        let mut output = self.output.lock().unwrap_or_else(|p| p.into_inner());
+        let output: &mut dyn Write = match output.as_mut() {
+            Some(output) => output.as_mut(),
+            None => return,
+        };
+        if dropped > 0 {
+            let _ = writeln!(
+                output,
+                "majordomo: {dropped} access log lines dropped: the log output did not keep up"
+            );
+        }
+        if !bytes.is_empty() {
+            let _ = output.write_all(bytes);
+        }
+        let _ = output.flush();
+    }
+
+    /// Waits until everything queued before this call is written, or
+    /// `timeout` passes.
+    pub fn flush(&self, timeout: Duration) {
+        if !self.writer.is_completed() {
+            return;
+        }
+        let deadline = Instant::now() + timeout;
+        let mut pending = self.lock();
+        if pending.no_writer {
+            return;
+        }
+        pending.flushes_asked += 1;
+        let asked = pending.flushes_asked;
+        self.wake.notify_one();
+        while pending.flushes_done < asked {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            pending = self
+                .written
+                .wait_timeout(pending, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Formats as a JSON string (quoted, escaped) without building it first.
+struct JsonString<'a>(fmt::Arguments<'a>);
+
+impl fmt::Display for JsonString<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_char('"')?;
+        fmt::write(&mut JsonEscape(f), self.0)?;
+        f.write_char('"')
+    }
+}
+
+struct JsonEscape<'a, 'b>(&'a mut fmt::Formatter<'b>);
+
+impl fmt::Write for JsonEscape<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut plain = 0;
+        for (i, c) in s.char_indices() {
+            let escaped = match c {
+                '"' => "\\\"",
+                '\\' => "\\\\",
+                '\n' => "\\n",
+                '\r' => "\\r",
+                '\t' => "\\t",
+                c if (c as u32) < 0x20 => "",
+                _ => continue,
+            };
+            self.0.write_str(&s[plain..i])?;
+            if escaped.is_empty() {
+                write!(self.0, "\\u{:04x}", c as u32)?;
+            } else {
+                self.0.write_str(escaped)?;
+            }
+            plain = i + c.len_utf8();
+        }
+        self.0.write_str(&s[plain..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// An output that hands each write to the test, and can be made to stall.
+    #[derive(Clone)]
+    struct Recorder {
+        writes: Arc<Mutex<Vec<u8>>>,
+        gate: Arc<Mutex<()>>,
+    }
+
+    impl Recorder {
+        fn new() -> Recorder {
+            Recorder {
+                writes: Arc::default(),
+                gate: Arc::default(),
+            }
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8(self.writes.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    impl Write for Recorder {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let _stalled_while_held = self.gate.lock().unwrap();
+            self.writes.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_are_written_in_order_by_the_writer_thread() {
+        let out = Recorder::new();
+        let lines = DeferredLines::new(Box::new(out.clone()), Duration::from_secs(3600), 1 << 20);
+        for i in 0..100 {
+            lines.push(format!("line {i}\n").as_bytes());
+        }
+        // Nothing is written by the caller; the flush wakes the writer early.
+        assert_eq!(out.text(), "");
+        lines.flush(Duration::from_secs(10));
+        let want: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(out.text(), want);
+    }
+
+    #[test]
+    fn the_writer_writes_on_its_own_every_interval() {
+        let out = Recorder::new();
+        let lines = DeferredLines::new(Box::new(out.clone()), Duration::from_millis(5), 1 << 20);
+        lines.push(b"one\n");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while out.text() != "one\n" {
+            assert!(Instant::now() < deadline, "never written: {:?}", out.text());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_stalled_output_never_blocks_a_caller_and_drops_are_counted_then_reported() {
+        let out = Recorder::new();
+        let lines = DeferredLines::new(Box::new(out.clone()), Duration::from_millis(1), 100);
+        let stall = out.gate.lock().unwrap();
+        lines.push(b"first line, taken by the writer, which then stalls\n");
+        // Wait until the writer holds the batch (it blocks inside the write).
+        std::thread::sleep(Duration::from_millis(50));
+        let before = dropped_lines();
+        let (done, finished) = mpsc::channel();
+        let producer = {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for _ in 0..1000 {
+                    lines.push(b"0123456789\n");
+                }
+                done.send(()).unwrap();
+            })
+        };
+        // 1 000 pushes return while the output is stalled: 9 fit in 100 bytes.
+        finished
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a push waited for the stalled output");
+        producer.join().unwrap();
+        // The counter is process-wide: other tests may add to it.
+        assert!(dropped_lines() - before >= 991);
+        drop(stall);
+        lines.flush(Duration::from_secs(10));
+        let text = out.text();
+        assert!(text.starts_with("first line"), "{text}");
+        assert!(
+            text.contains("majordomo: 991 access log lines dropped"),
+            "{text}"
+        );
+        assert_eq!(text.matches("0123456789\n").count(), 9, "{text}");
+    }
+
+    #[test]
+    fn a_flush_gives_up_on_a_stalled_output() {
+        let out = Recorder::new();
+        let lines = DeferredLines::new(Box::new(out.clone()), Duration::from_millis(1), 1 << 20);
+        let _stall = out.gate.lock().unwrap();
+        lines.push(b"stuck\n");
+        let started = Instant::now();
+        lines.flush(Duration::from_millis(200));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_flush_before_any_line_returns_at_once() {
+        let lines = DeferredLines::new(Box::new(Recorder::new()), FLUSH_EVERY, PENDING_CAP);
+        lines.flush(Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn json_strings_are_escaped_as_they_are_formatted() {
+        let text = format!(
+            "{}",
+            JsonString(format_args!("a \"q\" \\ {}\n\t\u{1}é", "x"))
+        );
+        assert_eq!(text, r#""a \"q\" \\ x\n\t\u0001é""#);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v, "a \"q\" \\ x\n\t\u{1}é");
+    }
+}
