@@ -2,7 +2,7 @@
 //!
 //! Pingora's `ServerConf` is derived from our config so users keep one file;
 //! `-d`, `-u` and `-t` keep Pingora's meaning. Nothing that starts threads
-//! (runtimes, pools with live connections) may exist before `run_forever`,
+//! (runtimes, pools with live connections) may exist before `Server::run`,
 //! which forks in daemon mode: migrations run on a runtime that is dropped
 //! before the server starts.
 

@@ -31,7 +31,8 @@
 # KEEP_DB (1 = keep the throwaway database), CARGO_TARGET_DIR (for the build),
 # PERF (1 = `perf record -g` the gateway during each measured cell of (c) and (d):
 # $RUN_DIR/perf/*.data; it perturbs the numbers; PERF_FREQ 499, PERF_CALLGRAPH dwarf,16384),
-# BENCH_SCRATCH (raw files; default $TMPDIR/majordomo-load), RESULTS_DIR.
+# BENCH_SCRATCH (raw files; default $TMPDIR/majordomo-load), RESULTS_DIR, LOG_LEVEL
+# (majordomo's logging.level: warn; info writes one access line per request to a file).
 #
 # Everything it starts (mock, proxies, gateway) it stops, by PID / own process group,
 # also on Ctrl-C. Nothing is skipped silently: a contender or mode that cannot run is
@@ -54,6 +55,7 @@ LOAD_CPUS="${LOAD_CPUS:-1}"
 WRK_THREADS="${WRK_THREADS:-1}"
 PACED_RPS="${PACED_RPS:-1000}"
 PACED_CONNS="${PACED_CONNS:-16}"
+LOG_LEVEL="${LOG_LEVEL:-warn}"
 WRK_TIMEOUT="${WRK_TIMEOUT:-10s}"
 QUIET_PCT="${QUIET_PCT:-25}"
 WAIT_QUIET="${WAIT_QUIET:-20}"
@@ -495,7 +497,7 @@ if want majordomo; then
       MAJORDOMO_STORAGE_POSTGRES_PORT="$PGPORT" MAJORDOMO_STORAGE_POSTGRES_USER="$PGUSER"
       MAJORDOMO_STORAGE_POSTGRES_DATABASE="$DB"
       MAJORDOMO_PROVIDERS_OPENAI_BASE_URL="$MOCK_URL" MAJORDOMO_PRICING_REMOTE_URL=
-      MAJORDOMO_SINK_SPOOL_DIR="$RUN_DIR/$name-spool" MAJORDOMO_LOGGING_LEVEL=warn)
+      MAJORDOMO_SINK_SPOOL_DIR="$RUN_DIR/$name-spool" MAJORDOMO_LOGGING_LEVEL="$LOG_LEVEL")
     if ! key=$(env "${MDM_ENV[@]}" "$MAJORDOMO_BIN" keys create --name bench --json 2>>"$RUN_DIR/$name.log" |
                python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'); then
       fail_note "$name: majordomo keys create --json failed: $(tail -3 "$RUN_DIR/$name.log" | tr '\n' ' ')"; FAILED=1; continue
