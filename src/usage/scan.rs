@@ -351,8 +351,9 @@ impl Scanner {
     }
 
     /// A whole `"key": value` member of an object, taken at once when its
-    /// key is plain and its value a plain string, a number or a literal that
-    /// no target reaches: most members of a chunk or of a usage object. The
+    /// key is plain and no target's (by [`Scanner::key_filter`]) and its
+    /// value a plain string, a number or a literal: most members of a chunk
+    /// or of a usage object. The
     /// byte state machine took ~7 steps and 2 runs for one. Returns 0 to leave
     /// anything else to the state machine, which then reads the same bytes
     /// with the same result: escapes, containers, a target's value, a member
@@ -361,6 +362,18 @@ impl Scanner {
         let key_len = string_end(&input[1..]);
         let key = &input[1..1 + key_len];
         if input.get(1 + key_len) != Some(&b'"') || has_control_byte(key) {
+            return 0;
+        }
+        // A key that may be a target's goes to the state machine, which
+        // works out the targets alive below it. For any other, nothing below
+        // it is read: the value is scalar.
+        let depth = self.stack.len();
+        if depth <= self.max_target_depth
+            && self
+                .key_filter
+                .get(depth.wrapping_sub(1))
+                .is_none_or(|&f| f & key_bit(key) != 0)
+        {
             return 0;
         }
         let colon = skip_whitespace(input, 2 + key_len);
@@ -393,13 +406,6 @@ impl Scanner {
         if let Some(buf) = self.current_key() {
             *buf = KeyBuf::EMPTY;
             buf.push_run(key);
-        }
-        let depth = self.stack.len();
-        if depth <= self.max_target_depth {
-            self.key_ended();
-            if self.alive.get(depth).is_some_and(|&alive| alive != 0) {
-                return 0;
-            }
         }
         let end = value + value_len;
         self.record_run(&input[..end]);
