@@ -172,7 +172,7 @@ impl KeyBuf {
     }
 
     fn is(&self, key: &str) -> bool {
-        !self.unmatchable && &self.bytes[..usize::from(self.len)] == key.as_bytes()
+        !self.unmatchable && self.bytes() == key.as_bytes()
     }
 }
 
@@ -353,11 +353,10 @@ impl Scanner {
     /// A whole `"key": value` member of an object, taken at once when its
     /// key is plain and no target's (by [`Scanner::key_filter`]) and its
     /// value a plain string, a number or a literal: most members of a chunk
-    /// or of a usage object. The
-    /// byte state machine took ~7 steps and 2 runs for one. Returns 0 to leave
-    /// anything else to the state machine, which then reads the same bytes
-    /// with the same result: escapes, containers, a target's value, a member
-    /// cut by the end of the input, malformed text.
+    /// or of a usage object. The byte state machine took ~7 steps and 2 runs
+    /// for one. Returns 0 to leave anything else to the state machine, which
+    /// then reads the same bytes with the same result: escapes, containers, a
+    /// target's value, a member cut by the end of the input, malformed text.
     fn member_run(&mut self, input: &[u8]) -> usize {
         let key_len = string_end(&input[1..]);
         let key = &input[1..1 + key_len];
@@ -368,12 +367,7 @@ impl Scanner {
         // works out the targets alive below it. For any other, nothing below
         // it is read: the value is scalar.
         let depth = self.stack.len();
-        if depth <= self.max_target_depth
-            && self
-                .key_filter
-                .get(depth.wrapping_sub(1))
-                .is_none_or(|&f| f & key_bit(key) != 0)
-        {
+        if depth <= self.max_target_depth && self.may_be_target_key(depth, key) {
             return 0;
         }
         let colon = skip_whitespace(input, 2 + key_len);
@@ -696,6 +690,15 @@ impl Scanner {
         self.keys.get_mut(depth)
     }
 
+    /// Whether `key`, in the object at `depth` (1 = top level), may be some
+    /// target's key there: a "no" from [`Scanner::key_filter`] is certain.
+    fn may_be_target_key(&self, depth: usize, key: &[u8]) -> bool {
+        depth
+            .checked_sub(1)
+            .and_then(|d| self.key_filter.get(d))
+            .is_none_or(|&filter| filter & key_bit(key) != 0)
+    }
+
     /// The key of the innermost object is complete: the targets still alive
     /// one level down are those whose segment there is this key.
     fn key_ended(&mut self) {
@@ -706,7 +709,7 @@ impl Scanner {
         let Some(key) = self.keys.get(depth - 1) else {
             return;
         };
-        if key.unmatchable || self.key_filter[depth - 1] & key_bit(key.bytes()) == 0 {
+        if key.unmatchable || !self.may_be_target_key(depth, key.bytes()) {
             self.alive[depth] = 0;
             return;
         }
