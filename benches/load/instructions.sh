@@ -15,6 +15,7 @@
 #   MODES="json sse sse-inject" N=2000 benches/load/instructions.sh
 #   MODES="responses gemini" benches/load/instructions.sh   # OpenAI Responses / Gemini streams
 #   MAJORDOMO_BIN=... BARE_BIN=... benches/load/instructions.sh      # skip the cargo build
+#   LOG_LEVEL=info benches/load/instructions.sh   # with the access log (the default config); default warn
 #
 # majordomo runs as in run.sh: key auth, usage parsing, pricing, PostgreSQL logging
 # (PGHOST/PGPORT/PGUSER), 1 proxy thread. Needs valgrind, nginx with the echo module,
@@ -25,6 +26,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 MODES="${MODES:-json sse sse-inject}"
 N="${N:-2000}"
+LOG_LEVEL="${LOG_LEVEL:-warn}"
 WARM="${WARM:-300}"
 BASE_PORT="${BASE_PORT:-18680}"
 MOCK_PORT=$BASE_PORT; GW_PORT=$((BASE_PORT + 10))
@@ -99,7 +101,7 @@ MDM_ENV=(MAJORDOMO_SERVER_HOST=127.0.0.1 MAJORDOMO_SERVER_PORT="$GW_PORT" MAJORD
   MAJORDOMO_STORAGE_POSTGRES_USER="$PGUSER" MAJORDOMO_STORAGE_POSTGRES_DATABASE="$DB"
   MAJORDOMO_PROVIDERS_OPENAI_BASE_URL="http://127.0.0.1:$MOCK_PORT" MAJORDOMO_PROVIDERS_GEMINI_BASE_URL="http://127.0.0.1:$MOCK_PORT"
   MAJORDOMO_PRICING_REMOTE_URL=
-  MAJORDOMO_SINK_SPOOL_DIR="$RUN_DIR/spool" MAJORDOMO_LOGGING_LEVEL=warn)
+  MAJORDOMO_SINK_SPOOL_DIR="$RUN_DIR/spool" MAJORDOMO_LOGGING_LEVEL="$LOG_LEVEL")
 KEY=$(env "${MDM_ENV[@]}" "$MAJORDOMO_BIN" keys create --name instructions --json 2>>"$RUN_DIR/keys.log" |
       python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])') || die "keys create failed"
 
@@ -146,8 +148,8 @@ out="$RESULTS_DIR/instructions-$TS.md"
   echo
   echo "Host: $(uname -srm), $(nproc) CPUs; valgrind $(valgrind --version | sed 's/valgrind-//'); majordomo binary $MAJORDOMO_BIN (checkout at $(git -C "$REPO" describe --always --dirty 2>/dev/null))."
   echo "Each gateway under callgrind, 1 proxy thread, in front of the nginx mock; counters zeroed after $WARM requests, read after N = $N more (4 connections)."
-  echo "majordomo: key auth, usage parsing, pricing, PostgreSQL logging (its sink's instructions for these rows included). User space only."
-  echo "Reproduce: \`MODES=\"$MODES\" N=$N benches/load/instructions.sh\`"
+  echo "majordomo: key auth, usage parsing, pricing, PostgreSQL logging (its sink's instructions for these rows included), log level $LOG_LEVEL. User space only."
+  echo "Reproduce: \`LOG_LEVEL=$LOG_LEVEL MODES=\"$MODES\" N=$N benches/load/instructions.sh\`"
 } > "$out"
 for mode in $MODES; do
   mk_body "$mode"

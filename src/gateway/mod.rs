@@ -551,16 +551,15 @@ impl ProxyHttp for Gateway {
             self.sink.submit(row);
         }
         let mut id = [0u8; 36];
-        log::info!(
-            target: crate::logging::ACCESS_TARGET,
-            "{} {} {} {} {} {}ms",
-            ctx.request_id_str(&mut id),
-            session.req_header().method,
-            session.req_header().uri.path(),
-            ctx.provider,
+        let request = session.req_header();
+        crate::logging::access(&crate::logging::AccessLine {
+            request_id: ctx.request_id_str(&mut id),
+            method: request.method.as_str(),
+            path: request.uri.path(),
+            provider: ctx.provider.as_str(),
             status,
-            ctx.started.elapsed().as_millis(),
-        );
+            elapsed_ms: ctx.started.elapsed().as_millis() as u64,
+        });
     }
 }
 
