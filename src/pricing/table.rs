@@ -13,6 +13,9 @@
 //! already in normal form, then the first in sorted order.
 
 use std::collections::{BTreeMap, HashMap};
+
+/// Maps looked up on every request: foldhash, seeded per process.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::RwLock;
 
 use super::matching::{canonical, tier_suffix};
@@ -32,9 +35,9 @@ pub struct PriceTable {
     /// Extra names for ids (alias → id), from snapshots.
     aliases: BTreeMap<String, String>,
     /// Normalised name → the id it stands for. Tier ids are not in here.
-    by_canonical: HashMap<String, Target>,
+    by_canonical: Map<String, Target>,
     /// Normalised base id → its tiers, by ascending threshold.
-    tiers: HashMap<String, Vec<Tier>>,
+    tiers: Map<String, Vec<Tier>>,
     source: String,
     updated_at: Option<String>,
     memo: LookupMemo,
@@ -49,7 +52,7 @@ const MEMO_CAP: usize = 1024;
 /// indexes again. Valid for the table it belongs to (a table never changes
 /// once built); a clone starts empty.
 #[derive(Default)]
-struct LookupMemo(RwLock<HashMap<Box<str>, Memoized>>);
+struct LookupMemo(RwLock<Map<Box<str>, Memoized>>);
 
 #[derive(Clone)]
 enum Memoized {
@@ -368,8 +371,8 @@ impl PriceTable {
         let known_keys: std::collections::HashSet<&str> =
             entries.values().map(|e| e.canonical.as_str()).collect();
 
-        let mut tiers: HashMap<String, Vec<Tier>> = HashMap::new();
-        let mut by_canonical: HashMap<String, Target> = HashMap::new();
+        let mut tiers: Map<String, Vec<Tier>> = Map::default();
+        let mut by_canonical: Map<String, Target> = Map::default();
         // The winner of each key so far, to settle collisions.
         let mut winners: HashMap<&str, (&str, &Entry)> = HashMap::new();
 

@@ -327,7 +327,7 @@ impl SinkCore {
     }
 
     fn ack(&self, segments: &[Option<SegmentId>]) {
-        let mut counts: HashMap<&SegmentId, u64> = HashMap::new();
+        let mut counts: HashMap<&SegmentId, u64, foldhash::fast::RandomState> = HashMap::default();
         for seg in segments.iter().flatten() {
             *counts.entry(seg).or_default() += 1;
         }

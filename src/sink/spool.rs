@@ -256,7 +256,7 @@ pub struct SpoolWriter {
 struct WriterState {
     active: Option<Active>,
     seq: u64,
-    segments: HashMap<SegmentId, SegmentState>,
+    segments: HashMap<SegmentId, SegmentState, foldhash::fast::RandomState>,
     dirty: bool,
     last_sync: Instant,
     /// Sealed segments written since the last fsync. Each keeps its file
@@ -282,7 +282,7 @@ impl SpoolWriter {
             state: Mutex::new(WriterState {
                 active: None,
                 seq: 0,
-                segments: HashMap::new(),
+                segments: HashMap::default(),
                 dirty: false,
                 last_sync: Instant::now(),
                 unsynced: Vec::new(),
