@@ -351,23 +351,16 @@ impl Scanner {
     }
 
     /// A whole `"key": value` member of an object, taken at once when its
-    /// key is plain and no target's (by [`Scanner::key_filter`]) and its
-    /// value a plain string, a number or a literal: most members of a chunk
-    /// or of a usage object. The byte state machine took ~7 steps and 2 runs
-    /// for one. Returns 0 to leave anything else to the state machine, which
-    /// then reads the same bytes with the same result: escapes, containers, a
-    /// target's value, a member cut by the end of the input, malformed text.
+    /// key is plain and its value a plain string, a number or a literal:
+    /// most members of a chunk or of a usage object, and the scalar targets
+    /// (a model name, a type). The byte state machine took ~7 steps and 2
+    /// runs for one. Returns 0 to leave anything else to the state machine,
+    /// which then reads the same bytes with the same result: escapes,
+    /// containers, a member cut by the end of the input, malformed text.
     fn member_run(&mut self, input: &[u8]) -> usize {
         let key_len = string_end(&input[1..]);
         let key = &input[1..1 + key_len];
         if input.get(1 + key_len) != Some(&b'"') || has_control_byte(key) {
-            return 0;
-        }
-        // A key that may be a target's goes to the state machine, which
-        // works out the targets alive below it. For any other, nothing below
-        // it is read: the value is scalar.
-        let depth = self.stack.len();
-        if depth <= self.max_target_depth && self.may_be_target_key(depth, key) {
             return 0;
         }
         let colon = skip_whitespace(input, 2 + key_len);
@@ -376,35 +369,87 @@ impl Scanner {
         }
         let value = skip_whitespace(input, colon + 1);
         let rest = &input[value.min(input.len())..];
-        let value_len = match rest.first() {
-            Some(b'"') => {
+        let first = match rest.first() {
+            Some(&b @ (b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n')) => b,
+            // A container: the state machine works out the targets below it.
+            _ => return 0,
+        };
+        // The targets whose path goes through this key; those that end here
+        // capture the value. (Past the deepest target nothing is tracked.)
+        let depth = self.stack.len();
+        let tracked = depth <= self.max_target_depth;
+        let below = if tracked {
+            self.targets_below(depth, key)
+        } else {
+            0
+        };
+        let targets = self.targets;
+        let captured = bits(below).any(|i| targets[i].path.len() == depth);
+        let value_len = match first {
+            b'"' => {
                 let text_len = string_end(&rest[1..]);
                 // As in string_run: only a captured string is checked for control bytes.
                 if rest.get(1 + text_len) != Some(&b'"')
-                    || (!self.active.is_empty() && has_control_byte(&rest[1..1 + text_len]))
+                    || ((captured || !self.active.is_empty())
+                        && has_control_byte(&rest[1..1 + text_len]))
                 {
                     return 0;
                 }
                 text_len + 2
             }
             // A number is over only at a byte that cannot continue it.
-            Some(b'-' | b'0'..=b'9') => match rest.iter().position(|b| !is_number_byte(*b)) {
+            b'-' | b'0'..=b'9' => match rest.iter().position(|b| !is_number_byte(*b)) {
                 Some(len) => len,
                 None => return 0,
             },
-            Some(b't') if rest.starts_with(b"true") => 4,
-            Some(b'f') if rest.starts_with(b"false") => 5,
-            Some(b'n') if rest.starts_with(b"null") => 4,
+            b't' if rest.starts_with(b"true") => 4,
+            b'f' if rest.starts_with(b"false") => 5,
+            b'n' if rest.starts_with(b"null") => 4,
             _ => return 0,
         };
         if let Some(buf) = self.current_key() {
             *buf = KeyBuf::EMPTY;
             buf.push_run(key);
         }
+        if tracked {
+            self.alive[depth] = below;
+        }
         let end = value + value_len;
         self.record_run(&input[..end]);
+        if captured {
+            self.capture_scalar(below, depth, self.pos + value as u64, &input[value..end]);
+        }
         self.state = State::AfterValue;
         end
+    }
+
+    /// The scalar `value` (starting at `start`) of a member at `depth` is
+    /// whole: the targets among `below` that end there capture it, as the
+    /// state machine would have from its first byte to its last.
+    fn capture_scalar(&mut self, below: u32, depth: usize, start: u64, value: &[u8]) {
+        let targets = self.targets;
+        // Targets of one slot that end at one value capture the same bytes:
+        // one copy is enough.
+        let mut written = 0u32;
+        for target in bits(below).map(|i| &targets[i]) {
+            if target.path.len() != depth || written & (1 << target.slot) != 0 {
+                continue;
+            }
+            written |= 1 << target.slot;
+            let mut bytes = self.spare.pop().unwrap_or_default();
+            bytes.clear();
+            bytes.extend_from_slice(&value[..value.len().min(CAPTURE_CAP)]);
+            self.peak_capture = self.peak_capture.max(bytes.len());
+            self.starts[target.slot] = Some(start);
+            if let Some(slot) = self.slots.get_mut(target.slot) {
+                *slot = Some(Capture {
+                    truncated: value.len() > bytes.len(),
+                    bytes,
+                    start,
+                    end: start + value.len() as u64,
+                });
+            }
+        }
     }
 
     /// Plain key bytes up to the next quote or backslash.
@@ -709,19 +754,29 @@ impl Scanner {
         let Some(key) = self.keys.get(depth - 1) else {
             return;
         };
-        if key.unmatchable || !self.may_be_target_key(depth, key.bytes()) {
-            self.alive[depth] = 0;
-            return;
+        self.alive[depth] = if key.unmatchable {
+            0
+        } else {
+            self.targets_below(depth, key.bytes())
+        };
+    }
+
+    /// The targets alive below `key` (plain, unescaped) in the object at
+    /// `depth` (1 = top level, at most the deepest target's depth): those
+    /// alive at the object whose segment there is this key.
+    fn targets_below(&self, depth: usize, key: &[u8]) -> u32 {
+        if key.len() > KEY_CAP || !self.may_be_target_key(depth, key) {
+            return 0;
         }
-        let mut next = 0;
+        let mut below = 0;
         for i in bits(self.alive[depth - 1]) {
             if let Some(Seg::Key(k)) = self.targets[i].path.get(depth - 1) {
-                if key.is(k) {
-                    next |= 1 << i;
+                if key == k.as_bytes() {
+                    below |= 1 << i;
                 }
             }
         }
-        self.alive[depth] = next;
+        below
     }
 
     fn key_byte(&mut self, b: u8) {
@@ -1247,7 +1302,8 @@ mod tests {
 
     proptest::proptest! {
         /// Byte by byte, no member is ever whole in one push: the state
-        /// machine alone reads it. Whole, `member_run` takes most members.
+        /// machine alone reads it. Whole, `member_run` takes most members,
+        /// and captures the scalar targets.
         #[test]
         fn whole_members_are_read_as_the_byte_state_machine_reads_them(text in json_text()) {
             // `response` is captured and has a target inside: its members are
@@ -1257,6 +1313,8 @@ mod tests {
                 Target { path: &[Seg::Key("response"), Seg::Key("usage")], slot: 1 },
                 Target { path: &[Seg::Key("model")], slot: 2 },
                 Target { path: &[Seg::Item, Seg::Key("n")], slot: 3 },
+                // Two targets end at one member: each captures it.
+                Target { path: &[Seg::Key("model")], slot: 3 },
             ];
             let mut whole = Scanner::new(TARGETS);
             whole.push(&text);
