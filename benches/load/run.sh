@@ -32,7 +32,9 @@
 # PERF (1 = `perf record -g` the gateway during each measured cell of (c) and (d):
 # $RUN_DIR/perf/*.data; it perturbs the numbers; PERF_FREQ 499, PERF_CALLGRAPH dwarf,16384),
 # BENCH_SCRATCH (raw files; default $TMPDIR/majordomo-load), RESULTS_DIR, LOG_LEVEL
-# (majordomo's logging.level: warn; info writes one access line per request to a file).
+# (majordomo's logging.level: warn; info writes one access line per request to a file),
+# MDM_ENV_EXTRA (more VAR=value settings for majordomo, space-separated, e.g.
+# "MAJORDOMO_SINK_BATCH_TIMEOUT_MS=20").
 #
 # Everything it starts (mock, proxies, gateway) it stops, by PID / own process group,
 # also on Ctrl-C. Nothing is skipped silently: a contender or mode that cannot run is
@@ -225,6 +227,7 @@ json.dump({
   "clk_tck": int(sh("getconf CLK_TCK") or 100), "pin": "$PIN", "gw_cpus": "$GW_CPUS", "load_cpus": "$LOAD_CPUS",
   "duration_s": $DURATION, "warmup_s": $WARMUP, "conns": "$CONNS".split(), "modes": "$MODES".split(),
   "threads": "$THREADS".split(), "wrk_threads": $WRK_THREADS, "paced_rps": $PACED_RPS, "paced_conns": $PACED_CONNS, "exact_n": $EXACT_N,
+  "log_level": "$LOG_LEVEL", "mdm_env_extra": "${MDM_ENV_EXTRA:-}",
   "versions": {"nginx": sh("nginx -v 2>&1 | sed 's/.*version: //'"), "wrk": sh("wrk -v 2>&1 | head -1 | cut -d' ' -f1-2"),
                "postgres": sh("psql -X -h $PGHOST -p $PGPORT -U $PGUSER -d postgres -tAc 'SHOW server_version' 2>&1"),
                "majordomo_git": sh("git -C '$REPO' describe --always --dirty 2>/dev/null"), "kernel": sh("uname -r")},
@@ -498,6 +501,8 @@ if want majordomo; then
       MAJORDOMO_STORAGE_POSTGRES_DATABASE="$DB"
       MAJORDOMO_PROVIDERS_OPENAI_BASE_URL="$MOCK_URL" MAJORDOMO_PRICING_REMOTE_URL=
       MAJORDOMO_SINK_SPOOL_DIR="$RUN_DIR/$name-spool" MAJORDOMO_LOGGING_LEVEL="$LOG_LEVEL")
+    read -r -a extra <<< "${MDM_ENV_EXTRA:-}"
+    MDM_ENV+=("${extra[@]}")
     if ! key=$(env "${MDM_ENV[@]}" "$MAJORDOMO_BIN" keys create --name bench --json 2>>"$RUN_DIR/$name.log" |
                python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'); then
       fail_note "$name: majordomo keys create --json failed: $(tail -3 "$RUN_DIR/$name.log" | tr '\n' ' ')"; FAILED=1; continue

@@ -378,7 +378,8 @@ impl Scanner {
         // capture the value. (Past the deepest target nothing is tracked.)
         let depth = self.stack.len();
         let tracked = depth <= self.max_target_depth;
-        let below = if tracked {
+        // The filter first, here: most keys are no target's.
+        let below = if tracked && self.may_be_target_key(depth, key) {
             self.targets_below(depth, key)
         } else {
             0
