@@ -197,31 +197,41 @@ fn write_access_line(
     out.extend_from_slice(if json { &b"ms\"}\n"[..] } else { b"ms\n" });
 }
 
-/// Appends `s` escaped for the inside of a JSON string, as [`JsonEscape`] does.
+/// Appends `s` escaped for the inside of a JSON string.
 fn json_escape_into(out: &mut Vec<u8>, s: &str) {
+    let _infallible = json_escaped(s, |piece| {
+        out.extend_from_slice(piece.as_bytes());
+        Ok::<(), ()>(())
+    });
+}
+
+/// Hands `write` the pieces of `s` escaped for the inside of a JSON string:
+/// the text as is, but quotes, backslashes and control bytes (for both JSON
+/// log formatters).
+fn json_escaped<E>(s: &str, mut write: impl FnMut(&str) -> Result<(), E>) -> Result<(), E> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut plain = 0;
-    for (i, &b) in s.as_bytes().iter().enumerate() {
-        let escaped: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..0x20 => b"",
+    for (i, b) in s.bytes().enumerate() {
+        let mut unicode = *b"\\u00..";
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..0x20 => {
+                unicode[4] = HEX[usize::from(b >> 4)];
+                unicode[5] = HEX[usize::from(b & 15)];
+                std::str::from_utf8(&unicode).unwrap_or_default()
+            }
             _ => continue,
         };
-        out.extend_from_slice(&s.as_bytes()[plain..i]);
-        if escaped.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 15)]);
-        } else {
-            out.extend_from_slice(escaped);
-        }
+        // Only ASCII bytes are escaped: `i` and `i + 1` are char boundaries.
+        write(&s[plain..i])?;
+        write(escaped)?;
         plain = i + 1;
     }
-    out.extend_from_slice(&s.as_bytes()[plain..]);
+    write(&s[plain..])
 }
 
 fn builder(config: &LoggingConfig) -> env_logger::Builder {
@@ -473,26 +483,7 @@ struct JsonEscape<'a, 'b>(&'a mut fmt::Formatter<'b>);
 
 impl fmt::Write for JsonEscape<'_, '_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let mut plain = 0;
-        for (i, c) in s.char_indices() {
-            let escaped = match c {
-                '"' => "\\\"",
-                '\\' => "\\\\",
-                '\n' => "\\n",
-                '\r' => "\\r",
-                '\t' => "\\t",
-                c if (c as u32) < 0x20 => "",
-                _ => continue,
-            };
-            self.0.write_str(&s[plain..i])?;
-            if escaped.is_empty() {
-                write!(self.0, "\\u{:04x}", c as u32)?;
-            } else {
-                self.0.write_str(escaped)?;
-            }
-            plain = i + c.len_utf8();
-        }
-        self.0.write_str(&s[plain..])
+        json_escaped(s, |piece| self.0.write_str(piece))
     }
 }
 
