@@ -61,21 +61,17 @@ pub fn dropped_lines() -> u64 {
 /// writes out the waiting access lines when the process ends.
 pub fn init(config: &Config) -> LogOutput {
     let deferred = DeferredLines::new(Box::new(io::stderr()), FLUSH_EVERY, PENDING_CAP);
-    let direct = builder(&config.logging).build();
-    let mut access = builder(&config.logging);
-    access.target(env_logger::Target::Pipe(Box::new(DeferredWriter(
-        deferred.clone(),
-    ))));
-    let access = access.build();
-    let max_level = direct.filter().max(access.filter());
+    let logger = builder(&config.logging).build();
+    // The access line bypasses `log` (see [`access`]); the filters decide once.
     let enabled = log::Log::enabled(
-        &access,
+        &logger,
         &log::Metadata::builder()
             .level(log::Level::Info)
             .target(ACCESS_TARGET)
             .build(),
     );
-    if log::set_boxed_logger(Box::new(Split { direct, access })).is_ok() {
+    let max_level = logger.filter();
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(max_level);
         let _ = ACCESS_LOG.set(AccessLog {
             lines: deferred.clone(),
@@ -258,34 +254,6 @@ fn builder(config: &LoggingConfig) -> env_logger::Builder {
     builder
 }
 
-/// Access lines to the writer thread, everything else straight to stderr.
-struct Split {
-    direct: env_logger::Logger,
-    access: env_logger::Logger,
-}
-
-impl log::Log for Split {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        if metadata.target() == ACCESS_TARGET {
-            self.access.enabled(metadata)
-        } else {
-            self.direct.enabled(metadata)
-        }
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if record.target() == ACCESS_TARGET {
-            self.access.log(record);
-        } else {
-            self.direct.log(record);
-        }
-    }
-
-    fn flush(&self) {
-        self.direct.flush();
-    }
-}
-
 /// What [`init`] returns: ends the access log cleanly.
 pub struct LogOutput {
     deferred: Arc<DeferredLines>,
@@ -296,20 +264,6 @@ impl LogOutput {
     /// output may be stalled: the process must still end).
     pub fn flush(&self, timeout: Duration) {
         self.deferred.flush(timeout);
-    }
-}
-
-/// env_logger's pipe target: each formatted record arrives in one write.
-struct DeferredWriter(Arc<DeferredLines>);
-
-impl Write for DeferredWriter {
-    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        self.0.push(line);
-        Ok(line.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
