@@ -378,7 +378,7 @@ impl Scanner {
         // capture the value. (Past the deepest target nothing is tracked.)
         let depth = self.stack.len();
         let tracked = depth <= self.max_target_depth;
-        // The filter first, here: most keys are no target's.
+        // The filter first: most keys are no target's.
         let below = if tracked && self.may_be_target_key(depth, key) {
             self.targets_below(depth, key)
         } else {
@@ -416,41 +416,17 @@ impl Scanner {
             self.alive[depth] = below;
         }
         let end = value + value_len;
-        self.record_run(&input[..end]);
         if captured {
-            self.capture_scalar(below, depth, self.pos + value as u64, &input[value..end]);
+            // The key and colon go to the enclosing captures only.
+            self.record_run(&input[..value]);
+            self.start_captures(below, depth, self.pos + value as u64);
+            self.record_run(&input[value..end]);
+            self.finish_captures(depth);
+        } else {
+            self.record_run(&input[..end]);
         }
         self.state = State::AfterValue;
         end
-    }
-
-    /// The scalar `value` (starting at `start`) of a member at `depth` is
-    /// whole: the targets among `below` that end there capture it, as the
-    /// state machine would have from its first byte to its last.
-    fn capture_scalar(&mut self, below: u32, depth: usize, start: u64, value: &[u8]) {
-        let targets = self.targets;
-        // Targets of one slot that end at one value capture the same bytes:
-        // one copy is enough.
-        let mut written = 0u32;
-        for target in bits(below).map(|i| &targets[i]) {
-            if target.path.len() != depth || written & (1 << target.slot) != 0 {
-                continue;
-            }
-            written |= 1 << target.slot;
-            let mut bytes = self.spare.pop().unwrap_or_default();
-            bytes.clear();
-            bytes.extend_from_slice(&value[..value.len().min(CAPTURE_CAP)]);
-            self.peak_capture = self.peak_capture.max(bytes.len());
-            self.starts[target.slot] = Some(start);
-            if let Some(slot) = self.slots.get_mut(target.slot) {
-                *slot = Some(Capture {
-                    truncated: value.len() > bytes.len(),
-                    bytes,
-                    start,
-                    end: start + value.len() as u64,
-                });
-            }
-        }
     }
 
     /// Plain key bytes up to the next quote or backslash.
@@ -755,18 +731,19 @@ impl Scanner {
         let Some(key) = self.keys.get(depth - 1) else {
             return;
         };
-        self.alive[depth] = if key.unmatchable {
+        self.alive[depth] = if key.unmatchable || !self.may_be_target_key(depth, key.bytes()) {
             0
         } else {
             self.targets_below(depth, key.bytes())
         };
     }
 
-    /// The targets alive below `key` (plain, unescaped) in the object at
-    /// `depth` (1 = top level, at most the deepest target's depth): those
-    /// alive at the object whose segment there is this key.
+    /// The targets alive below `key` (plain, unescaped, passed by the key
+    /// filter) in the object at `depth` (1 = top level, at most the deepest
+    /// target's depth): those alive at the object whose segment there is
+    /// this key.
     fn targets_below(&self, depth: usize, key: &[u8]) -> u32 {
-        if key.len() > KEY_CAP || !self.may_be_target_key(depth, key) {
+        if key.len() > KEY_CAP {
             return 0;
         }
         let mut below = 0;
@@ -824,25 +801,7 @@ impl Scanner {
         );
         let targets = self.targets;
         if here != 0 {
-            for target in bits(here).map(|i| &targets[i]) {
-                if target.path.len() == depth {
-                    self.starts[target.slot] = Some(self.pos);
-                    self.active.push(Active {
-                        slot: target.slot,
-                        depth,
-                        start: self.pos,
-                        len: 0,
-                        bytes: self.spare.pop().map_or_else(
-                            // Room for a usage object without regrowing byte by byte.
-                            || Vec::with_capacity(CAPTURE_START),
-                            |mut b| {
-                                b.clear();
-                                b
-                            },
-                        ),
-                    });
-                }
-            }
+            self.start_captures(here, depth, self.pos);
         }
         self.record(b);
         match next {
@@ -903,6 +862,40 @@ impl Scanner {
     /// The value that started at the current depth is over.
     fn end_value(&mut self) {
         let depth = self.stack.len();
+        self.finish_captures(depth);
+        if depth == 0 {
+            self.documents += 1;
+        }
+        self.state = State::AfterValue;
+    }
+
+    /// The targets among `alive` that end at `depth` start capturing the
+    /// value that begins at `start`.
+    fn start_captures(&mut self, alive: u32, depth: usize, start: u64) {
+        let targets = self.targets;
+        for target in bits(alive).map(|i| &targets[i]) {
+            if target.path.len() == depth {
+                self.starts[target.slot] = Some(start);
+                self.active.push(Active {
+                    slot: target.slot,
+                    depth,
+                    start,
+                    len: 0,
+                    bytes: self.spare.pop().map_or_else(
+                        // Room for a usage object without regrowing byte by byte.
+                        || Vec::with_capacity(CAPTURE_START),
+                        |mut b| {
+                            b.clear();
+                            b
+                        },
+                    ),
+                });
+            }
+        }
+    }
+
+    /// The captures of the value that started at `depth` are complete.
+    fn finish_captures(&mut self, depth: usize) {
         while self.active.last().is_some_and(|a| a.depth == depth) {
             if let Some(done) = self.active.pop() {
                 let capture = Capture {
@@ -916,10 +909,6 @@ impl Scanner {
                 }
             }
         }
-        if depth == 0 {
-            self.documents += 1;
-        }
-        self.state = State::AfterValue;
     }
 
     fn record_run(&mut self, run: &[u8]) {
