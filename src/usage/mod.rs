@@ -31,10 +31,13 @@
 //! Where such events can be told apart from their bytes ([`Triage`]: OpenAI
 //! chat completions and responses, Anthropic messages, Gemini), an event's
 //! data is gathered (a copy, up to [`TRIAGE_CAP`]) and scanned only if it can
-//! matter: the model is not known yet, it holds a `"usage"` object or a
-//! non-null `"error"`, or its name is not one of the content events
-//! (Anthropic; responses: every `response.*` event but the terminal
-//! `response.completed` / `.incomplete` / `.failed`). Gemini
+//! matter: it holds a `"usage"` object or a non-null `"error"`, or its name is
+//! not one of the content events (Anthropic; responses: every `response.*`
+//! event but the terminal `response.completed` / `.incomplete` / `.failed`),
+//! or the model is not known yet. OpenAI's events that matter only for the
+//! model (the first chat chunk, `response.created`) are kept unscanned: the
+//! usage chunk or terminal event that is scanned later names the model too,
+//! and the kept event is scanned at the end only if none did. Gemini
 //! repeats the cumulative `usageMetadata` in every event: an event that has
 //! it but no `finishReason` / `blockReason` / `error` is kept unscanned, and
 //! scanned only if no later such event replaces it before the next scanned
@@ -197,12 +200,14 @@ enum Triage {
     #[default]
     None,
     /// OpenAI `chat/completions`: only the first event (the model), the
-    /// usage chunk and errors matter.
+    /// usage chunk and errors matter; the first one only if the others do
+    /// not name the model ([`Verdict::KeepForModel`]).
     OpenAiChat,
     /// OpenAI `responses`: of the named `response.*` events only the first
     /// (the model), the terminal ones and any with usage or an error matter;
     /// the output's `.added` / `.delta` / `.done` events and the repeats of
-    /// the response in progress (same model, no usage yet) do not.
+    /// the response in progress (same model, no usage yet) do not. The
+    /// first is kept like chat's.
     OpenAiResponses,
     /// Anthropic `messages`: the content block events and pings do not matter.
     AnthropicMessages,
@@ -220,9 +225,21 @@ enum Verdict {
     /// Its usage counts only if no later event carries usage: kept unscanned
     /// until the next event that is scanned, another one like it, or the end.
     KeepAsLast,
+    /// It matters only for the model, which later events scanned for their
+    /// usage or outcome name too: kept unscanned (the first such event
+    /// only), and scanned at the end only if the model is still unknown. It
+    /// holds no usage and no error (else it would be scanned), so reading it
+    /// after later events finds what reading it first would.
+    KeepForModel,
 }
 
 impl Triage {
+    /// Keeps events for their model ([`Verdict::KeepForModel`]) rather than
+    /// for their usage ([`Verdict::KeepAsLast`]).
+    fn keeps_for_model(self) -> bool {
+        matches!(self, Triage::OpenAiChat | Triage::OpenAiResponses)
+    }
+
     fn for_request(provider: Provider, path: &str) -> Triage {
         let path = path.trim_end_matches('/');
         match provider {
@@ -238,17 +255,30 @@ impl Triage {
     /// event.
     fn verdict(self, event: &sse::Event<'_>, data: &[u8], findings: &Findings) -> Verdict {
         let matters = || has_usage_object(data) || has_error_value(data);
-        let model_unknown = || findings.model.as_deref().is_none_or(str::is_empty);
-        let scan = match self {
-            Triage::None => true,
-            Triage::OpenAiChat => model_unknown() || matters(),
+        let model_unknown = || findings.model_unknown();
+        let scan_if = |scan: bool| if scan { Verdict::Scan } else { Verdict::Skip };
+        // OpenAI: an event that matters only for the model. One cut off by
+        // the end of the body is scanned at once: nothing comes after it.
+        let for_model = || match (model_unknown(), event.at_eof) {
+            (false, _) => Verdict::Skip,
+            (true, true) => Verdict::Scan,
+            (true, false) => Verdict::KeepForModel,
+        };
+        match self {
+            Triage::None => Verdict::Scan,
+            Triage::OpenAiChat if matters() => Verdict::Scan,
+            Triage::OpenAiChat => for_model(),
             Triage::OpenAiResponses => {
-                !event.name.is_some_and(|name| {
+                let in_progress = event.name.is_some_and(|name| {
                     name.starts_with(b"response.") && !openai::is_terminal_event(name)
-                }) || model_unknown()
-                    || matters()
+                });
+                if !in_progress || matters() {
+                    Verdict::Scan
+                } else {
+                    for_model()
+                }
             }
-            Triage::AnthropicMessages => {
+            Triage::AnthropicMessages => scan_if(
                 !matches!(
                     event.name,
                     Some(
@@ -257,8 +287,8 @@ impl Triage {
                             | b"content_block_stop"
                             | b"ping"
                     )
-                ) || matters()
-            }
+                ) || matters(),
+            ),
             Triage::Gemini => {
                 let matters = event.at_eof
                     || model_unknown()
@@ -268,13 +298,8 @@ impl Triage {
                 if !matters && has_usage_metadata_object(data) {
                     return Verdict::KeepAsLast;
                 }
-                matters
+                scan_if(matters)
             }
-        };
-        if scan {
-            Verdict::Scan
-        } else {
-            Verdict::Skip
         }
     }
 }
@@ -449,6 +474,10 @@ struct Findings {
 }
 
 impl Findings {
+    fn model_unknown(&self) -> bool {
+        self.model.as_deref().is_none_or(str::is_empty)
+    }
+
     fn note_model(&mut self, capture: Option<&Capture>) {
         // Every chunk of a stream repeats the model: parse it only when it changes.
         let unchanged = match (capture, &self.model) {
@@ -577,7 +606,8 @@ struct SseState {
     triage: Triage,
     /// The current event's data so far, while it is being gathered for triage.
     gathered: Vec<u8>,
-    /// An earlier event's data, [`Verdict::KeepAsLast`].
+    /// An earlier event's data, [`Verdict::KeepAsLast`] or
+    /// [`Verdict::KeepForModel`].
     kept: Vec<u8>,
     /// The current event's data goes straight to the scanner (no triage, or
     /// it outgrew [`TRIAGE_CAP`]).
@@ -740,15 +770,30 @@ impl EventSink<'_> {
         self.event.reset();
     }
 
-    /// Scans the event kept as the last one with usage, if any. Called
-    /// before any later event is scanned, so events are read in order.
+    /// Before an event is scanned: Gemini's kept event (the last one with
+    /// usage) is read first, so events are read in order. OpenAI's waits for
+    /// the end.
+    fn scan_kept_before_next(&mut self) {
+        if !self.triage.keeps_for_model() {
+            self.scan_kept();
+        }
+    }
+
+    /// Scans the kept event, if any, when it is still wanted: OpenAI's
+    /// ([`Verdict::KeepForModel`]) only if no scanned event named the model.
     fn scan_kept(&mut self) {
         if self.kept.is_empty() {
             return;
         }
+        if self.triage.keeps_for_model() && !self.findings.model_unknown() {
+            clear_for_reuse(self.kept);
+            return;
+        }
         self.event.push(self.kept);
         clear_for_reuse(self.kept);
-        // Only Gemini keeps events, and they are unnamed.
+        // A kept event's name matters to no extractor: Gemini's are unnamed,
+        // and OpenAI's kept ones are neither terminal nor errors (their `type`,
+        // read from the data, says the same).
         self.conclude(None, false);
     }
 
@@ -776,7 +821,7 @@ impl sse::Handler for EventSink<'_> {
             self.event.push(bytes);
         } else if self.gathered.len() + bytes.len() > TRIAGE_CAP {
             // Too long to gather: scan it all as it comes.
-            self.scan_kept();
+            self.scan_kept_before_next();
             self.event.push(&self.gathered[..]);
             self.gathered.clear();
             self.event.push(bytes);
@@ -798,13 +843,16 @@ impl sse::Handler for EventSink<'_> {
             };
             match verdict {
                 Verdict::Scan => {
-                    self.scan_kept();
+                    self.scan_kept_before_next();
                     self.event.push(&data);
                 }
                 // The kept buffer is swapped, not copied; the older one is
                 // reused for gathering.
                 Verdict::KeepAsLast => std::mem::swap(self.kept, &mut data),
-                Verdict::Skip => {}
+                Verdict::KeepForModel if self.kept.is_empty() => {
+                    std::mem::swap(self.kept, &mut data)
+                }
+                Verdict::KeepForModel | Verdict::Skip => {}
             }
             *self.gathered = data;
             clear_for_reuse(self.gathered);

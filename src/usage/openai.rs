@@ -331,9 +331,12 @@ pub(crate) mod tests {
         }
     }
 
+    /// A malformed event that may hold usage is read, and makes the usage
+    /// unknown. (One that cannot, such as a content chunk, is skipped
+    /// unread: see `usage::tests`.)
     #[test]
     fn chat_stream_with_a_malformed_event_has_unknown_usage() {
-        let mut body = b"data: {\"choices\":[}\n\n".to_vec();
+        let mut body = b"data: {\"choices\":[},\"usage\":{\"prompt_tokens\":3}}\n\n".to_vec();
         body.extend(chat_stream());
         let parsed = chat_sse().parse(&body);
         assert_eq!(parsed.usage, None);

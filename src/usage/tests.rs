@@ -692,6 +692,72 @@ fn gemini_and_responses_content_events_are_not_parsed() {
     assert_eq!(responses.untriaged_parser().finish_with(&body).usage, None);
 }
 
+/// OpenAI's first event matters only for the model, which the usage chunk
+/// (chat) or the terminal event (responses) names too: it is read only when
+/// no later scanned event names the model. A first event that is not even
+/// JSON then leaves the usage known, as a broken content chunk does.
+#[test]
+fn an_openai_first_event_is_read_for_the_model_only_if_no_scanned_event_names_it() {
+    let chat = Req::new(
+        Provider::OpenAi,
+        "/v1/chat/completions",
+        "text/event-stream",
+    );
+    let content = r#"{"id":"c1","object":"chat.completion.chunk","model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{"content":"Hi"}}],"usage":null}"#;
+    let usage_chunk = |model: &str| {
+        format!(
+            r#"{{"id":"c1","object":"chat.completion.chunk",{model}"choices":[],"usage":{{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}}}"#
+        )
+    };
+    let chat_body = |first: &str, last: Option<String>| {
+        let mut events = vec![(None, first.to_string()), (None, content.to_string())];
+        events.extend(last.map(|last| (None, last)));
+        events.push((None, "[DONE]".to_string()));
+        sse_body(&events, false)
+    };
+
+    // Broken first chunk, model named by the usage chunk: never read.
+    let broken = r#"{"id":"c1","model":"gpt-4o-2024-08-06","choices":[}"#;
+    let body = chat_body(broken, Some(usage_chunk(r#""model":"gpt-4o-2024-08-06","#)));
+    let parsed = chat.parse_everywhere(&body);
+    assert_eq!(parsed.usage, Some(usage(9, 0, 0, 0, 2, 0)));
+    assert_eq!(parsed.model.as_deref(), Some("gpt-4o-2024-08-06"));
+    assert!(parsed.complete);
+    assert_eq!(chat.untriaged_parser().finish_with(&body).usage, None);
+
+    // A usage chunk without a model: the first chunk is read at the end.
+    let first = r#"{"id":"c1","object":"chat.completion.chunk","model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{"role":"assistant","content":""}}],"usage":null}"#;
+    let body = chat_body(first, Some(usage_chunk("")));
+    let parsed = chat.parse_everywhere(&body);
+    assert_eq!(parsed.model.as_deref(), Some("gpt-4o-2024-08-06"));
+    assert_eq!(parsed.usage, Some(usage(9, 0, 0, 0, 2, 0)));
+    assert_eq!(parsed, chat.untriaged_parser().finish_with(&body));
+
+    // No usage chunk at all: the first chunk is read at the end.
+    let body = chat_body(first, None);
+    let parsed = chat.parse_everywhere(&body);
+    assert_eq!(parsed.model.as_deref(), Some("gpt-4o-2024-08-06"));
+    assert_eq!(parsed, chat.untriaged_parser().finish_with(&body));
+
+    // Responses: a broken `response.created`, the model named by the end.
+    let responses = Req::new(Provider::OpenAi, "/v1/responses", "text/event-stream");
+    let (name, data) = responses_end(0, 30, 4);
+    let events = [
+        (
+            Some("response.created"),
+            r#"{"type":"response.created","response":{"id":"resp_1","model":"gpt-4.1","usage":null]}"#
+                .to_string(),
+        ),
+        (Some(name), data),
+    ];
+    let body = sse_body(&events, false);
+    let parsed = responses.parse_everywhere(&body);
+    assert_eq!(parsed.usage, Some(usage(30, 0, 0, 0, 4, 0)));
+    assert_eq!(parsed.model.as_deref(), Some("gpt-4.1"));
+    assert!(parsed.complete);
+    assert_eq!(responses.untriaged_parser().finish_with(&body).usage, None);
+}
+
 /// A Gemini event longer than the triage buffer is scanned as it comes;
 /// the event kept before it is read first, so the later usage still wins.
 #[test]
