@@ -50,10 +50,66 @@ impl Default for InjectedUsageStripper {
     }
 }
 
-/// A piece of the output being assembled.
-enum Piece {
-    Chunk(usize, usize),
-    Owned(Vec<u8>),
+/// What the client gets from one chunk, built as its events are released:
+/// a range of the chunk as long as everything kept is contiguous (returned
+/// without a copy), else the kept bytes copied out.
+struct Output<'a> {
+    chunk: &'a Bytes,
+    /// All that is kept so far, while it is one range of the chunk.
+    range: Option<(usize, usize)>,
+    /// All that is kept so far, once it is not (`range` is then `None`).
+    copied: Option<BytesMut>,
+    /// Enough for all of it: what was held plus the chunk.
+    capacity: usize,
+}
+
+impl Output<'_> {
+    /// Keeps `chunk[start..end]`.
+    fn range(&mut self, start: usize, end: usize) {
+        if start == end {
+            return;
+        }
+        if self.copied.is_none() {
+            let joined = match self.range {
+                None => Some((start, end)),
+                Some((from, to)) if to == start => Some((from, end)),
+                Some(_) => None,
+            };
+            if joined.is_some() {
+                self.range = joined;
+                return;
+            }
+        }
+        let chunk = self.chunk;
+        self.copied().extend_from_slice(&chunk[start..end]);
+    }
+
+    /// Keeps bytes from outside the chunk.
+    fn bytes(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.copied().extend_from_slice(bytes);
+        }
+    }
+
+    /// The copied output, started with what was kept so far.
+    fn copied(&mut self) -> &mut BytesMut {
+        let (chunk, capacity, range) = (self.chunk, self.capacity, &mut self.range);
+        self.copied.get_or_insert_with(|| {
+            let mut out = BytesMut::with_capacity(capacity);
+            if let Some((start, end)) = range.take() {
+                out.extend_from_slice(&chunk[start..end]);
+            }
+            out
+        })
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match (self.copied, self.range) {
+            (Some(out), _) => out.freeze(),
+            (None, Some((start, end))) => self.chunk.slice(start..end),
+            (None, None) => Bytes::new(),
+        }
+    }
 }
 
 impl InjectedUsageStripper {
@@ -70,7 +126,12 @@ impl InjectedUsageStripper {
 
     /// Takes the next upstream chunk, returns what the client gets now.
     pub fn filter(&mut self, chunk: Bytes) -> Bytes {
-        let mut pieces: Vec<Piece> = Vec::new();
+        let mut out = Output {
+            chunk: &chunk,
+            range: None,
+            copied: None,
+            capacity: self.held.len() + chunk.len(),
+        };
         let mut event_start = 0;
         let mut i = 0;
         while i < chunk.len() {
@@ -88,22 +149,22 @@ impl InjectedUsageStripper {
                 }
             }
             if let Some(end) = self.event_end(i, chunk[i]) {
-                self.release_event(&chunk, event_start, end, &mut pieces);
+                self.release_event(&chunk, event_start, end, &mut out);
                 event_start = end;
             }
             i += 1;
         }
         let rest = &chunk[event_start..];
         if self.passing {
-            pieces.push(Piece::Chunk(event_start, chunk.len()));
+            out.range(event_start, chunk.len());
         } else if self.held.len() + rest.len() > HOLD_CAP {
-            pieces.push(Piece::Owned(std::mem::take(&mut self.held)));
-            pieces.push(Piece::Chunk(event_start, chunk.len()));
+            out.bytes(&std::mem::take(&mut self.held));
+            out.range(event_start, chunk.len());
             self.passing = true;
         } else {
             self.held.extend_from_slice(rest);
         }
-        assemble(&chunk, pieces)
+        out.into_bytes()
     }
 
     /// The end of the stream: whatever is held, minus a usage event.
@@ -151,58 +212,21 @@ impl InjectedUsageStripper {
         ended
     }
 
-    fn release_event(&mut self, chunk: &Bytes, start: usize, end: usize, pieces: &mut Vec<Piece>) {
+    fn release_event(&mut self, chunk: &Bytes, start: usize, end: usize, out: &mut Output<'_>) {
         if self.passing {
             self.passing = false;
-            pieces.push(Piece::Chunk(start, end));
+            out.range(start, end);
         } else if self.held.is_empty() {
             let event = &chunk[start..end];
             if !is_usage_event(event) {
-                kept_ranges(event, |from, to| {
-                    pieces.push(Piece::Chunk(start + from, start + to))
-                });
+                kept_ranges(event, |from, to| out.range(start + from, start + to));
             }
         } else {
             self.held.extend_from_slice(&chunk[start..end]);
             let event = std::mem::take(&mut self.held);
             if !is_usage_event(&event) {
-                pieces.push(Piece::Owned(without_null_usage(&event).unwrap_or(event)));
+                kept_ranges(&event, |from, to| out.bytes(&event[from..to]));
             }
-        }
-    }
-}
-
-/// Joins the pieces; a single contiguous range of the chunk is a zero-copy
-/// slice of it.
-fn assemble(chunk: &Bytes, pieces: Vec<Piece>) -> Bytes {
-    let mut merged: Vec<Piece> = Vec::with_capacity(pieces.len());
-    for piece in pieces {
-        match (merged.last_mut(), piece) {
-            (Some(Piece::Chunk(_, end)), Piece::Chunk(start, to)) if *end == start => *end = to,
-            (_, Piece::Chunk(start, to)) if start == to => {}
-            (_, Piece::Owned(bytes)) if bytes.is_empty() => {}
-            (_, piece) => merged.push(piece),
-        }
-    }
-    match merged.as_slice() {
-        [] => Bytes::new(),
-        [Piece::Chunk(start, end)] => chunk.slice(*start..*end),
-        _ => {
-            let len = merged
-                .iter()
-                .map(|piece| match piece {
-                    Piece::Chunk(start, end) => end - start,
-                    Piece::Owned(bytes) => bytes.len(),
-                })
-                .sum();
-            let mut out = BytesMut::with_capacity(len);
-            for piece in &merged {
-                match piece {
-                    Piece::Chunk(start, end) => out.extend_from_slice(&chunk[*start..*end]),
-                    Piece::Owned(bytes) => out.extend_from_slice(bytes),
-                }
-            }
-            out.freeze()
         }
     }
 }
@@ -285,30 +309,42 @@ fn trailing_null_usage(line: &[u8]) -> Option<(usize, usize)> {
 /// An event whose data is a JSON object with `"choices": []` and a `usage`
 /// object.
 fn is_usage_event(event: &[u8]) -> bool {
-    // Cheap pre-check, so ordinary chunks (`"usage":null`) are not parsed.
+    let mut data_lines = lines(event).filter_map(|(_, line)| data_value(line));
+    let Some(first) = data_lines.next() else {
+        return false;
+    };
+    let only = data_lines.next().is_none();
+    // Cheap pre-checks, so ordinary chunks are not parsed. Most end with the
+    // `"usage":null` the upstream adds: the last `usage` member of a
+    // one-line object, which settles it (the object's last `}` closes it).
+    if only && trailing_null_usage(first).is_some() {
+        return false;
+    }
     if !super::has_usage_object(event) {
         return false;
     }
     let mut data = Vec::new();
-    let mut has_data = false;
-    for (_, line) in lines(event) {
-        let Some(value) = line.strip_prefix(b"data") else {
-            continue;
-        };
-        let value = match value {
-            [] => value,
-            [b':', b' ', rest @ ..] => rest,
-            [b':', rest @ ..] => rest,
-            _ => continue,
-        };
-        if has_data {
+    for (i, value) in lines(event)
+        .filter_map(|(_, line)| data_value(line))
+        .enumerate()
+    {
+        if i > 0 {
             data.push(b'\n');
         }
-        has_data = true;
         data.extend_from_slice(value);
     }
     // Read without building a document: only the two members' kinds matter.
     member_kinds(&data, ["choices", "usage"]) == Some([Some(Kind::EmptyArray), Some(Kind::Object)])
+}
+
+/// The value of a `data` field line (`None` for other lines).
+fn data_value(line: &[u8]) -> Option<&[u8]> {
+    match line.strip_prefix(b"data")? {
+        [] => Some(&[]),
+        [b':', b' ', rest @ ..] => Some(rest),
+        [b':', rest @ ..] => Some(rest),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
