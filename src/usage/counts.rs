@@ -234,6 +234,30 @@ impl<'a> Plain<'a> {
         }
     }
 
+    /// Any value, kept nowhere, and what kind it was.
+    fn kind(&mut self) -> Option<Kind> {
+        let start = self.at;
+        let kind = match self.peek()? {
+            b'n' => Kind::Null,
+            b'{' => Kind::Object,
+            b'[' => {
+                self.at += 1;
+                self.whitespace();
+                let empty = self.peek() == Some(b']');
+                self.at = start;
+                if empty {
+                    Kind::EmptyArray
+                } else {
+                    Kind::Array
+                }
+            }
+            _ => Kind::Scalar,
+        };
+        // (A value starting with `n` that skips was the literal `null`.)
+        self.skip(0)?;
+        Some(kind)
+    }
+
     /// Any value, kept nowhere.
     fn skip(&mut self, depth: usize) -> Option<()> {
         match self.peek()? {
@@ -533,6 +557,32 @@ pub(super) fn member_kinds<const N: usize>(
     json: &[u8],
     keys: [&str; N],
 ) -> Option<[Option<Kind>; N]> {
+    match plain_member_kinds(json, &keys) {
+        Some(kinds) => Some(kinds),
+        None => serde_member_kinds(json, keys),
+    }
+}
+
+/// [`member_kinds`] by the [`Plain`] cursor, for an object in the subset it
+/// reads (a usage chunk: ~9 000 instructions fewer than serde); `None` for
+/// anything else, valid or not, which serde then reads.
+fn plain_member_kinds<const N: usize>(text: &[u8], keys: &[&str; N]) -> Option<[Option<Kind>; N]> {
+    let mut p = Plain { text, at: 0 };
+    let mut kinds = [None; N];
+    p.whitespace();
+    p.object(|p, key| {
+        let kind = p.kind()?;
+        if let Some(i) = keys.iter().position(|k| k.as_bytes() == key) {
+            kinds[i] = Some(kind);
+        }
+        Some(())
+    })?;
+    p.whitespace();
+    (p.at == text.len()).then_some(kinds)
+}
+
+/// [`member_kinds`] for any text, through serde.
+fn serde_member_kinds<const N: usize>(json: &[u8], keys: [&str; N]) -> Option<[Option<Kind>; N]> {
     struct Members<'k, const N: usize>([&'k str; N]);
 
     impl<'de, const N: usize> Visitor<'de> for Members<'_, N> {
@@ -611,6 +661,13 @@ mod tests {
         assert_eq!(serde_counts(text.as_bytes(), &PATHS), expected, "{text}");
         if let Some(plain) = plain_counts(text.as_bytes(), &PATHS) {
             assert_eq!(Ok(plain), expected, "plain reader on {text}");
+        }
+        // The members' kinds too, under keys that the texts use.
+        let keys = ["prompt_tokens", "prompt_tokens_details", "x"];
+        let by_serde = serde_member_kinds(text.as_bytes(), keys);
+        assert_eq!(member_kinds(text.as_bytes(), keys), by_serde, "{text}");
+        if let Some(plain) = plain_member_kinds(text.as_bytes(), &keys) {
+            assert_eq!(Some(plain), by_serde, "plain kinds on {text}");
         }
     }
 
@@ -755,6 +812,24 @@ mod tests {
         );
         assert_eq!(kinds(br#"{"choices":[]"#), None);
         assert_eq!(kinds(br#"{"choices":[]} {}"#), None);
+        // Each of these answers with serde's, by the plain reader or not.
+        for text in [
+            br#"{"id":"x","choices":[],"usage":{"a":1}}"#.as_slice(),
+            br#"{"choices":[{"i":0}],"usage":null}"#,
+            br#"{"choices":[],"choices":[1],"usage":"x","usage":{}}"#,
+            br#"{"model":"\udc00","choices":[],"usage":{}}"#,
+            b"{\"model\":\"\xff\",\"choices\":[],\"usage\":{}}",
+            br#"{"choices":[ ],"usage":{"a":1.5}}"#,
+        ] {
+            let keys = ["choices", "usage"];
+            assert_eq!(kinds(text), serde_member_kinds(text, keys));
+        }
+        // An OpenAI usage chunk is read by the plain reader.
+        let chunk = br#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1694268190,"model":"gpt-4o-mini-2024-07-18","service_tier":"default","system_fingerprint":"fp_44709d6fcb","choices":[],"usage":{"prompt_tokens":1200,"completion_tokens":300,"total_tokens":1500,"prompt_tokens_details":{"cached_tokens":1024,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":128,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"obfuscation":"Ab3"}"#;
+        assert_eq!(
+            plain_member_kinds(chunk, &["choices", "usage"]),
+            Some([Some(Kind::EmptyArray), Some(Kind::Object)])
+        );
     }
 
     #[test]
