@@ -31,7 +31,8 @@
 //! Where such events can be told apart from their bytes ([`Triage`]: OpenAI
 //! chat completions and responses, Anthropic messages, Gemini), an event's
 //! data is gathered (a copy, up to [`TRIAGE_CAP`]) and scanned only if it can
-//! matter: it holds a `"usage"` object or a non-null `"error"`, or its name is
+//! matter: it holds a `"usage"` object (a chat chunk that ends with
+//! `"usage":null` holds none that counts) or a non-null `"error"`, or its name is
 //! not one of the content events (Anthropic; responses: every `response.*`
 //! event but the terminal `response.completed` / `.incomplete` / `.failed`),
 //! or the model is not known yet. OpenAI's events that matter only for the
@@ -266,6 +267,17 @@ impl Triage {
         };
         match self {
             Triage::None => Verdict::Scan,
+            // Most chunks end with the `"usage":null` the upstream adds when
+            // usage is asked for: the last `usage` member, so any earlier
+            // one is replaced (as in a document), and only an error can
+            // matter.
+            Triage::OpenAiChat if strip::trailing_null_usage(data).is_some() => {
+                if has_error_value(data) {
+                    Verdict::Scan
+                } else {
+                    for_model()
+                }
+            }
             Triage::OpenAiChat if matters() => Verdict::Scan,
             Triage::OpenAiChat => for_model(),
             Triage::OpenAiResponses => {

@@ -279,8 +279,10 @@ fn lines(event: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
 }
 
 /// In a line ending `…, "usage" : null }` (whitespace allowed), the range
-/// from the comma to just before the closing brace.
-fn trailing_null_usage(line: &[u8]) -> Option<(usize, usize)> {
+/// from the comma to just before the closing brace. In a line that is one
+/// JSON object, that is its last member: no quote of it can be inside a
+/// string (one there would follow a backslash, not a comma).
+pub(super) fn trailing_null_usage(line: &[u8]) -> Option<(usize, usize)> {
     let mut end = line.len();
     let back = |mut i: usize| {
         while i > 0 && line[i - 1].is_ascii_whitespace() {

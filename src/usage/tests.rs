@@ -758,6 +758,48 @@ fn an_openai_first_event_is_read_for_the_model_only_if_no_scanned_event_names_it
     assert_eq!(responses.untriaged_parser().finish_with(&body).usage, None);
 }
 
+/// A chat chunk that ends with `"usage":null` (the upstream adds it to every
+/// chunk when usage is asked for) is not searched for a usage object: an
+/// earlier one in it is replaced, as a document would replace it. It is
+/// still read for an error.
+#[test]
+fn a_chat_chunk_ending_in_null_usage_is_read_only_for_an_error() {
+    let chat = Req::new(
+        Provider::OpenAi,
+        "/v1/chat/completions",
+        "text/event-stream",
+    );
+    let first = r#"{"id":"c1","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{"role":"assistant","content":""}}],"usage":null}"#;
+    let replaced = r#"{"id":"c1","object":"chat.completion.chunk","model":"gpt-4o","usage":{"prompt_tokens":5,"completion_tokens":1},"choices":[{"index":0,"delta":{"content":"Hi"}}], "usage" : null }"#;
+    let failed = r#"{"id":"c1","object":"chat.completion.chunk","model":"gpt-4o","choices":[],"error":{"message":"overloaded"},"usage":null}"#;
+    let usage_chunk = r#"{"id":"c1","object":"chat.completion.chunk","model":"gpt-4o","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}"#;
+    let body = |events: &[&str]| {
+        let mut events: Vec<(Option<&str>, String)> =
+            events.iter().map(|e| (None, e.to_string())).collect();
+        events.push((None, "[DONE]".to_string()));
+        sse_body(&events, false)
+    };
+    for (events, usage_seen, error) in [
+        (vec![first, replaced], None, None),
+        (
+            vec![first, replaced, usage_chunk],
+            Some(usage(9, 0, 0, 0, 2, 0)),
+            None,
+        ),
+        (vec![first, failed], None, Some("overloaded")),
+    ] {
+        let body = body(&events);
+        let parsed = chat.parse_everywhere(&body);
+        assert_eq!(parsed.usage, usage_seen, "{events:?}");
+        assert_eq!(parsed.error.as_deref(), error, "{events:?}");
+        assert_eq!(
+            parsed,
+            chat.untriaged_parser().finish_with(&body),
+            "{events:?}"
+        );
+    }
+}
+
 /// A Gemini event longer than the triage buffer is scanned as it comes;
 /// the event kept before it is read first, so the later usage still wins.
 #[test]
