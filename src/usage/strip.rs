@@ -217,16 +217,13 @@ impl InjectedUsageStripper {
             self.passing = false;
             out.range(start, end);
         } else if self.held.is_empty() {
-            let event = &chunk[start..end];
-            if !is_usage_event(event) {
-                kept_ranges(event, |from, to| out.range(start + from, start + to));
-            }
+            kept_of_event(&chunk[start..end], |from, to| {
+                out.range(start + from, start + to)
+            });
         } else {
             self.held.extend_from_slice(&chunk[start..end]);
             let event = std::mem::take(&mut self.held);
-            if !is_usage_event(&event) {
-                kept_ranges(&event, |from, to| out.bytes(&event[from..to]));
-            }
+            kept_of_event(&event, |from, to| out.bytes(&event[from..to]));
         }
     }
 }
@@ -246,6 +243,26 @@ fn without_null_usage(event: &[u8]) -> Option<Vec<u8>> {
         }
     });
     cut.then_some(out)
+}
+
+/// What the client gets of a complete event, as ranges of it handed to
+/// `keep` in order: nothing of the usage event, the rest without its null
+/// usage fields ([`kept_ranges`]).
+fn kept_of_event(event: &[u8], mut keep: impl FnMut(usize, usize)) {
+    // Most events are one data line ending with the upstream's
+    // `"usage":null`: the last `usage` member of a one-line object, so not
+    // the usage event. One pass over the lines settles them.
+    let mut data_lines = lines(event).filter(|(_, line)| data_value(line).is_some());
+    if let (Some((start, line)), None) = (data_lines.next(), data_lines.next()) {
+        if let Some((comma, close)) = trailing_null_usage(line) {
+            keep(0, start + comma);
+            keep(start + close, event.len());
+            return;
+        }
+    }
+    if !is_usage_event(event) {
+        kept_ranges(event, keep);
+    }
 }
 
 /// What [`without_null_usage`] keeps, as ranges of `event` handed to `keep`
@@ -311,17 +328,7 @@ pub(super) fn trailing_null_usage(line: &[u8]) -> Option<(usize, usize)> {
 /// An event whose data is a JSON object with `"choices": []` and a `usage`
 /// object.
 fn is_usage_event(event: &[u8]) -> bool {
-    let mut data_lines = lines(event).filter_map(|(_, line)| data_value(line));
-    let Some(first) = data_lines.next() else {
-        return false;
-    };
-    let only = data_lines.next().is_none();
-    // Cheap pre-checks, so ordinary chunks are not parsed. Most end with the
-    // `"usage":null` the upstream adds: the last `usage` member of a
-    // one-line object, which settles it (the object's last `}` closes it).
-    if only && trailing_null_usage(first).is_some() {
-        return false;
-    }
+    // Cheap pre-check, so ordinary chunks (`"usage":null`) are not parsed.
     if !super::has_usage_object(event) {
         return false;
     }
