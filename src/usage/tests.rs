@@ -673,17 +673,24 @@ fn gemini_and_responses_content_events_are_not_parsed() {
         assert_eq!(gemini.untriaged_parser().finish_with(&body).usage, None);
     }
 
-    let responses = Req::new(Provider::OpenAi, "/v1/responses", "text/event-stream");
     let created = r#"{"type":"response.created","response":{"id":"resp_1","status":"in_progress","error":null,"model":"gpt-4.1","usage":null}}"#;
-    let (name, data) = responses_end(0, 30, 4);
-    let events = [
+    responses_read_past_a_broken_event(&[
         (Some("response.created"), created.to_string()),
         (
             Some("response.output_text.delta"),
             r#"{"type":"response.output_text.delta","delta":"x"]"#.to_string(),
         ),
-        (Some(name), data),
-    ];
+    ]);
+}
+
+/// A Responses stream of `events` and a `response.completed` that names the
+/// model: triaged, the usage is read, cut anywhere; scanning every event,
+/// the broken one among `events` makes it unknown.
+fn responses_read_past_a_broken_event(events: &[(Option<&str>, String)]) {
+    let responses = Req::new(Provider::OpenAi, "/v1/responses", "text/event-stream");
+    let mut events = events.to_vec();
+    let (name, data) = responses_end(0, 30, 4);
+    events.push((Some(name), data));
     let body = sse_body(&events, false);
     let parsed = responses.parse_everywhere(&body);
     assert_eq!(parsed.usage, Some(usage(30, 0, 0, 0, 4, 0)));
@@ -740,22 +747,11 @@ fn an_openai_first_event_is_read_for_the_model_only_if_no_scanned_event_names_it
     assert_eq!(parsed, chat.untriaged_parser().finish_with(&body));
 
     // Responses: a broken `response.created`, the model named by the end.
-    let responses = Req::new(Provider::OpenAi, "/v1/responses", "text/event-stream");
-    let (name, data) = responses_end(0, 30, 4);
-    let events = [
-        (
-            Some("response.created"),
-            r#"{"type":"response.created","response":{"id":"resp_1","model":"gpt-4.1","usage":null]}"#
-                .to_string(),
-        ),
-        (Some(name), data),
-    ];
-    let body = sse_body(&events, false);
-    let parsed = responses.parse_everywhere(&body);
-    assert_eq!(parsed.usage, Some(usage(30, 0, 0, 0, 4, 0)));
-    assert_eq!(parsed.model.as_deref(), Some("gpt-4.1"));
-    assert!(parsed.complete);
-    assert_eq!(responses.untriaged_parser().finish_with(&body).usage, None);
+    responses_read_past_a_broken_event(&[(
+        Some("response.created"),
+        r#"{"type":"response.created","response":{"id":"resp_1","model":"gpt-4.1","usage":null]}"#
+            .to_string(),
+    )]);
 }
 
 /// A chat chunk that ends with `"usage":null` (the upstream adds it to every
