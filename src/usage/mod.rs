@@ -267,19 +267,18 @@ impl Triage {
         };
         match self {
             Triage::None => Verdict::Scan,
-            // Most chunks end with the `"usage":null` the upstream adds when
-            // usage is asked for: the last `usage` member, so any earlier
-            // one is replaced (as in a document), and only an error can
-            // matter.
-            Triage::OpenAiChat if strip::trailing_null_usage(data).is_some() => {
-                if has_error_value(data) {
+            Triage::OpenAiChat => {
+                // Most chunks end with the `"usage":null` the upstream adds
+                // when usage is asked for: the last `usage` member, so any
+                // earlier one is replaced (as in a document) and is not
+                // searched for.
+                let usage = strip::trailing_null_usage(data).is_none() && has_usage_object(data);
+                if usage || has_error_value(data) {
                     Verdict::Scan
                 } else {
                     for_model()
                 }
             }
-            Triage::OpenAiChat if matters() => Verdict::Scan,
-            Triage::OpenAiChat => for_model(),
             Triage::OpenAiResponses => {
                 let in_progress = event.name.is_some_and(|name| {
                     name.starts_with(b"response.") && !openai::is_terminal_event(name)
