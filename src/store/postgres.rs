@@ -7,17 +7,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use futures_util::pin_mut;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use futures_util::{pin_mut, SinkExt};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 use super::migrations::{LEDGER_TABLE, MIGRATIONS};
+use super::pg_copy::{self, Unencodable, COPY_COLUMNS};
 use super::{ApiKey, MetadataKey, NewKey, RequestRecord, StoreError};
 use crate::config::PostgresConfig;
 
@@ -253,10 +253,10 @@ impl PgStore {
     pub async fn insert_requests(&self, batch: Arc<Vec<RequestRecord>>) -> Result<u64, StoreError> {
         let mut client = self.client().await?;
         match self.copy_new_rows(&mut client, &batch).await {
-            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            Err(CopyFailure::Db(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                 self.insert_skipping_stored(&mut client, &batch).await
             }
-            other => other.map_err(pg_err),
+            other => other.map_err(StoreError::from),
         }
     }
 
@@ -264,7 +264,7 @@ impl PgStore {
         &self,
         client: &mut deadpool_postgres::Object,
         batch: &[RequestRecord],
-    ) -> Result<u64, tokio_postgres::Error> {
+    ) -> Result<u64, CopyFailure> {
         let tx = client.transaction().await?;
         let active = active_metadata_keys(&tx, batch).await?;
         copy_rows(&tx, "llm_requests", batch, &active).await?;
@@ -282,9 +282,7 @@ impl PgStore {
         let tx = client.transaction().await.map_err(pg_err)?;
         let active = active_metadata_keys(&tx, batch).await.map_err(pg_err)?;
         tx.batch_execute(STAGE_DDL).await.map_err(pg_err)?;
-        copy_rows(&tx, "majordomo_stage", batch, &active)
-            .await
-            .map_err(pg_err)?;
+        copy_rows(&tx, "majordomo_stage", batch, &active).await?;
         let inserted = tx
             .query(
                 &format!(
@@ -402,60 +400,59 @@ async fn active_metadata_keys(
     Ok(active)
 }
 
+/// Why a batch could not be copied.
+#[derive(Debug)]
+enum CopyFailure {
+    Db(tokio_postgres::Error),
+    Unencodable(Unencodable),
+}
+
+impl From<tokio_postgres::Error> for CopyFailure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        CopyFailure::Db(e)
+    }
+}
+
+impl From<CopyFailure> for StoreError {
+    fn from(f: CopyFailure) -> Self {
+        match f {
+            CopyFailure::Db(e) => pg_err(e),
+            // A record no retry can write: the sink isolates it.
+            CopyFailure::Unencodable(e) => StoreError::Rejected(e.to_string()),
+        }
+    }
+}
+
+/// Bytes gathered before they go to the connection as one `CopyData` message.
+const COPY_CHUNK: usize = 64 * 1024;
+
 /// Binary `COPY` of the batch into `table` (`llm_requests` or the staging table).
 async fn copy_rows(
     tx: &Transaction<'_>,
     table: &str,
     batch: &[RequestRecord],
     active: &HashMap<Uuid, Vec<String>>,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<(), CopyFailure> {
     let sink = tx
-        .copy_in(&format!("COPY {table} ({COPY_COLUMNS}) FROM STDIN BINARY"))
+        .copy_in::<_, Bytes>(&format!("COPY {table} ({COPY_COLUMNS}) FROM STDIN BINARY"))
         .await?;
-    let writer = BinaryCopyInWriter::new(sink, COPY_TYPES);
-    pin_mut!(writer);
+    pin_mut!(sink);
+    let mut buf = BytesMut::with_capacity(COPY_CHUNK + 4096);
+    pg_copy::write_header(&mut buf);
     for r in batch {
-        let raw_metadata = r.raw_metadata.as_ref().map(Jsonb::All);
-        let indexed_metadata = Jsonb::Only {
-            metadata: r.raw_metadata.as_ref(),
-            names: r
-                .api_key_id
-                .and_then(|k| active.get(&k))
-                .map_or(&[][..], Vec::as_slice),
-        };
-        let row: [&(dyn ToSql + Sync); 28] = [
-            &r.id,
-            &r.api_key_id,
-            &r.provider_api_key_hash,
-            &r.provider,
-            &r.model,
-            &r.request_path,
-            &r.request_method,
-            &r.requested_at,
-            &r.responded_at,
-            &r.response_time_ms,
-            &r.time_to_first_byte_ms,
-            &r.input_tokens,
-            &r.output_tokens,
-            &r.cached_tokens,
-            &r.cache_creation_tokens,
-            &r.reasoning_tokens,
-            &r.input_cost,
-            &r.output_cost,
-            &r.total_cost,
-            &r.price_found,
-            &r.usage_complete,
-            &r.status_code,
-            &r.error_message,
-            &raw_metadata,
-            &indexed_metadata,
-            &r.request_body,
-            &r.response_body,
-            &r.body_s3_key,
-        ];
-        writer.as_mut().write(&row).await?;
+        let names = r
+            .api_key_id
+            .and_then(|k| active.get(&k))
+            .map_or(&[][..], Vec::as_slice);
+        // Dropping the sink unsent aborts the copy.
+        pg_copy::write_row(&mut buf, r, names).map_err(CopyFailure::Unencodable)?;
+        if buf.len() >= COPY_CHUNK {
+            sink.send(buf.split().freeze()).await?;
+        }
     }
-    writer.finish().await?;
+    pg_copy::write_trailer(&mut buf);
+    sink.send(buf.freeze()).await?;
+    sink.finish().await?;
     Ok(())
 }
 
@@ -564,58 +561,6 @@ async fn add_to_metadata_stats<'a>(
     Ok(())
 }
 
-/// A metadata object written as `jsonb` straight from the record, without
-/// building a `serde_json::Value` per row: all of it (`raw_metadata`), or
-/// only the active names (`indexed_metadata`, `{}` when none).
-#[derive(Debug)]
-enum Jsonb<'a> {
-    All(&'a serde_json::Map<String, serde_json::Value>),
-    Only {
-        metadata: Option<&'a serde_json::Map<String, serde_json::Value>>,
-        names: &'a [String],
-    },
-}
-
-impl ToSql for Jsonb<'_> {
-    fn to_sql(
-        &self,
-        _ty: &Type,
-        out: &mut bytes::BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        use bytes::BufMut;
-        out.put_u8(1); // jsonb binary format version
-        match self {
-            Jsonb::All(map) => serde_json::to_writer(out.writer(), map)?,
-            Jsonb::Only { metadata, names } => {
-                let selected = metadata
-                    .iter()
-                    .flat_map(|m| m.iter())
-                    .filter(|(name, _)| names.iter().any(|n| n == *name));
-                serde_json::to_writer(out.writer(), &JsonObject(selected))?
-            }
-        }
-        Ok(IsNull::No)
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::JSONB
-    }
-
-    to_sql_checked!();
-}
-
-/// Serialises an iterator of entries as one JSON object.
-struct JsonObject<I>(I);
-
-impl<'a, I> serde::Serialize for JsonObject<I>
-where
-    I: Iterator<Item = (&'a String, &'a serde_json::Value)> + Clone,
-{
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.clone())
-    }
-}
-
 const STAGE_DDL: &str = "CREATE TEMP TABLE IF NOT EXISTS majordomo_stage (
     id UUID, majordomo_api_key_id UUID, provider_api_key_hash VARCHAR(64), provider VARCHAR(100),
     model TEXT, request_path TEXT, request_method TEXT, requested_at TIMESTAMPTZ,
@@ -625,43 +570,6 @@ const STAGE_DDL: &str = "CREATE TEMP TABLE IF NOT EXISTS majordomo_stage (
     total_cost NUMERIC(20,10), price_found BOOLEAN, usage_complete BOOLEAN, status_code INT,
     error_message TEXT, raw_metadata JSONB, indexed_metadata JSONB, request_body TEXT, response_body TEXT, body_s3_key TEXT
 ) ON COMMIT DELETE ROWS";
-
-const COPY_COLUMNS: &str = "id, majordomo_api_key_id, provider_api_key_hash, provider, model, \
-    request_path, request_method, requested_at, responded_at, response_time_ms, \
-    time_to_first_byte_ms, input_tokens, output_tokens, cached_tokens, cache_creation_tokens, \
-    reasoning_tokens, input_cost, output_cost, total_cost, price_found, usage_complete, \
-    status_code, error_message, raw_metadata, indexed_metadata, request_body, response_body, body_s3_key";
-
-const COPY_TYPES: &[Type] = &[
-    Type::UUID,
-    Type::UUID,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TIMESTAMPTZ,
-    Type::TIMESTAMPTZ,
-    Type::INT4,
-    Type::INT4,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::NUMERIC,
-    Type::NUMERIC,
-    Type::NUMERIC,
-    Type::BOOL,
-    Type::BOOL,
-    Type::INT4,
-    Type::TEXT,
-    Type::JSONB,
-    Type::JSONB,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-];
 
 const KEY_COLUMNS: &str =
     "id, name, description, key_hint, is_active, created_at, revoked_at, last_used_at, request_count";
