@@ -215,9 +215,16 @@ fn numeric(out: &mut BytesMut, d: &Decimal) {
     // Least significant group first.
     let mut groups = [0u16; MAX_GROUPS];
     let mut n = 0;
-    while mantissa != 0 {
+    // In 64 bits (every cost) the divisions by a constant are multiplications.
+    while mantissa > u128::from(u64::MAX) {
         groups[n] = (mantissa % 10_000) as u16;
         mantissa /= 10_000;
+        n += 1;
+    }
+    let mut small = mantissa as u64;
+    while small != 0 {
+        groups[n] = (small % 10_000) as u16;
+        small /= 10_000;
         n += 1;
     }
     let fraction_groups = scale.div_ceil(4) as usize;
