@@ -614,6 +614,16 @@ fn bench_record(c: &mut Criterion) {
             black_box(buf.len())
         })
     });
+    let mut row = bytes::BytesMut::new();
+    majordomo::store::pg_copy::write_row(&mut row, &rec, &[]).unwrap();
+    g.throughput(Throughput::Bytes(row.len() as u64));
+    g.bench_function("copy_row", |b| {
+        b.iter(|| {
+            row.clear();
+            majordomo::store::pg_copy::write_row(&mut row, black_box(&rec), &[]).unwrap();
+            black_box(row.len())
+        })
+    });
     g.finish();
 }
 

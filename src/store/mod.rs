@@ -7,7 +7,7 @@
 
 pub mod hll;
 mod migrations;
-mod pg_copy;
+pub mod pg_copy;
 pub mod postgres;
 pub mod record;
 mod sqlite;

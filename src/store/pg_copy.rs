@@ -5,8 +5,8 @@
 //! The bytes are what tokio-postgres' generic `BinaryCopyInWriter` wrote
 //! through each field's `ToSql` (a test compares the two on generated
 //! records), without its dynamic dispatch, type check and back-patched length
-//! per field: on the sink's thread that was ~4 000 instructions per row, most
-//! of the row's cost.
+//! per field: a row took ~4 100 instructions on the sink's thread that way,
+//! ~1 500 this way (`benches/load/instructions.sh`).
 //!
 //! Format (PostgreSQL's "Binary Format" of `COPY`): a header, then per row an
 //! `i16` field count and per field an `i32` byte length (`-1` for NULL)
@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::RequestRecord;
 
 /// The columns of a row, in the order [`write_row`] writes them.
-pub(super) const COPY_COLUMNS: &str = "id, majordomo_api_key_id, provider_api_key_hash, provider, model, \
+pub const COPY_COLUMNS: &str = "id, majordomo_api_key_id, provider_api_key_hash, provider, model, \
     request_path, request_method, requested_at, responded_at, response_time_ms, \
     time_to_first_byte_ms, input_tokens, output_tokens, cached_tokens, cache_creation_tokens, \
     reasoning_tokens, input_cost, output_cost, total_cost, price_found, usage_complete, \
@@ -35,27 +35,27 @@ const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
 /// A record that no `COPY` can carry.
 #[derive(Debug, thiserror::Error)]
 #[error("request record {id}: {what} cannot be written to PostgreSQL")]
-pub(super) struct Unencodable {
+pub struct Unencodable {
     id: Uuid,
     what: &'static str,
 }
 
 /// The start of a binary `COPY` stream: signature, flags, no extension.
-pub(super) fn write_header(out: &mut BytesMut) {
+pub fn write_header(out: &mut BytesMut) {
     out.put_slice(MAGIC);
     out.put_i32(0);
     out.put_i32(0);
 }
 
 /// The end of a binary `COPY` stream.
-pub(super) fn write_trailer(out: &mut BytesMut) {
+pub fn write_trailer(out: &mut BytesMut) {
     out.put_i16(-1);
 }
 
 /// Appends one row. `indexed_names` are the metadata names active for the
 /// record's key: `indexed_metadata` holds only those (`{}` when none).
 /// On error `out` may hold part of the row; the copy must be abandoned.
-pub(super) fn write_row(
+pub fn write_row(
     out: &mut BytesMut,
     r: &RequestRecord,
     indexed_names: &[String],
