@@ -133,6 +133,10 @@ impl InjectedUsageStripper {
             capacity: self.held.len() + chunk.len(),
         };
         let mut event_start = 0;
+        // The current line's start, and the data lines of the current event
+        // (both right only for an event that began in this chunk).
+        let mut line_start = 0;
+        let mut data = DataLines::default();
         let mut i = 0;
         while i < chunk.len() {
             if !self.cr_pending {
@@ -148,8 +152,14 @@ impl InjectedUsageStripper {
                     }
                 }
             }
-            if let Some(end) = self.event_end(i, chunk[i]) {
-                self.release_event(&chunk, event_start, end, &mut out);
+            let b = chunk[i];
+            if b == b'\n' || b == b'\r' {
+                data.line(&chunk, line_start, i);
+                line_start = i + 1;
+            }
+            if let Some(end) = self.event_end(i, b) {
+                self.release_event(&chunk, event_start, end, data, &mut out);
+                data = DataLines::default();
                 event_start = end;
             }
             i += 1;
@@ -212,20 +222,63 @@ impl InjectedUsageStripper {
         ended
     }
 
-    fn release_event(&mut self, chunk: &Bytes, start: usize, end: usize, out: &mut Output<'_>) {
+    fn release_event(
+        &mut self,
+        chunk: &Bytes,
+        start: usize,
+        end: usize,
+        data: DataLines,
+        out: &mut Output<'_>,
+    ) {
         if self.passing {
             self.passing = false;
             out.range(start, end);
         } else if self.held.is_empty() {
-            kept_of_event(&chunk[start..end], |from, to| {
+            // The whole event is in this chunk: its lines were seen framing it.
+            let single = data.single().map(|(from, to)| (from - start, to - start));
+            kept_of_event(&chunk[start..end], single, |from, to| {
                 out.range(start + from, start + to)
             });
         } else {
             self.held.extend_from_slice(&chunk[start..end]);
             let event = std::mem::take(&mut self.held);
-            kept_of_event(&event, |from, to| out.bytes(&event[from..to]));
+            kept_of_event(&event, single_data_line(&event), |from, to| {
+                out.bytes(&event[from..to])
+            });
         }
     }
+}
+
+/// The `data` lines of an event, noted as the framing passes their ends.
+#[derive(Debug, Default, Clone, Copy)]
+struct DataLines {
+    /// How many (only none, one or more matters).
+    count: u8,
+    /// The last one's range.
+    last: (usize, usize),
+}
+
+impl DataLines {
+    fn line(&mut self, text: &[u8], start: usize, end: usize) {
+        if data_value(&text[start..end]).is_some() {
+            self.count = self.count.saturating_add(1);
+            self.last = (start, end);
+        }
+    }
+
+    /// The range of the only data line, if there is exactly one.
+    fn single(&self) -> Option<(usize, usize)> {
+        (self.count == 1).then_some(self.last)
+    }
+}
+
+/// The range of an event's only data line, if it has exactly one.
+fn single_data_line(event: &[u8]) -> Option<(usize, usize)> {
+    let mut data = DataLines::default();
+    for (start, line) in lines(event) {
+        data.line(event, start, start + line.len());
+    }
+    data.single()
 }
 
 /// With `include_usage` on, the upstream adds `"usage":null` as the last
@@ -247,14 +300,14 @@ fn without_null_usage(event: &[u8]) -> Option<Vec<u8>> {
 
 /// What the client gets of a complete event, as ranges of it handed to
 /// `keep` in order: nothing of the usage event, the rest without its null
-/// usage fields ([`kept_ranges`]).
-fn kept_of_event(event: &[u8], mut keep: impl FnMut(usize, usize)) {
+/// usage fields ([`kept_ranges`]). `single` is the range of the event's only
+/// data line, if it has exactly one.
+fn kept_of_event(event: &[u8], single: Option<(usize, usize)>, mut keep: impl FnMut(usize, usize)) {
     // Most events are one data line ending with the upstream's
     // `"usage":null`: the last `usage` member of a one-line object, so not
-    // the usage event. One pass over the lines settles them.
-    let mut data_lines = lines(event).filter(|(_, line)| data_value(line).is_some());
-    if let (Some((start, line)), None) = (data_lines.next(), data_lines.next()) {
-        if let Some((comma, close)) = trailing_null_usage(line) {
+    // the usage event.
+    if let Some((start, end)) = single {
+        if let Some((comma, close)) = trailing_null_usage(&event[start..end]) {
             keep(0, start + comma);
             keep(start + close, event.len());
             return;
@@ -406,6 +459,22 @@ mod tests {
                 run(&upstream, &bytes),
                 client,
                 "{line_end:?} one-byte chunks"
+            );
+        }
+    }
+
+    #[test]
+    fn every_data_line_of_an_event_loses_its_null_usage() {
+        // Only an event with one data line takes the framing's shortcut; one
+        // with two has both lines cut, however the stream is split.
+        let upstream = "data: {\"a\":1,\"usage\":null}\ndata: {\"b\":2,\"usage\":null}\n\n\
+                        data: {\"c\":3,\"usage\":null}\n\n";
+        let client = "data: {\"a\":1}\ndata: {\"b\":2}\n\ndata: {\"c\":3}\n\n";
+        for at in 0..=upstream.len() {
+            assert_eq!(
+                String::from_utf8(run(upstream.as_bytes(), &[at])).unwrap(),
+                client,
+                "split at {at}"
             );
         }
     }
