@@ -34,7 +34,7 @@ const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
 
 /// A record that no `COPY` can carry.
 #[derive(Debug, thiserror::Error)]
-#[error("request record {id}: {what} cannot be written to PostgreSQL")]
+#[error("request record {id}: {what} is too large for a PostgreSQL COPY")]
 pub struct Unencodable {
     id: Uuid,
     what: &'static str,

@@ -444,7 +444,7 @@ async fn copy_rows(
             .api_key_id
             .and_then(|k| active.get(&k))
             .map_or(&[][..], Vec::as_slice);
-        // Dropping the sink unsent aborts the copy.
+        // On an error the sink is dropped unfinished, which aborts the copy.
         pg_copy::write_row(&mut buf, r, names).map_err(CopyFailure::Unencodable)?;
         if buf.len() >= COPY_CHUNK {
             sink.send(buf.split().freeze()).await?;
