@@ -182,7 +182,7 @@ impl InjectedUsageStripper {
         let held = std::mem::take(&mut self.held);
         let complete = self.end_pending;
         *self = InjectedUsageStripper::new();
-        if complete && is_usage_event(&held) {
+        if complete && is_usage_event(&held, single_data_line(&held)) {
             Bytes::new()
         } else {
             Bytes::from(without_null_usage(&held).unwrap_or(held))
@@ -313,7 +313,7 @@ fn kept_of_event(event: &[u8], single: Option<(usize, usize)>, mut keep: impl Fn
             return;
         }
     }
-    if !is_usage_event(event) {
+    if !is_usage_event(event, single) {
         kept_ranges(event, keep);
     }
 }
@@ -379,24 +379,34 @@ pub(super) fn trailing_null_usage(line: &[u8]) -> Option<(usize, usize)> {
 }
 
 /// An event whose data is a JSON object with `"choices": []` and a `usage`
-/// object.
-fn is_usage_event(event: &[u8]) -> bool {
+/// object. `single` is the range of its only data line, if it has exactly
+/// one ([`single_data_line`]): that line's value is the data, read in place.
+fn is_usage_event(event: &[u8], single: Option<(usize, usize)>) -> bool {
     // Cheap pre-check, so ordinary chunks (`"usage":null`) are not parsed.
     if !super::has_usage_object(event) {
         return false;
     }
-    let mut data = Vec::new();
-    for (i, value) in lines(event)
-        .filter_map(|(_, line)| data_value(line))
-        .enumerate()
-    {
-        if i > 0 {
-            data.push(b'\n');
+    let joined;
+    let data = match single.and_then(|(start, end)| data_value(&event[start..end])) {
+        Some(value) => value,
+        None => {
+            // No data line, or several: they join with `\n`.
+            let mut all = Vec::new();
+            for (i, value) in lines(event)
+                .filter_map(|(_, line)| data_value(line))
+                .enumerate()
+            {
+                if i > 0 {
+                    all.push(b'\n');
+                }
+                all.extend_from_slice(value);
+            }
+            joined = all;
+            &joined[..]
         }
-        data.extend_from_slice(value);
-    }
+    };
     // Read without building a document: only the two members' kinds matter.
-    member_kinds(&data, ["choices", "usage"]) == Some([Some(Kind::EmptyArray), Some(Kind::Object)])
+    member_kinds(data, ["choices", "usage"]) == Some([Some(Kind::EmptyArray), Some(Kind::Object)])
 }
 
 /// The value of a `data` field line (`None` for other lines).
@@ -575,25 +585,24 @@ mod tests {
 
     #[test]
     fn chunks_with_choices_or_null_usage_are_not_usage_events() {
-        assert!(!is_usage_event(
+        let usage_event = |event: &[u8]| is_usage_event(event, single_data_line(event));
+        assert!(!usage_event(
             b"data: {\"choices\":[{\"index\":0}],\"usage\":{\"prompt_tokens\":1}}\n\n"
         ));
-        assert!(!is_usage_event(
-            b"data: {\"choices\":[],\"usage\":null}\n\n"
-        ));
-        assert!(!is_usage_event(b"data: [DONE]\n\n"));
-        assert!(is_usage_event(
+        assert!(!usage_event(b"data: {\"choices\":[],\"usage\":null}\n\n"));
+        assert!(!usage_event(b"data: [DONE]\n\n"));
+        assert!(usage_event(
             b"data:{\"choices\" : [ ], \"usage\" :  {}}\n\n"
         ));
-        assert!(is_usage_event(
+        assert!(usage_event(
             b"data: {\"choices\":[],\ndata: \"usage\":{\"prompt_tokens\":1}}\n\n"
         ));
         // Not JSON (fuzz finding F4): a bad byte or a lone surrogate in any
         // string, even one nobody reads, means it is not the usage chunk.
-        assert!(!is_usage_event(
+        assert!(!usage_event(
             b"data: {\"model\":\"gpt-\xff\",\"choices\":[],\"usage\":{}}\n\n"
         ));
-        assert!(!is_usage_event(
+        assert!(!usage_event(
             b"data: {\"model\":\"\\ud800\",\"choices\":[],\"usage\":{}}\n\n"
         ));
     }
