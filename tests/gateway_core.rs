@@ -420,8 +420,12 @@ async fn an_unreachable_upstream_is_a_502_and_a_silent_one_a_504(backend: Backen
     let env = TestEnv::new(backend).await;
     let (_, key) = env.create_key("down");
     let mock = MockUpstream::start().await;
-    // Nothing listens on this port.
-    let closed = free_port();
+    // Bound but not listening: connections to it are refused, and no other
+    // socket (this test's silent listener below, a parallel test) can take
+    // the port while it is held, as one could after `free_port` let it go.
+    let refusing = tokio::net::TcpSocket::new_v4().unwrap();
+    refusing.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed = refusing.local_addr().unwrap().port();
     // This one accepts and never answers.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_port = silent.local_addr().unwrap().port();
