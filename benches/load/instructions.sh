@@ -16,6 +16,7 @@
 #   MODES="responses gemini" benches/load/instructions.sh   # OpenAI Responses / Gemini streams
 #   MAJORDOMO_BIN=... BARE_BIN=... benches/load/instructions.sh      # skip the cargo build
 #   LOG_LEVEL=info benches/load/instructions.sh   # with the access log (the default config); default warn
+#   CALLGRIND_OPTS="--cache-sim=yes" benches/load/instructions.sh   # also simulated cache misses
 #
 # majordomo runs as in run.sh: key auth, usage parsing, pricing, PostgreSQL logging
 # (PGHOST/PGPORT/PGUSER), 1 proxy thread. Needs valgrind, nginx with the echo module,
@@ -28,6 +29,7 @@ MODES="${MODES:-json sse sse-inject}"
 N="${N:-2000}"
 LOG_LEVEL="${LOG_LEVEL:-warn}"
 WARM="${WARM:-300}"
+CALLGRIND_OPTS="${CALLGRIND_OPTS:-}"
 BASE_PORT="${BASE_PORT:-18680}"
 MOCK_PORT=$BASE_PORT; GW_PORT=$((BASE_PORT + 10))
 PGHOST="${PGHOST:-127.0.0.1}"; PGPORT="${PGPORT:-5432}"; PGUSER="${PGUSER:-postgres}"
@@ -114,9 +116,9 @@ profile() {
   esac
   if [[ $name == majordomo ]]; then
     hdrs+=(-H "X-Majordomo-Key: $KEY")
-    env "${MDM_ENV[@]}" valgrind --tool=callgrind --callgrind-out-file="$out.cg" "$MAJORDOMO_BIN" > "$out.log" 2>&1 &
+    env "${MDM_ENV[@]}" valgrind --tool=callgrind $CALLGRIND_OPTS --callgrind-out-file="$out.cg" "$MAJORDOMO_BIN" > "$out.log" 2>&1 &
   else
-    BARE_L4_READ_BUFFER=0 valgrind --tool=callgrind --callgrind-out-file="$out.cg" "$BARE_BIN" \
+    BARE_L4_READ_BUFFER=0 valgrind --tool=callgrind $CALLGRIND_OPTS --callgrind-out-file="$out.cg" "$BARE_BIN" \
       --listen "127.0.0.1:$GW_PORT" --upstream "127.0.0.1:$MOCK_PORT" --threads 1 > "$out.log" 2>&1 &
   fi
   GW_PID=$!

@@ -72,6 +72,15 @@ impl KeyCache {
             return Ok(KeyCheck::Invalid);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
+        // Boxed: the lookup's future (the cache's loader around a store
+        // query) is ~5 KB, and every request's `request_filter` future,
+        // which Pingora boxes and so copies whole, would carry it even when
+        // the key is cached.
+        Box::pin(self.look_up(hash)).await
+    }
+
+    /// A cache miss: asks the store (concurrent misses for a key share one query).
+    async fn look_up(&self, hash: [u8; 32]) -> Result<KeyCheck, Arc<StoreError>> {
         let store = self.store.clone();
         let lookup = self
             .valid
