@@ -26,6 +26,7 @@ N="${N:-2000}"
 BASE_PORT="${BASE_PORT:-18780}"
 MOCK_PORT=$BASE_PORT; GW_PORT=$((BASE_PORT + 10))
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/majordomo-pgo.XXXXXX")"
+chmod 755 "$WORK"   # the mock's nginx workers read their bodies from here
 log() { printf '[pgo %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
 for c in nginx curl python3; do command -v "$c" >/dev/null || die "missing $c"; done
@@ -52,7 +53,8 @@ trap cleanup EXIT
 log "1/3 instrumented build ($TARGET)"
 # Build scripts run instrumented too: their profiles go to a directory the
 # merge does not read (LLVM_PROFILE_FILE, below, sends the gateway's elsewhere).
-( cd "$REPO" && RUSTFLAGS="-Cprofile-generate=$WORK/build-profiles" CARGO_TARGET_DIR="$TARGET" \
+# The same path every time, so that cargo can reuse an earlier instrumented build.
+( cd "$REPO" && RUSTFLAGS="-Cprofile-generate=$TARGET/pgo-build-profiles" CARGO_TARGET_DIR="$TARGET" \
     cargo build --release --bin majordomo ) > "$WORK/build-generate.log" 2>&1 \
   || die "instrumented build failed: $(tail -5 "$WORK/build-generate.log")"
 cp "$TARGET/release/majordomo" "$WORK/majordomo-instrumented"
