@@ -28,11 +28,13 @@ WORKDIR /src
 # usual "copy Cargo.toml, build a dummy crate" trick is brittle here. Instead,
 # the crate registry and target directory are BuildKit cache mounts: a source
 # change recompiles majordomo only, not its ~300 dependencies.
+# scripts/release-rustflags.sh: the committed profile (pgo/), a profile-guided
+# build; a plain one if this image's rustc is not the one that made it.
 COPY . .
 RUN --mount=type=cache,id=majordomo-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,id=majordomo-cargo-git,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,id=majordomo-target,target=/src/target,sharing=locked \
-    cargo build --release --locked --bin majordomo \
+    RUSTFLAGS="$(scripts/release-rustflags.sh)" cargo build --release --locked --bin majordomo \
  && install -D -m 0755 target/release/majordomo /out/majordomo
 
 ############################################################ runtime

@@ -167,8 +167,8 @@ EOF
 mapfile -t YAMLS < <(find deploy -name '*.yaml' -o -name '*.yml' | sort)
 yamllint -s -c "$WORK/yamllint.yaml" docker-compose.yml "${YAMLS[@]}"
 ok "yamllint: docker-compose.yml and ${#YAMLS[@]} files under deploy/"
-shellcheck -x deploy/docker/healthcheck.sh scripts/validate-deploy.sh
-ok "shellcheck: deploy/docker/healthcheck.sh, scripts/validate-deploy.sh"
+shellcheck -x deploy/docker/healthcheck.sh scripts/validate-deploy.sh scripts/release-rustflags.sh
+ok "shellcheck: deploy/docker/healthcheck.sh, scripts/validate-deploy.sh, scripts/release-rustflags.sh"
 hadolint --failure-threshold warning Dockerfile
 ok "hadolint: Dockerfile (no warnings)"
 
@@ -206,8 +206,8 @@ need(len(stages) >= 2, "multi-stage build expected")
 builder, runtime = stages[0], stages[-1]
 need(builder["from"].startswith("rust:"), "builder must be a rust image")
 build = [l for l in builder["ins"] if "cargo build" in l]
-need(any("cargo build --release --locked --bin majordomo" in l for l in build),
-     "builder must run: cargo build --release --locked --bin majordomo")
+need(any('RUSTFLAGS="$(scripts/release-rustflags.sh)" cargo build --release --locked --bin majordomo' in l for l in build),
+     'builder must run: RUSTFLAGS="$(scripts/release-rustflags.sh)" cargo build --release --locked --bin majordomo')
 args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
 rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.split()
 local = ".".join(rustc[1].split(".")[:2]) if len(rustc) > 1 else "?"
@@ -442,10 +442,11 @@ if [[ $BUILD -eq 1 ]]; then
   step "release build (as the Dockerfile's builder)"
   # shellcheck source=scripts/_prereqs.sh
   source scripts/_prereqs.sh
-  echo "  CARGO_TARGET_DIR=$RELEASE_TARGET_DIR cargo build --release --locked --bin majordomo"
-  CARGO_TARGET_DIR="$RELEASE_TARGET_DIR" CARGO_TERM_COLOR=never \
+  RELEASE_RUSTFLAGS="$(CARGO_TARGET_DIR="$RELEASE_TARGET_DIR" scripts/release-rustflags.sh)"
+  echo "  RUSTFLAGS=\"$RELEASE_RUSTFLAGS\" CARGO_TARGET_DIR=$RELEASE_TARGET_DIR cargo build --release --locked --bin majordomo"
+  RUSTFLAGS="$RELEASE_RUSTFLAGS" CARGO_TARGET_DIR="$RELEASE_TARGET_DIR" CARGO_TERM_COLOR=never \
     nice -n 10 cargo build --release --locked --bin majordomo
-  ok "cargo build --release --locked --bin majordomo ($RELEASE_TARGET_DIR)"
+  ok "cargo build --release --locked --bin majordomo ($RELEASE_TARGET_DIR${RELEASE_RUSTFLAGS:+, profile-guided})"
 fi
 BIN_SRC="$RELEASE_TARGET_DIR/release/majordomo"
 if [[ ! -x "$BIN_SRC" ]]; then

@@ -25,6 +25,8 @@ set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
+# shellcheck source=benches/load/lib/build.sh
+source "$HERE/lib/build.sh"
 MODES="${MODES:-json sse sse-inject}"
 N="${N:-2000}"
 LOG_LEVEL="${LOG_LEVEL:-warn}"
@@ -48,8 +50,7 @@ MAJORDOMO_BIN="${MAJORDOMO_BIN:-}"; BARE_BIN="${BARE_BIN:-}"
 if [[ -z "$MAJORDOMO_BIN" || -z "$BARE_BIN" ]]; then
   TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
   log "building release binaries (target $TARGET)"
-  ( cd "$REPO" && CARGO_TARGET_DIR="$TARGET" cargo build --release --bin majordomo --example bare_proxy ) \
-    > "$RUN_DIR/build.log" 2>&1 || die "cargo build failed: $(tail -5 "$RUN_DIR/build.log")"
+  build_release "$TARGET" bare_proxy > "$RUN_DIR/build.log" 2>&1 || die "cargo build failed: $(tail -5 "$RUN_DIR/build.log")"
   [[ -z "$MAJORDOMO_BIN" ]] && MAJORDOMO_BIN="$TARGET/release/majordomo"
   [[ -z "$BARE_BIN" ]] && BARE_BIN="$TARGET/release/examples/bare_proxy"
 fi

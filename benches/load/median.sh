@@ -9,13 +9,15 @@
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
+# shellcheck source=benches/load/lib/build.sh
+source "$HERE/lib/build.sh"
 RUNS="${RUNS:-3}"
 RESULTS_DIR="${RESULTS_DIR:-$HERE/results}"
 export RESULTS_DIR
 if [[ -z "${MAJORDOMO_BIN:-}" || -z "${BARE_BIN:-}" ]]; then
   TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
   echo "[median] building release binaries (target $TARGET)" >&2
-  ( cd "$REPO" && CARGO_TARGET_DIR="$TARGET" nice -n 10 cargo build --release --bin majordomo --example bare_proxy ) >&2 \
+  build_release "$TARGET" bare_proxy >&2 \
     || { echo "[median] cargo build failed" >&2; exit 1; }
   export MAJORDOMO_BIN="${MAJORDOMO_BIN:-$TARGET/release/majordomo}" BARE_BIN="${BARE_BIN:-$TARGET/release/examples/bare_proxy}"
 fi

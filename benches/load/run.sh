@@ -43,6 +43,8 @@ set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
+# shellcheck source=benches/load/lib/build.sh
+source "$HERE/lib/build.sh"
 DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-3}"
 COOLDOWN="${COOLDOWN:-1}"
@@ -113,9 +115,8 @@ MAJORDOMO_BIN="${MAJORDOMO_BIN:-}"
 BARE_BIN="${BARE_BIN:-}"
 if [[ -z "$MAJORDOMO_BIN" || -z "$BARE_BIN" ]] && { want majordomo || want bare; }; then
   TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
-  log "building release binaries (cargo build --release --bin majordomo --example bare_proxy, target $TARGET)"
-  ( cd "$REPO" && CARGO_TARGET_DIR="$TARGET" nice -n 10 cargo build --release --bin majordomo --example bare_proxy ) \
-    > "$RUN_DIR/build.log" 2>&1 || die "cargo build failed: $(tail -5 "$RUN_DIR/build.log")"
+  log "building release binaries (majordomo as the Dockerfile builds it, then --example bare_proxy; target $TARGET)"
+  build_release "$TARGET" bare_proxy > "$RUN_DIR/build.log" 2>&1 || die "cargo build failed: $(tail -5 "$RUN_DIR/build.log")"
   [[ -z "$MAJORDOMO_BIN" ]] && MAJORDOMO_BIN="$TARGET/release/majordomo"
   [[ -z "$BARE_BIN" ]] && BARE_BIN="$TARGET/release/examples/bare_proxy"
 fi

@@ -23,6 +23,8 @@ set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
+# shellcheck source=benches/load/lib/build.sh
+source "$HERE/lib/build.sh"
 STREAMS="${STREAMS:-1000}"
 THREADS="${THREADS:-1}"
 PAUSE_MS="${PAUSE_MS:-30000}"
@@ -51,8 +53,7 @@ MAJORDOMO_BIN="${MAJORDOMO_BIN:-}"; MOCK_BIN="${MOCK_BIN:-}"; BARE_BIN="${BARE_B
 if [[ -z "$MAJORDOMO_BIN" || -z "$MOCK_BIN" || ( "$BARE" == 1 && -z "$BARE_BIN" ) ]]; then
   TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
   log "building release binaries (majordomo, examples mock_upstream and bare_proxy; target $TARGET)"
-  ( cd "$REPO" && CARGO_TARGET_DIR="$TARGET" nice -n 10 cargo build --release --bin majordomo --example mock_upstream --example bare_proxy ) \
-    > "$RUN_DIR/build.log" 2>&1 || die "cargo build failed: $(tail -5 "$RUN_DIR/build.log")"
+  build_release "$TARGET" mock_upstream bare_proxy > "$RUN_DIR/build.log" 2>&1 || die "cargo build failed: $(tail -5 "$RUN_DIR/build.log")"
   [[ -z "$MAJORDOMO_BIN" ]] && MAJORDOMO_BIN="$TARGET/release/majordomo"
   [[ -z "$MOCK_BIN" ]] && MOCK_BIN="$TARGET/release/examples/mock_upstream"
   [[ -z "$BARE_BIN" ]] && BARE_BIN="$TARGET/release/examples/bare_proxy"

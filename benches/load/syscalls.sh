@@ -15,6 +15,8 @@ set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
+# shellcheck source=benches/load/lib/build.sh
+source "$HERE/lib/build.sh"
 N="${N:-2000}"
 LOG_LEVEL="${LOG_LEVEL:-info}"
 BASE_PORT="${BASE_PORT:-18480}"
@@ -33,8 +35,7 @@ MAJORDOMO_BIN="${MAJORDOMO_BIN:-}"; MOCK_BIN="${MOCK_BIN:-}"
 if [[ -z "$MAJORDOMO_BIN" || -z "$MOCK_BIN" ]]; then
   TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
   log "building release binaries (target $TARGET)"
-  ( cd "$REPO" && CARGO_TARGET_DIR="$TARGET" cargo build --release --bin majordomo --example mock_upstream ) \
-    > "$RUN_DIR/build.log" 2>&1 || die "cargo build failed: $(tail -5 "$RUN_DIR/build.log")"
+  build_release "$TARGET" mock_upstream > "$RUN_DIR/build.log" 2>&1 || die "cargo build failed: $(tail -5 "$RUN_DIR/build.log")"
   MAJORDOMO_BIN="${MAJORDOMO_BIN:-$TARGET/release/majordomo}"
   MOCK_BIN="${MOCK_BIN:-$TARGET/release/examples/mock_upstream}"
 fi

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Prints the RUSTFLAGS for a release build of majordomo: the committed
+# profile (pgo/majordomo.profdata, made by scripts/build-pgo.sh) for a
+# profile-guided build, or nothing (a plain build) when it cannot apply.
+#
+#   RUSTFLAGS="$(scripts/release-rustflags.sh)" cargo build --release --locked --bin majordomo
+#
+# With CARGO_TARGET_DIR set as for the build: the profile is copied there.
+#
+# The Dockerfile's builder, scripts/run.sh, scripts/validate-deploy.sh and the
+# load benchmarks build this way, so all of them build the same binary.
+# The profile names functions by their symbols, which carry the compiler's
+# version: with another rustc than the one that made it (pgo/rustc-version),
+# it would match nothing, so the build is plain and this says so on stderr.
+# RUSTFLAGS already set are kept, after the profile's.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PROFILE="$REPO/pgo/majordomo.profdata"
+flags=()
+if [[ "${MAJORDOMO_PGO:-1}" == 0 ]]; then
+  :   # asked for a plain build
+elif [[ ! -f "$PROFILE" || ! -f "$REPO/pgo/rustc-version" ]]; then
+  echo "release-rustflags: no profile in pgo/: plain release build" >&2
+else
+  made_with="$(cat "$REPO/pgo/rustc-version")"
+  here="$(rustc -vV | sed -n 's/^release: //p; s/^commit-hash: //p' | paste -sd' ')"
+  if [[ "$made_with" == "$here" ]]; then
+    # rustc needs an absolute path (build scripts compile elsewhere). A copy
+    # in the target dir named by its content gives every checkout that
+    # builds into that dir the same flags, so they share its artifacts
+    # (RUSTFLAGS are part of cargo's fingerprint).
+    sum="$(sha256sum "$PROFILE" | cut -c1-16)"
+    copy="${CARGO_TARGET_DIR:-$REPO/target}/pgo/majordomo-$sum.profdata"
+    if [[ ! -f "$copy" ]]; then
+      mkdir -p "$(dirname "$copy")"
+      cp "$PROFILE" "$copy.tmp.$$" && mv "$copy.tmp.$$" "$copy"
+    fi
+    copy="$(cd "$(dirname "$copy")" && pwd)/$(basename "$copy")"
+    # A function changed since the profile was made is built as if it had no
+    # profile; LLVM's warning for each would only be noise.
+    flags+=("-Cprofile-use=$copy" "-Cllvm-args=-no-pgo-warn-mismatch")
+  else
+    echo "release-rustflags: pgo/majordomo.profdata was made with rustc $made_with, this is $here: plain release build (scripts/build-pgo.sh makes a new one)" >&2
+  fi
+fi
+[[ -n "${RUSTFLAGS:-}" ]] && flags+=("$RUSTFLAGS")
+echo "${flags[*]}"
