@@ -3,7 +3,7 @@
 # (pgo/majordomo.profdata; scripts/release-rustflags.sh hands it to rustc in
 # the Dockerfile, scripts/run.sh, validate-deploy and the benchmarks).
 #
-#   scripts/build-pgo.sh            # -> pgo/majordomo.profdata, pgo/rustc-version
+#   scripts/build-pgo.sh            # -> pgo/majordomo.profdata, rustc-version, source-commit
 #
 # 1. builds majordomo instrumented (-Cprofile-generate) in its own target dir;
 # 2. trains it: the load harness's nginx mock (benches/load/lib/mkmock.py) and
@@ -155,5 +155,10 @@ mkdir -p "$(dirname "$OUT")"
 # The profile names functions by their symbols, which carry rustc's version:
 # scripts/release-rustflags.sh uses it only with the same compiler.
 rustc -vV | sed -n 's/^release: //p; s/^commit-hash: //p' | paste -sd' ' > "$(dirname "$OUT")/rustc-version"
+# The commit it was trained on, so that release-rustflags.sh can say when the
+# code has moved on since (a working tree with changes to src/ is noted too).
+{ git -C "$REPO" rev-parse HEAD
+  git -C "$REPO" diff --quiet HEAD -- src Cargo.lock || echo "plus uncommitted changes to src/ or Cargo.lock"
+} > "$(dirname "$OUT")/source-commit"
 log "done: $OUT ($(du -h "$OUT" | cut -f1)), made with $(cat "$(dirname "$OUT")/rustc-version")"
 echo "$OUT"

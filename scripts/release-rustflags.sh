@@ -39,6 +39,13 @@ else
     # A function changed since the profile was made is built as if it had no
     # profile; LLVM's warning for each would only be noise.
     flags+=("-Cprofile-use=$copy" "-Cllvm-args=-no-pgo-warn-mismatch")
+    # Where there is history (not in the image's build context): say when the
+    # code has changed since the training, which leaves parts of it unused.
+    made_at="$(head -1 "$REPO/pgo/source-commit" 2>/dev/null || true)"
+    if [[ -n "$made_at" ]] && git -C "$REPO" cat-file -e "$made_at^{commit}" 2>/dev/null &&
+       ! git -C "$REPO" diff --quiet "$made_at" -- src Cargo.lock 2>/dev/null; then
+      echo "release-rustflags: src/ or Cargo.lock changed since the profile was made (${made_at:0:12}): the functions changed since then are built without it; scripts/build-pgo.sh refreshes it" >&2
+    fi
   else
     echo "release-rustflags: pgo/majordomo.profdata was made with rustc $made_with, this is $here: plain release build (scripts/build-pgo.sh makes a new one)" >&2
   fi
