@@ -446,7 +446,8 @@ if [[ $BUILD -eq 1 ]]; then
   echo "  RUSTFLAGS=\"$RELEASE_RUSTFLAGS\" CARGO_TARGET_DIR=$RELEASE_TARGET_DIR cargo build --release --locked --bin majordomo"
   RUSTFLAGS="$RELEASE_RUSTFLAGS" CARGO_TARGET_DIR="$RELEASE_TARGET_DIR" CARGO_TERM_COLOR=never \
     nice -n 10 cargo build --release --locked --bin majordomo
-  ok "cargo build --release --locked --bin majordomo ($RELEASE_TARGET_DIR${RELEASE_RUSTFLAGS:+, profile-guided})"
+  kind="plain"; [[ "$RELEASE_RUSTFLAGS" == *-Cprofile-use=* ]] && kind="profile-guided"
+  ok "cargo build --release --locked --bin majordomo ($RELEASE_TARGET_DIR, $kind)"
 fi
 BIN_SRC="$RELEASE_TARGET_DIR/release/majordomo"
 if [[ ! -x "$BIN_SRC" ]]; then
