@@ -154,7 +154,7 @@ mkdir -p "$(dirname "$OUT")"
 "$PROFDATA" merge -o "$OUT" "$WORK"/train-profiles/*.profraw
 # The profile names functions by their symbols, which carry rustc's version:
 # scripts/release-rustflags.sh uses it only with the same compiler.
-rustc -vV | sed -n 's/^release: //p; s/^commit-hash: //p' | paste -sd' ' > "$(dirname "$OUT")/rustc-version"
+"$REPO/scripts/release-rustflags.sh" --rustc-version > "$(dirname "$OUT")/rustc-version"
 # The commit it was trained on, so that release-rustflags.sh can say when the
 # code has moved on since (a working tree with changes to src/ is noted too).
 { git -C "$REPO" rev-parse HEAD

@@ -13,9 +13,18 @@
 # version: with another rustc than the one that made it (pgo/rustc-version),
 # it would match nothing, so the build is plain and this says so on stderr.
 # RUSTFLAGS already set are kept, after the profile's.
+#
+#   scripts/release-rustflags.sh --rustc-version   # this rustc, as pgo/rustc-version records it
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PROFILE="$REPO/pgo/majordomo.profdata"
+# The one spelling of a compiler's identity, for build-pgo.sh to record and
+# for the check below to compare.
+rustc_version() { rustc -vV | sed -n 's/^release: //p; s/^commit-hash: //p' | paste -sd' '; }
+if [[ "${1:-}" == --rustc-version ]]; then
+  rustc_version
+  exit 0
+fi
 flags=()
 if [[ "${MAJORDOMO_PGO:-1}" == 0 ]]; then
   :   # asked for a plain build
@@ -23,7 +32,7 @@ elif [[ ! -f "$PROFILE" || ! -f "$REPO/pgo/rustc-version" ]]; then
   echo "release-rustflags: no profile in pgo/: plain release build" >&2
 else
   made_with="$(cat "$REPO/pgo/rustc-version")"
-  here="$(rustc -vV | sed -n 's/^release: //p; s/^commit-hash: //p' | paste -sd' ')"
+  here="$(rustc_version)"
   if [[ "$made_with" == "$here" ]]; then
     # rustc needs an absolute path (build scripts compile elsewhere). A copy
     # in the target dir named by its content gives every checkout that
