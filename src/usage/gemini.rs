@@ -6,9 +6,11 @@
 //! the last one counts, as a whole. In an SSE stream only the last event
 //! with `usageMetadata` before a scanned one (the first, one with a
 //! `finishReason` / `blockReason` / `error`) or the end is read (see the
-//! triage in the parent module): the earlier ones are superseded unread. An
-//! event whose `usageMetadata` holds none of the counts below therefore may
-//! hide an earlier one's (Gemini always sends the prompt count).
+//! triage in the parent module): the earlier ones are superseded unread, and
+//! so is that last one when the scanned event has counts and a model
+//! ([`replaces_earlier_usage`]). An event whose `usageMetadata` holds none of
+//! the counts below therefore may hide an earlier one's (Gemini always sends
+//! the prompt count).
 //!
 //! Columns: input = `promptTokenCount + toolUsePromptTokenCount`, cached = `cachedContentTokenCount` (part of the
 //! prompt count), output = `candidatesTokenCount + thoughtsTokenCount`
@@ -93,6 +95,17 @@ impl GeminiUsage {
     pub(super) fn usage(&self) -> Option<Usage> {
         self.usage
     }
+}
+
+/// Whether this event sets everything an earlier event with only usage
+/// (no error, no finish reason) would: the counts, which replace the usage as
+/// a whole, and the model.
+pub(super) fn replaces_earlier_usage(doc: &Scanner) -> bool {
+    captured_str(doc.capture(MODEL)).is_some()
+        && matches!(
+            captured_counts(doc.capture(USAGE), &USAGE_PATHS),
+            Ok(Some(counts)) if usage_from(&counts).is_some()
+        )
 }
 
 /// The counts read from `usageMetadata`.

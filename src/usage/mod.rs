@@ -42,8 +42,10 @@
 //! repeats the cumulative `usageMetadata` in every event: an event that has
 //! it but no `finishReason` / `blockReason` / `error` is kept unscanned, and
 //! scanned only if no later such event replaces it before the next scanned
-//! event or the end; an event without it is skipped. A skipped event is
-//! framed but not checked for JSON syntax.
+//! event or the end, and if that scanned event (most often the last, with the
+//! `finishReason`) does not itself carry counts and a model, which replace
+//! all the kept one could say; an event without it is skipped. A skipped
+//! event is framed but not checked for JSON syntax.
 //!
 //! The request side lives in [`request`] (learning `model` / `stream`,
 //! injecting `stream_options.include_usage`) and [`strip`] (removing the usage
@@ -808,6 +810,24 @@ impl EventSink<'_> {
         self.conclude(None, false);
     }
 
+    /// Gemini: `data`, an event to scan, follows a kept one (usage only, no
+    /// error nor finish reason, else it would have been scanned). `data` is
+    /// read first: when it carries counts and a model, it replaces all the
+    /// kept event could say, which is dropped unread (like the events the
+    /// kept one replaced). Otherwise both are read, in order. Leaves `data`
+    /// in the scanner, to be concluded.
+    fn scan_after_kept_usage(&mut self, data: &[u8]) {
+        self.event.push(data);
+        self.event.end_of_input();
+        if self.event.status() == Status::Complete && gemini::replaces_earlier_usage(self.event) {
+            clear_for_reuse(self.kept);
+            return;
+        }
+        self.event.reset();
+        self.scan_kept();
+        self.event.push(data);
+    }
+
     /// Looks for a complete error object among the stray lines.
     fn stray_done(&mut self, at_eof: bool) {
         if at_eof {
@@ -853,6 +873,9 @@ impl sse::Handler for EventSink<'_> {
                 self.triage.verdict(event, &data, self.findings)
             };
             match verdict {
+                Verdict::Scan if self.triage == Triage::Gemini && !self.kept.is_empty() => {
+                    self.scan_after_kept_usage(&data);
+                }
                 Verdict::Scan => {
                     self.scan_kept_before_next();
                     self.event.push(&data);

@@ -416,9 +416,19 @@ enum GeminiEvent {
     Text {
         usage: Option<(u64, u64, u64)>,
     },
+    /// Usage under another model version than the other events'. Not
+    /// generated: a stream names one model, and the triage reads it only
+    /// from the events it reads.
+    TextOtherModel {
+        usage: (u64, u64, u64),
+    },
     Finish {
         usage: Option<(u64, u64, u64)>,
+        /// `modelVersion`, when there is one.
+        model: Option<&'static str>,
     },
+    /// A last event whose `usageMetadata` holds none of the counts read.
+    FinishUncounted,
     Blocked,
     Error,
     /// Text that spells the keys triage looks for, without usage.
@@ -431,7 +441,9 @@ fn gemini_event() -> impl Strategy<Value = GeminiEvent> {
     let usage = proptest::option::of((0u64..5000, 0u64..5000, 0u64..500));
     prop_oneof![
         6 => usage.clone().prop_map(|usage| GeminiEvent::Text { usage }),
-        2 => usage.prop_map(|usage| GeminiEvent::Finish { usage }),
+        2 => (usage, proptest::option::of(Just("gemini-2.5-flash")))
+            .prop_map(|(usage, model)| GeminiEvent::Finish { usage, model }),
+        1 => Just(GeminiEvent::FinishUncounted),
         1 => Just(GeminiEvent::Blocked),
         1 => Just(GeminiEvent::Error),
         2 => Just(GeminiEvent::Decoy),
@@ -452,10 +464,18 @@ fn gemini_event_data(event: &GeminiEvent) -> String {
             r#"{{"candidates":[{{"content":{{"parts":[{{"text":"a \"usageMetadata\" Reason\" \"error\""}}],"role":"model"}},"index":0}}]{},"modelVersion":"gemini-2.5-flash","responseId":"r1"}}"#,
             meta(usage)
         ),
-        GeminiEvent::Finish { usage } => format!(
-            r#"{{"candidates":[{{"content":{{"parts":[{{"text":"."}}],"role":"model"}},"finishReason":"STOP","index":0}}]{},"modelVersion":"gemini-2.5-flash","responseId":"r1"}}"#,
-            meta(usage)
+        GeminiEvent::TextOtherModel { usage } => format!(
+            r#"{{"candidates":[{{"content":{{"parts":[{{"text":"b"}}],"role":"model"}},"index":0}}]{},"modelVersion":"gemini-2.5-flash-002","responseId":"r1"}}"#,
+            meta(&Some(*usage))
         ),
+        GeminiEvent::Finish { usage, model } => format!(
+            r#"{{"candidates":[{{"content":{{"parts":[{{"text":"."}}],"role":"model"}},"finishReason":"STOP","index":0}}]{}{},"responseId":"r1"}}"#,
+            meta(usage),
+            model.map_or(String::new(), |m| format!(r#","modelVersion":"{m}""#)),
+        ),
+        GeminiEvent::FinishUncounted => {
+            r#"{"candidates":[{"content":{"parts":[{"text":"."}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"totalTokenCount":7},"modelVersion":"gemini-2.5-flash"}"#.to_string()
+        }
         GeminiEvent::Blocked => {
             r#"{"promptFeedback":{"blockReason":"SAFETY"},"usageMetadata":{"promptTokenCount":9,"totalTokenCount":9},"modelVersion":"gemini-2.5-flash"}"#.to_string()
         }
@@ -653,24 +673,30 @@ fn gemini_and_responses_content_events_are_not_parsed() {
     });
     let last = gemini_event_data(&GeminiEvent::Finish {
         usage: Some((8, 120, 300)),
+        model: Some("gemini-2.5-flash"),
     });
     for broken in [
         r#"{"candidates":[}"#,
         r#"{"candidates":[],"usageMetadata":{"promptTokenCount":8]}"#,
     ] {
         // The broken one with usage is replaced by the next one before it
-        // is read.
-        let events = [
-            (None, first.clone()),
-            (None, broken.to_string()),
-            (None, middle.clone()),
-            (None, last.clone()),
-        ];
-        let body = sse_body(&events, true);
-        let parsed = gemini.parse_everywhere(&body);
-        assert_eq!(parsed.usage, Some(usage(8, 0, 0, 0, 420, 300)), "{broken}");
-        assert!(parsed.complete);
-        assert_eq!(gemini.untriaged_parser().finish_with(&body).usage, None);
+        // is read: by a later event with usage, or by the last one, which
+        // has counts and a model.
+        for events in [
+            [&first, broken, &middle, &last],
+            [&first, &middle, broken, &last],
+        ] {
+            let events = events.map(|data| (None, data.to_string()));
+            let body = sse_body(&events, true);
+            let parsed = gemini.parse_everywhere(&body);
+            assert_eq!(
+                parsed.usage,
+                Some(usage(8, 0, 0, 0, 420, 300)),
+                "{events:?}"
+            );
+            assert!(parsed.complete);
+            assert_eq!(gemini.untriaged_parser().finish_with(&body).usage, None);
+        }
     }
 
     let created = r#"{"type":"response.created","response":{"id":"resp_1","status":"in_progress","error":null,"model":"gpt-4.1","usage":null}}"#;
@@ -792,6 +818,68 @@ fn a_chat_chunk_ending_in_null_usage_is_read_only_for_an_error() {
             parsed,
             chat.untriaged_parser().finish_with(&body),
             "{events:?}"
+        );
+    }
+}
+
+/// The kept Gemini event (the last with usage) is dropped unread only when
+/// the event scanned after it sets both what it could: counts and a model.
+/// Otherwise it is read first, as in an untriaged parse.
+#[test]
+fn a_gemini_last_event_replaces_the_kept_one_only_with_counts_and_a_model() {
+    let req = Req {
+        query: Some("alt=sse"),
+        ..Req::new(Provider::Gemini, GEMINI_STREAM, "text/event-stream")
+    };
+    let first = GeminiEvent::Text {
+        usage: Some((8, 1, 0)),
+    };
+    let kept = GeminiEvent::TextOtherModel { usage: (8, 40, 7) };
+    let cases = [
+        // Counts and a model: the kept event's usage and model are replaced.
+        (
+            GeminiEvent::Finish {
+                usage: Some((8, 120, 300)),
+                model: Some("gemini-2.5-flash"),
+            },
+            Some(usage(8, 0, 0, 0, 420, 300)),
+            "gemini-2.5-flash",
+        ),
+        // No model: the kept event's stands.
+        (
+            GeminiEvent::Finish {
+                usage: Some((8, 120, 300)),
+                model: None,
+            },
+            Some(usage(8, 0, 0, 0, 420, 300)),
+            "gemini-2.5-flash-002",
+        ),
+        // No usage, or usage without counts: the kept event's counts stand.
+        (
+            GeminiEvent::Finish {
+                usage: None,
+                model: Some("gemini-2.5-flash"),
+            },
+            Some(usage(8, 0, 0, 0, 47, 7)),
+            "gemini-2.5-flash",
+        ),
+        (
+            GeminiEvent::FinishUncounted,
+            Some(usage(8, 0, 0, 0, 47, 7)),
+            "gemini-2.5-flash",
+        ),
+    ];
+    for (last, expected_usage, expected_model) in cases {
+        let events = [&first, &kept, &last].map(|e| (None, gemini_event_data(e)));
+        let body = sse_body(&events, true);
+        let parsed = req.parse_everywhere(&body);
+        assert_eq!(parsed.usage, expected_usage, "{last:?}");
+        assert_eq!(parsed.model.as_deref(), Some(expected_model), "{last:?}");
+        assert!(parsed.complete);
+        assert_eq!(
+            parsed,
+            req.untriaged_parser().finish_with(&body),
+            "{last:?}"
         );
     }
 }
