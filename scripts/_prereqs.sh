@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the scripts: makes sure the build prerequisites are present.
 # Pingora builds zlib-ng through flate2 and needs cmake; Rust must be installed (rustup).
 set -euo pipefail

@@ -41,7 +41,7 @@ PIDS+=($!)
 export MAJORDOMO_SERVER_HOST=127.0.0.1 MAJORDOMO_SERVER_PORT=$PORT MAJORDOMO_METRICS_PORT=0 \
   MAJORDOMO_SERVER_UPGRADE_SOCK=$WORK/upgrade.sock MAJORDOMO_SERVER_PID_FILE=$WORK/majordomo.pid \
   MAJORDOMO_SERVER_GRACE_PERIOD_SECS=6 MAJORDOMO_SERVER_GRACEFUL_SHUTDOWN_TIMEOUT_SECS=3 \
-  MAJORDOMO_SINK_SPOOL_DIR=$WORK/spool MAJORDOMO_PRICING_REMOTE_URL= MAJORDOMO_LOGGING_LEVEL=warn \
+  MAJORDOMO_SINK_SPOOL_DIR=$WORK/spool MAJORDOMO_PRICING_REMOTE_URL='' MAJORDOMO_LOGGING_LEVEL=warn \
   MAJORDOMO_PROVIDERS_OPENAI_BASE_URL=http://127.0.0.1:$MOCK_PORT
 if [[ $STORE == postgres ]]; then
   DB=mdm_upgrade_$$
@@ -62,7 +62,7 @@ wait_health() {
 
 KEY=$("$BIN" keys create --name upgrade --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
 "$BIN" > "$WORK/a.log" 2>&1 &
-A=$!; PIDS+=($A)
+A=$!; PIDS+=("$A")
 wait_health
 
 python3 - "$PORT" "$KEY" "$DURATION" "$WORKERS" "$WORK/results.json" > "$WORK/load.log" 2>&1 <<'PY' &
@@ -117,7 +117,7 @@ LOAD=$!
 
 sleep $(( DURATION / 3 ))
 "$BIN" -u > "$WORK/b.log" 2>&1 &
-B=$!; PIDS+=($B)
+B=$!; PIDS+=("$B")
 sleep 1
 kill -QUIT "$A"
 echo "upgrade: started B (pid $B) with -u, sent SIGQUIT to A (pid $A)"

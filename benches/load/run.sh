@@ -502,8 +502,8 @@ if want majordomo; then
       MAJORDOMO_STORAGE_POSTGRES_DATABASE="$DB"
       MAJORDOMO_PROVIDERS_OPENAI_BASE_URL="$MOCK_URL" MAJORDOMO_PRICING_REMOTE_URL=
       MAJORDOMO_SINK_SPOOL_DIR="$RUN_DIR/$name-spool" MAJORDOMO_LOGGING_LEVEL="$LOG_LEVEL")
-    read -r -a extra <<< "${MDM_ENV_EXTRA:-}"
-    MDM_ENV+=("${extra[@]}")
+    read -r -a env_extra <<< "${MDM_ENV_EXTRA:-}"
+    MDM_ENV+=("${env_extra[@]}")
     if ! key=$(env "${MDM_ENV[@]}" "$MAJORDOMO_BIN" keys create --name bench --json 2>>"$RUN_DIR/$name.log" |
                python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'); then
       fail_note "$name: majordomo keys create --json failed: $(tail -3 "$RUN_DIR/$name.log" | tr '\n' ' ')"; FAILED=1; continue

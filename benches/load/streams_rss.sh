@@ -99,7 +99,9 @@ MDM_ENV=(MAJORDOMO_SERVER_HOST=127.0.0.1 MAJORDOMO_SERVER_PORT="$MDM_PORT" MAJOR
   MAJORDOMO_STORAGE_POSTGRES_USER="$PGUSER" MAJORDOMO_STORAGE_POSTGRES_DATABASE="$DB"
   MAJORDOMO_PROVIDERS_OPENAI_BASE_URL="http://127.0.0.1:$MOCK_PORT" MAJORDOMO_PRICING_REMOTE_URL=
   MAJORDOMO_SINK_SPOOL_DIR="$RUN_DIR/spool" MAJORDOMO_LOGGING_LEVEL=warn
-  MAJORDOMO_UPSTREAM_READ_TIMEOUT_SECS=$(( PAUSE_MS / 1000 + 60 )) $GW_ENV)
+  MAJORDOMO_UPSTREAM_READ_TIMEOUT_SECS=$(( PAUSE_MS / 1000 + 60 )))
+read -r -a gw_env <<< "$GW_ENV"
+MDM_ENV+=("${gw_env[@]}")
 KEY=$(env "${MDM_ENV[@]}" "$RUN_DIR/majordomo" keys create --name streams --json 2>>"$RUN_DIR/majordomo.log" |
       python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])') || die "keys create failed"
 setsid env "${MDM_ENV[@]}" "$RUN_DIR/majordomo" > "$RUN_DIR/majordomo.log" 2>&1 < /dev/null &
