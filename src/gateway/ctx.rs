@@ -9,17 +9,18 @@ use super::capture::BodyCapture;
 use crate::provider::Provider;
 use crate::usage::{InjectedUsageStripper, RequestSniffer, StreamingUsageInjector, UsageParser};
 
-/// How the request body is watched on its way upstream. The watchers are
+/// How the request body is watched on its way upstream. The injector is
 /// boxed, like the response parser: Pingora keeps the context inside each
 /// connection's session future, which it moves more than once per request
-/// and holds for the whole connection, so the context stays small.
+/// and holds for the whole connection, so the context stays small. The
+/// sniffer is a pointer to its (recycled) scanner already.
 #[derive(Default)]
 pub enum BodyWatch {
     /// No body, or nothing to learn from it.
     #[default]
     None,
     /// Learn `model` / `stream` as the bytes pass.
-    Sniff(Box<RequestSniffer>),
+    Sniff(RequestSniffer),
     /// Also add `stream_options.include_usage` to an OpenAI chat stream.
     Inject(Box<StreamingUsageInjector>),
 }

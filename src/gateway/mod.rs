@@ -30,7 +30,9 @@ use crate::provider::upstream::{BaseUrl, Upstream};
 use crate::provider::{self, Provider};
 use crate::sink::SinkSender;
 use crate::store::Store;
-use crate::usage::{InjectedUsageStripper, StreamingUsageInjector, UsageParser, INJECTION_LEN};
+use crate::usage::{
+    InjectedUsageStripper, RequestSniffer, StreamingUsageInjector, UsageParser, INJECTION_LEN,
+};
 use ctx::BodyWatch;
 pub use ctx::RequestCtx;
 use errors::GatewayError;
@@ -228,7 +230,7 @@ impl Gateway {
         } else if injectable {
             BodyWatch::Inject(Box::new(StreamingUsageInjector::new()))
         } else {
-            BodyWatch::Sniff(Box::default())
+            BodyWatch::Sniff(RequestSniffer::new())
         }
     }
 }

@@ -56,6 +56,7 @@ mod counts;
 mod decode;
 mod gemini;
 mod openai;
+mod recycle;
 pub mod request;
 mod scan;
 mod sse;
@@ -64,14 +65,17 @@ pub mod strip;
 mod tests;
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::io::{self, Write};
 use std::sync::LazyLock;
+use std::thread::LocalKey;
 
 use memchr::memmem;
 use serde_json::Value;
 
 use crate::provider::Provider;
 use decode::Decoder;
+use recycle::{Recycle, Recycled};
 use scan::{Capture, Scanner, Seg, Status, Target};
 
 pub use gemini::model_from_path as gemini_model_from_path;
@@ -582,8 +586,8 @@ enum Reader {
     /// No content type said; the first non-whitespace byte decides. Holds
     /// the JSON kind to use if it is JSON.
     Sniff(BodyFormat, Triage),
-    Json(Box<Scanner>),
-    Sse(Box<SseState>),
+    Json(Recycled<Scanner>),
+    Sse(Recycled<SseState>),
     /// Not something usage can be read from.
     #[default]
     Unreadable,
@@ -593,19 +597,44 @@ impl Reader {
     fn for_format(provider: Provider, format: BodyFormat, triage: Triage) -> Reader {
         let targets = Extract::targets(provider);
         match format {
-            BodyFormat::Json | BodyFormat::JsonArray => {
-                Reader::Json(Box::new(Scanner::new(targets)))
+            BodyFormat::Json | BodyFormat::JsonArray => Reader::Json(Scanner::recycled(targets)),
+            BodyFormat::Sse => {
+                let (mut state, _) = Recycled::take(|| SseState {
+                    reader: sse::SseReader::default(),
+                    event: Scanner::new(targets),
+                    stray: Scanner::new(STRAY_TARGETS),
+                    triage,
+                    gathered: Vec::new(),
+                    kept: Vec::new(),
+                    streaming: false,
+                });
+                state.event.retarget(targets);
+                state.triage = triage;
+                state.streaming = triage == Triage::None;
+                Reader::Sse(state)
             }
-            BodyFormat::Sse => Reader::Sse(Box::new(SseState {
-                reader: sse::SseReader::default(),
-                event: Scanner::new(targets),
-                stray: Scanner::new(STRAY_TARGETS),
-                triage,
-                gathered: Vec::new(),
-                kept: Vec::new(),
-                streaming: triage == Triage::None,
-            })),
         }
+    }
+}
+
+thread_local! {
+    static FREE_SSE_STATES: RefCell<Vec<Box<SseState>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Recycle for SseState {
+    fn free_list() -> &'static LocalKey<RefCell<Vec<Box<SseState>>>> {
+        &FREE_SSE_STATES
+    }
+
+    /// The reader back at a stream's start, both scanners cleaned, the
+    /// event buffers emptied (a large one dropped).
+    fn clean(&mut self) -> bool {
+        self.reader.reset();
+        let event_kept = self.event.clean();
+        let stray_kept = self.stray.clean();
+        clear_for_reuse(&mut self.gathered);
+        clear_for_reuse(&mut self.kept);
+        event_kept && stray_kept
     }
 }
 

@@ -12,6 +12,7 @@
 //! re-serialising, so every other byte (key order, whitespace, number
 //! spelling) stays as the client sent it.
 
+use super::recycle::Recycled;
 use super::scan::{Capture, Scanner, Seg::Key, Status, Target};
 use super::{captured_string, target, truncate_utf8, MODEL_CAP};
 
@@ -44,7 +45,7 @@ pub struct RequestInfo {
 /// Learns [`RequestInfo`] from a request JSON body fed in chunks.
 #[derive(Debug)]
 pub struct RequestSniffer {
-    scanner: Scanner,
+    scanner: Recycled<Scanner>,
 }
 
 impl Default for RequestSniffer {
@@ -57,7 +58,7 @@ impl RequestSniffer {
     #[must_use]
     pub fn new() -> Self {
         RequestSniffer {
-            scanner: Scanner::new(TARGETS),
+            scanner: Scanner::recycled(TARGETS),
         }
     }
 
@@ -110,7 +111,7 @@ fn include_usage_is_true(s: &Scanner) -> bool {
 /// length as `Content-Length`.
 #[must_use]
 pub fn inject_include_usage(body: &[u8]) -> Option<Vec<u8>> {
-    let mut s = Scanner::new(TARGETS);
+    let mut s = Scanner::recycled(TARGETS);
     s.push(body);
     s.end_of_input();
     if s.status() != Status::Complete || s.documents() != 1 {
@@ -307,7 +308,7 @@ mod tests {
 /// reported only if the request streams.
 #[derive(Debug, Default)]
 pub struct StreamingUsageInjector {
-    scanner: Option<Scanner>,
+    scanner: Option<Recycled<Scanner>>,
     held: Vec<u8>,
     first: Option<u8>,
     /// Pad a body that gets no field to the same length.
@@ -342,7 +343,7 @@ impl StreamingUsageInjector {
     #[must_use]
     pub fn new() -> Self {
         StreamingUsageInjector {
-            scanner: Some(Scanner::new(TARGETS)),
+            scanner: Some(Scanner::recycled(TARGETS)),
             ..Default::default()
         }
     }
@@ -469,7 +470,10 @@ impl StreamingUsageInjector {
     /// Ends the body: returns what the request asked for, whether the
     /// injection was made, and the last bytes to forward.
     pub fn finish(&mut self) -> (RequestInfo, bool, bytes::Bytes) {
-        let mut scanner = self.scanner.take().unwrap_or_else(|| Scanner::new(TARGETS));
+        let mut scanner = self
+            .scanner
+            .take()
+            .unwrap_or_else(|| Scanner::recycled(TARGETS));
         scanner.end_of_input();
         let info = RequestInfo {
             model: captured_string(scanner.capture(MODEL)).map(|m| truncate_utf8(m, MODEL_CAP)),
@@ -556,6 +560,7 @@ fn closing_tail(data: &[u8]) -> Option<usize> {
 
 #[cfg(test)]
 mod streaming_injector_tests {
+    use super::super::recycle;
     use super::*;
 
     /// Pushes the parts through a new injector (fixed-length or not);
@@ -578,6 +583,45 @@ mod streaming_injector_tests {
     fn run(body: &[u8], split: usize) -> (RequestInfo, bool, Vec<u8>) {
         let split = split.min(body.len());
         run_parts(false, &[&body[..split], &body[split..]])
+    }
+
+    /// The sniffer's and the injector's scanners come from the thread's
+    /// free list: a body cut anywhere (in `stream_options`, in a string)
+    /// before it leaves nothing that changes how the next body is read and
+    /// rewritten.
+    #[test]
+    fn a_request_reads_the_same_on_a_recycled_scanner() {
+        let bodies: [&[u8]; 4] = [
+            br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_obfuscation":false},"messages":[]}"#,
+            br#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":""stream_options":{"}]}"#,
+            br#"{"stream":true,"stream_options":{"include_usage":false},"model":"o3"}"#,
+            br#"{"model":"text-embedding-3-small","input":["a","b"]}"#,
+        ];
+        let sniff = |body: &[u8]| {
+            let mut sniffer = RequestSniffer::new();
+            sniffer.push(body);
+            sniffer.finish()
+        };
+        for later in bodies {
+            recycle::forget::<Scanner>();
+            let on_new = (run(later, later.len() / 2), sniff(later));
+            for earlier in bodies {
+                for cut in 0..=earlier.len() {
+                    let mut left = earlier[..cut].to_vec();
+                    left.extend_from_slice(b"\"\\x");
+                    let _ = run(&left, cut / 2);
+                    let _ = run_parts(true, &[&left]);
+                    let _ = sniff(&left);
+                    assert!(recycle::kept::<Scanner>() > 0);
+                    assert_eq!(
+                        (run(later, later.len() / 2), sniff(later)),
+                        on_new,
+                        "after {:?}",
+                        String::from_utf8_lossy(&left)
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -28,6 +28,11 @@
 //! by a stray error object is something upstreams do); each is scanned the
 //! same way.
 
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
+use super::recycle::{Recycle, Recycled};
+
 /// One step of a capture path.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Seg {
@@ -227,23 +232,9 @@ pub(crate) struct Scanner {
 
 impl Scanner {
     pub(crate) fn new(targets: &'static [Target]) -> Scanner {
-        let max_target_depth = targets.iter().map(|t| t.path.len()).max().unwrap_or(0);
-        debug_assert!(max_target_depth <= KEY_DEPTH);
-        debug_assert!(targets.iter().all(|t| t.slot < SLOTS));
-        assert!(targets.len() <= MAX_TARGETS, "too many scan targets");
-        let mut alive = [0; KEY_DEPTH + 1];
-        alive[0] = (1u64 << targets.len()).wrapping_sub(1) as u32;
-        let mut key_filter = [0u64; KEY_DEPTH];
-        for target in targets {
-            for (filter, seg) in key_filter.iter_mut().zip(target.path) {
-                if let Seg::Key(k) = seg {
-                    *filter |= key_bit(k.as_bytes());
-                }
-            }
-        }
-        Scanner {
-            targets,
-            max_target_depth,
+        let mut scanner = Scanner {
+            targets: &[],
+            max_target_depth: 0,
             stack: Vec::with_capacity(KEY_DEPTH),
             keys: [KeyBuf::EMPTY; KEY_DEPTH],
             state: State::Value,
@@ -256,12 +247,54 @@ impl Scanner {
             starts: [None; SLOTS],
             spare: Vec::new(),
             peak_capture: 0,
-            alive,
-            key_filter,
+            alive: [0; KEY_DEPTH + 1],
+            key_filter: [0; KEY_DEPTH],
             skip_to: None,
             skip_in_string: false,
             skip_escaped: false,
+        };
+        scanner.set_targets(targets);
+        scanner
+    }
+
+    /// A clean scanner for `targets` from this thread's free list (see
+    /// [`super::recycle`]), or a new one.
+    pub(crate) fn recycled(targets: &'static [Target]) -> Recycled<Scanner> {
+        let (mut scanner, reused) = Recycled::take(|| Scanner::new(targets));
+        if reused {
+            scanner.retarget(targets);
         }
+        scanner
+    }
+
+    /// Follows `targets` from now on, on a clean scanner (new, or cleaned
+    /// for reuse).
+    pub(crate) fn retarget(&mut self, targets: &'static [Target]) {
+        if !std::ptr::eq(self.targets, targets) {
+            self.set_targets(targets);
+        }
+    }
+
+    /// Follows `targets` from now on. Only on a fresh or reset scanner.
+    fn set_targets(&mut self, targets: &'static [Target]) {
+        let max_target_depth = targets.iter().map(|t| t.path.len()).max().unwrap_or(0);
+        debug_assert!(max_target_depth <= KEY_DEPTH);
+        debug_assert!(targets.iter().all(|t| t.slot < SLOTS));
+        debug_assert_eq!(self.pos, 0, "targets changed mid-input");
+        assert!(targets.len() <= MAX_TARGETS, "too many scan targets");
+        let mut key_filter = [0u64; KEY_DEPTH];
+        for target in targets {
+            for (filter, seg) in key_filter.iter_mut().zip(target.path) {
+                if let Seg::Key(k) = seg {
+                    *filter |= key_bit(k.as_bytes());
+                }
+            }
+        }
+        self.targets = targets;
+        self.max_target_depth = max_target_depth;
+        self.alive = [0; KEY_DEPTH + 1];
+        self.alive[0] = (1u64 << targets.len()).wrapping_sub(1) as u32;
+        self.key_filter = key_filter;
     }
 
     /// Forgets everything seen so far (keeps allocations), to scan a new input.
@@ -928,6 +961,31 @@ impl Scanner {
                 self.peak_capture = self.peak_capture.max(active.bytes.len());
             }
         }
+    }
+}
+
+/// A kept scanner's capture buffers may be this large; a larger one (a long
+/// error message) is dropped rather than held by the free list.
+const SPARE_KEEP: usize = 4 * 1024;
+
+thread_local! {
+    static FREE_SCANNERS: RefCell<Vec<Box<Scanner>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Recycle for Scanner {
+    fn free_list() -> &'static LocalKey<RefCell<Vec<Box<Scanner>>>> {
+        &FREE_SCANNERS
+    }
+
+    fn clean(&mut self) -> bool {
+        self.reset();
+        self.spare.retain(|buffer| buffer.capacity() <= SPARE_KEEP);
+        self.spare.truncate(SLOTS);
+        if self.stack.capacity() > 4 * KEY_DEPTH {
+            self.stack = Vec::with_capacity(KEY_DEPTH);
+        }
+        self.peak_capture = 0;
+        true
     }
 }
 

@@ -112,6 +112,16 @@ impl Default for SseReader {
 }
 
 impl SseReader {
+    /// Back at the start of a stream, keeping the event name's buffer.
+    pub(crate) fn reset(&mut self) {
+        let mut event_name = std::mem::take(&mut self.event_name);
+        event_name.clear();
+        *self = SseReader {
+            event_name,
+            ..SseReader::default()
+        };
+    }
+
     /// Set once an event name went over [`EVENT_NAME_CAP`].
     pub(crate) fn overflowed(&self) -> bool {
         self.overflowed

@@ -119,6 +119,47 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A parser's scanners and stream state come from its thread's free
+    /// list: whatever the last response left in them (cut in a value or an
+    /// event, followed by garbage, another provider's targets), the next
+    /// response reads exactly as on new ones.
+    #[test]
+    fn a_response_reads_the_same_on_recycled_parts(
+        earlier in 0usize..8,
+        cut in any::<usize>(),
+        garbage in proptest::collection::vec(any::<u8>(), 0..64),
+        overlong_event_name in any::<bool>(),
+        finished in any::<bool>(),
+        later in 0usize..8,
+    ) {
+        let samples = samples();
+        let (req, body) = &samples[later];
+        recycle::forget::<Scanner>();
+        recycle::forget::<SseState>();
+        let on_new_parts = req.parse(body);
+        prop_assert!(recycle::kept::<Scanner>() + recycle::kept::<SseState>() > 0);
+        let (earlier_req, earlier_body) = &samples[earlier];
+        let mut left = earlier_body[..cut % (earlier_body.len() + 1)].to_vec();
+        left.extend_from_slice(&garbage);
+        if overlong_event_name {
+            left.extend_from_slice(b"\n\nevent: ");
+            left.resize(left.len() + sse::EVENT_NAME_CAP + 1, b'x');
+            left.extend_from_slice(b"\ndata: {}\n\n");
+        }
+        if finished {
+            let _ = earlier_req.parse_split(&left, &[left.len() / 2]);
+        } else {
+            // A response abandoned mid-body (the client went away).
+            let mut parser = earlier_req.parser();
+            parser.push(&left);
+        }
+        prop_assert_eq!(req.parse(body), on_new_parts);
+    }
+}
+
 #[test]
 fn encoded_bodies_parse_like_plain_ones_in_one_byte_chunks() {
     for (req, plain) in samples() {

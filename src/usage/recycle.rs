@@ -1,0 +1,171 @@
+//! Per-thread reuse of the parsers' larger parts.
+//!
+//! Every proxied request needs two or three scanners (its request body's,
+//! its response's, and on a stream the stray lines' one), each ~1 KiB of
+//! state in a box plus the buffers its captures grow. Made per request,
+//! their allocations, first growth and frees cost ~600 instructions each. A
+//! request now takes them from its thread's free list and gives them back,
+//! cleaned, when its parser is dropped; a thread that keeps serving
+//! allocates none.
+//!
+//! What goes back is cleaned first ([`Recycle::clean`]), so nothing one
+//! request saw can reach the next: the same reset that readies a stream's
+//! scanner for its next event. Each list keeps at most [`KEEP`] values, and
+//! a value holding more memory than a usual request needs is dropped rather
+//! than kept.
+
+use std::cell::RefCell;
+use std::ops::{Deref, DerefMut};
+use std::thread::LocalKey;
+
+/// Most values of one kind a thread keeps: the requests a proxy thread
+/// finishes between two that start; a burst of open streams beyond it
+/// allocates, as before.
+pub(crate) const KEEP: usize = 64;
+
+/// A value with a per-thread free list.
+pub(crate) trait Recycle: Sized + 'static {
+    /// This kind's free list on the current thread.
+    fn free_list() -> &'static LocalKey<RefCell<Vec<Box<Self>>>>;
+
+    /// Forgets everything the last user left. `false` when the value holds
+    /// more memory than is worth keeping: it is dropped instead.
+    fn clean(&mut self) -> bool;
+}
+
+/// A boxed value that goes back to its thread's free list when dropped.
+pub(crate) struct Recycled<T: Recycle>(Option<Box<T>>);
+
+impl<T: Recycle> Recycled<T> {
+    /// A clean value from this thread's free list, or a new one from `make`.
+    /// The flag says which (`true`: reused).
+    pub(crate) fn take(make: impl FnOnce() -> T) -> (Recycled<T>, bool) {
+        let reused = T::free_list()
+            .try_with(|list| list.borrow_mut().pop())
+            .ok()
+            .flatten();
+        match reused {
+            Some(value) => (Recycled(Some(value)), true),
+            None => (Recycled(Some(Box::new(make()))), false),
+        }
+    }
+}
+
+impl<T: Recycle> Drop for Recycled<T> {
+    fn drop(&mut self) {
+        let Some(mut value) = self.0.take() else {
+            return;
+        };
+        if !value.clean() {
+            return;
+        }
+        // A thread being torn down has no list left: the value is dropped.
+        let _ = T::free_list().try_with(|list| {
+            let mut list = list.borrow_mut();
+            if list.len() < KEEP {
+                list.push(value);
+            }
+        });
+    }
+}
+
+impl<T: Recycle> Deref for Recycled<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.0.as_deref().expect("only Drop empties a Recycled")
+    }
+}
+
+impl<T: Recycle> DerefMut for Recycled<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.0.as_deref_mut().expect("only Drop empties a Recycled")
+    }
+}
+
+impl<T: Recycle + std::fmt::Debug> std::fmt::Debug for Recycled<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// How many values this thread's free list of `T` holds (for tests).
+#[cfg(test)]
+pub(crate) fn kept<T: Recycle>() -> usize {
+    T::free_list().with(|list| list.borrow().len())
+}
+
+/// Empties this thread's free list of `T` (for tests).
+#[cfg(test)]
+pub(crate) fn forget<T: Recycle>() {
+    T::free_list().with(|list| list.borrow_mut().clear());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value that remembers what it was given until cleaned; one that
+    /// grew past 100 is not kept.
+    #[derive(Debug, Default)]
+    struct Notes {
+        items: Vec<u32>,
+    }
+
+    thread_local! {
+        static FREE_NOTES: RefCell<Vec<Box<Notes>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    impl Recycle for Notes {
+        fn free_list() -> &'static LocalKey<RefCell<Vec<Box<Notes>>>> {
+            &FREE_NOTES
+        }
+
+        fn clean(&mut self) -> bool {
+            let keep = self.items.len() <= 100;
+            self.items.clear();
+            keep
+        }
+    }
+
+    #[test]
+    fn a_dropped_value_is_cleaned_and_taken_again_on_the_same_thread() {
+        forget::<Notes>();
+        let (mut first, reused) = Recycled::take(Notes::default);
+        assert!(!reused);
+        first.items.push(7);
+        let at: *const Notes = &*first;
+        drop(first);
+        assert_eq!(kept::<Notes>(), 1);
+        let (again, reused) = Recycled::take(|| unreachable!("the kept one is taken"));
+        assert!(reused);
+        assert!(std::ptr::eq(&*again, at));
+        assert!(again.items.is_empty(), "what the last user left is gone");
+        assert_eq!(kept::<Notes>(), 0);
+    }
+
+    #[test]
+    fn the_list_is_bounded_and_too_large_values_are_dropped() {
+        forget::<Notes>();
+        let many: Vec<_> = (0..KEEP + 10)
+            .map(|_| Recycled::take(Notes::default).0)
+            .collect();
+        drop(many);
+        assert_eq!(kept::<Notes>(), KEEP);
+        forget::<Notes>();
+        let (mut large, _) = Recycled::take(Notes::default);
+        large.items.extend(0..101);
+        drop(large);
+        assert_eq!(kept::<Notes>(), 0);
+    }
+
+    #[test]
+    fn each_thread_has_its_own_list() {
+        forget::<Notes>();
+        drop(Recycled::take(Notes::default).0);
+        assert_eq!(kept::<Notes>(), 1);
+        std::thread::spawn(|| assert_eq!(kept::<Notes>(), 0))
+            .join()
+            .unwrap();
+    }
+}
