@@ -139,6 +139,18 @@ impl SseReader {
                 }
             }
             match self.line {
+                // The lines of nearly every event: no need to read their
+                // field names byte by byte (what follows is as below).
+                Line::Start if input[i..].starts_with(b"data: ") => {
+                    self.begin_value(Field::Data, h);
+                    self.line = Line::Value(Field::Data);
+                    i += 6;
+                }
+                Line::Start if input[i..].starts_with(b"event: ") => {
+                    self.begin_value(Field::Event, h);
+                    self.line = Line::Value(Field::Event);
+                    i += 7;
+                }
                 Line::Start => match b {
                     b'\n' | b'\r' => {
                         self.line_end(b, h);
@@ -361,6 +373,28 @@ mod tests {
 
     fn read(input: &[u8]) -> Log {
         read_split(input, &[])
+    }
+
+    proptest::proptest! {
+        /// A line whose field name arrives whole in a chunk (`data: ` and
+        /// `event: ` are then not read byte by byte) is framed as when the
+        /// chunks are single bytes.
+        #[test]
+        fn any_mix_of_lines_frames_the_same_whole_and_byte_by_byte(
+            parts in proptest::collection::vec(proptest::sample::select(vec![
+                "data: ", "data:", "data", "dat", "data:  ", "event: ", "event:", "event",
+                "eventx: ", "datum: ", ": ", " ", "\n", "\r", "\r\n", "x", "{\"a\":1}",
+                "[DONE]", "id: 1", "retry: 5", "data: data: ",
+            ]), 0..40),
+        ) {
+            let input = parts.concat().into_bytes();
+            let whole = read(&input);
+            let singles: Vec<usize> = (1..input.len()).collect();
+            let bytes = read_split(&input, &singles);
+            proptest::prop_assert_eq!(&whole.events, &bytes.events);
+            proptest::prop_assert_eq!(&whole.data, &bytes.data);
+            proptest::prop_assert_eq!(&whole.stray, &bytes.stray);
+        }
     }
 
     #[test]
