@@ -19,18 +19,18 @@
 //! billed: it yields no usage.
 
 use super::counts::{captured_counts, Counts};
-use super::scan::{Scanner, Seg::Key, Target};
+use super::scan::{Scanner, Seg::Key, Targets};
 use super::slot::{ERROR, MODEL, TYPE, USAGE};
 use super::{error_message, target, Findings, Usage};
 
-pub(super) const TARGETS: &[Target] = &[
+pub(super) static TARGETS: Targets = Targets::new(&[
     target(&[Key("type")], TYPE),
     target(&[Key("usage")], USAGE),
     target(&[Key("message"), Key("usage")], USAGE),
     target(&[Key("model")], MODEL),
     target(&[Key("message"), Key("model")], MODEL),
     target(&[Key("error")], ERROR),
-];
+]);
 
 /// The token-counting endpoint, whose counts are not usage.
 pub(super) fn is_count_tokens(path: &str) -> bool {

@@ -24,11 +24,11 @@
 //! scanner).
 
 use super::counts::{captured_counts, Counts};
-use super::scan::{Scanner, Seg::Item, Seg::Key, Target};
+use super::scan::{Scanner, Seg::Item, Seg::Key, Targets};
 use super::slot::{ERROR, FINISH, MODEL, USAGE};
 use super::{captured_str, error_message, target, Findings, Usage};
 
-pub(super) const TARGETS: &[Target] = &[
+pub(super) static TARGETS: Targets = Targets::new(&[
     target(&[Key("usageMetadata")], USAGE),
     target(&[Item, Key("usageMetadata")], USAGE),
     target(&[Key("modelVersion")], MODEL),
@@ -42,7 +42,7 @@ pub(super) const TARGETS: &[Target] = &[
     ),
     target(&[Key("promptFeedback"), Key("blockReason")], FINISH),
     target(&[Item, Key("promptFeedback"), Key("blockReason")], FINISH),
-];
+]);
 
 /// `…:streamGenerateContent`, in any case.
 pub(super) fn is_stream_path(path: &str) -> bool {

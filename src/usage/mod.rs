@@ -76,7 +76,7 @@ use serde_json::Value;
 use crate::provider::Provider;
 use decode::Decoder;
 use recycle::{Recycle, Recycled};
-use scan::{Capture, Scanner, Seg, Status, Target};
+use scan::{Capture, Scanner, Seg, Status, Target, Targets};
 
 pub use gemini::model_from_path as gemini_model_from_path;
 pub use request::{
@@ -474,10 +474,10 @@ const fn target(path: &'static [Seg], slot: usize) -> Target {
 }
 
 /// Error objects written into a stream outside any SSE field.
-const STRAY_TARGETS: &[Target] = &[
+static STRAY_TARGETS: Targets = Targets::new(&[
     target(&[Seg::Key("error")], slot::ERROR),
     target(&[Seg::Item, Seg::Key("error")], slot::ERROR),
-];
+]);
 
 /// What is learned besides the token counts, the same for every provider.
 #[derive(Debug, Default)]
@@ -544,11 +544,11 @@ impl Extract {
         }
     }
 
-    fn targets(provider: Provider) -> &'static [Target] {
+    fn targets(provider: Provider) -> &'static Targets {
         match provider {
-            Provider::OpenAi => openai::TARGETS,
-            Provider::Anthropic => anthropic::TARGETS,
-            Provider::Gemini => gemini::TARGETS,
+            Provider::OpenAi => &openai::TARGETS,
+            Provider::Anthropic => &anthropic::TARGETS,
+            Provider::Gemini => &gemini::TARGETS,
         }
     }
 
@@ -602,7 +602,7 @@ impl Reader {
                 let (mut state, _) = Recycled::take(|| SseState {
                     reader: sse::SseReader::default(),
                     event: Scanner::new(targets),
-                    stray: Scanner::new(STRAY_TARGETS),
+                    stray: Scanner::new(&STRAY_TARGETS),
                     triage,
                     gathered: Vec::new(),
                     kept: Vec::new(),

@@ -18,11 +18,11 @@
 //! The last non-null `usage` wins.
 
 use super::counts::{captured_counts, Counts};
-use super::scan::{Scanner, Seg::Item, Seg::Key, Target};
+use super::scan::{Scanner, Seg::Item, Seg::Key, Targets};
 use super::slot::{ERROR, MESSAGE, MODEL, TYPE, USAGE};
 use super::{error_message, target, Findings, Usage};
 
-pub(super) const TARGETS: &[Target] = &[
+pub(super) static TARGETS: Targets = Targets::new(&[
     target(&[Key("type")], TYPE),
     target(&[Key("usage")], USAGE),
     target(&[Key("response"), Key("usage")], USAGE),
@@ -33,7 +33,7 @@ pub(super) const TARGETS: &[Target] = &[
     target(&[Key("message")], MESSAGE),
     // Some OpenAI-compatible servers stream a bare array of chunks.
     target(&[Item, Key("usage")], USAGE),
-];
+]);
 
 #[derive(Debug, Default)]
 pub(super) struct OpenAiUsage {

@@ -13,7 +13,7 @@
 //! spelling) stays as the client sent it.
 
 use super::recycle::Recycled;
-use super::scan::{Capture, Scanner, Seg::Key, Status, Target};
+use super::scan::{Capture, Scanner, Seg::Key, Status, Targets};
 use super::{captured_string, target, truncate_utf8, MODEL_CAP};
 
 const MODEL: usize = 0;
@@ -21,7 +21,7 @@ const STREAM: usize = 1;
 const INCLUDE_USAGE: usize = 2;
 const STREAM_OPTIONS: usize = 3;
 
-const TARGETS: &[Target] = &[
+static TARGETS: Targets = Targets::new(&[
     target(&[Key("model")], MODEL),
     target(&[Key("stream")], STREAM),
     target(
@@ -29,7 +29,7 @@ const TARGETS: &[Target] = &[
         INCLUDE_USAGE,
     ),
     target(&[Key("stream_options")], STREAM_OPTIONS),
-];
+]);
 
 /// What the gateway needs to know about a request body.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,7 +58,7 @@ impl RequestSniffer {
     #[must_use]
     pub fn new() -> Self {
         RequestSniffer {
-            scanner: Scanner::recycled(TARGETS),
+            scanner: Scanner::recycled(&TARGETS),
         }
     }
 
@@ -111,7 +111,7 @@ fn include_usage_is_true(s: &Scanner) -> bool {
 /// length as `Content-Length`.
 #[must_use]
 pub fn inject_include_usage(body: &[u8]) -> Option<Vec<u8>> {
-    let mut s = Scanner::recycled(TARGETS);
+    let mut s = Scanner::recycled(&TARGETS);
     s.push(body);
     s.end_of_input();
     if s.status() != Status::Complete || s.documents() != 1 {
@@ -343,7 +343,7 @@ impl StreamingUsageInjector {
     #[must_use]
     pub fn new() -> Self {
         StreamingUsageInjector {
-            scanner: Some(Scanner::recycled(TARGETS)),
+            scanner: Some(Scanner::recycled(&TARGETS)),
             ..Default::default()
         }
     }
@@ -473,7 +473,7 @@ impl StreamingUsageInjector {
         let mut scanner = self
             .scanner
             .take()
-            .unwrap_or_else(|| Scanner::recycled(TARGETS));
+            .unwrap_or_else(|| Scanner::recycled(&TARGETS));
         scanner.end_of_input();
         let info = RequestInfo {
             model: captured_string(scanner.capture(MODEL)).map(|m| truncate_utf8(m, MODEL_CAP)),

@@ -50,6 +50,51 @@ pub(crate) struct Target {
     pub slot: usize,
 }
 
+/// The targets a scanner follows and what it derives from them, worked out
+/// at compile time ([`Targets::new`] is `const`): aiming a scanner, new or
+/// recycled, is then a copy.
+#[derive(Debug)]
+pub(crate) struct Targets {
+    list: &'static [Target],
+    /// The deepest target path.
+    max_depth: usize,
+    /// One bit per target: all are alive at the top.
+    all: u32,
+    /// `key_filter[d]`: the [`key_bit`] of every target key at depth `d`.
+    key_filter: [u64; KEY_DEPTH],
+}
+
+impl Targets {
+    pub(crate) const fn new(list: &'static [Target]) -> Targets {
+        assert!(list.len() <= MAX_TARGETS, "too many scan targets");
+        let mut max_depth = 0;
+        let mut key_filter = [0u64; KEY_DEPTH];
+        let mut t = 0;
+        while t < list.len() {
+            let path = list[t].path;
+            assert!(list[t].slot < SLOTS, "no such capture slot");
+            assert!(path.len() <= KEY_DEPTH, "target path too deep");
+            if path.len() > max_depth {
+                max_depth = path.len();
+            }
+            let mut d = 0;
+            while d < path.len() {
+                if let Seg::Key(k) = path[d] {
+                    key_filter[d] |= key_bit(k.as_bytes());
+                }
+                d += 1;
+            }
+            t += 1;
+        }
+        Targets {
+            list,
+            max_depth,
+            all: (1u64 << list.len()).wrapping_sub(1) as u32,
+            key_filter,
+        }
+    }
+}
+
 /// Bytes kept per captured value.
 pub(crate) const CAPTURE_CAP: usize = 64 * 1024;
 /// Initial capacity of a capture buffer.
@@ -194,7 +239,7 @@ struct Active {
 /// The incremental scanner. See the module docs.
 #[derive(Debug)]
 pub(crate) struct Scanner {
-    targets: &'static [Target],
+    targets: &'static Targets,
     max_target_depth: usize,
     stack: Vec<Container>,
     keys: [KeyBuf; KEY_DEPTH],
@@ -231,10 +276,10 @@ pub(crate) struct Scanner {
 }
 
 impl Scanner {
-    pub(crate) fn new(targets: &'static [Target]) -> Scanner {
-        let mut scanner = Scanner {
-            targets: &[],
-            max_target_depth: 0,
+    pub(crate) fn new(targets: &'static Targets) -> Scanner {
+        Scanner {
+            targets,
+            max_target_depth: targets.max_depth,
             stack: Vec::with_capacity(KEY_DEPTH),
             keys: [KeyBuf::EMPTY; KEY_DEPTH],
             state: State::Value,
@@ -247,19 +292,17 @@ impl Scanner {
             starts: [None; SLOTS],
             spare: Vec::new(),
             peak_capture: 0,
-            alive: [0; KEY_DEPTH + 1],
-            key_filter: [0; KEY_DEPTH],
+            alive: alive_at_start(targets),
+            key_filter: targets.key_filter,
             skip_to: None,
             skip_in_string: false,
             skip_escaped: false,
-        };
-        scanner.set_targets(targets);
-        scanner
+        }
     }
 
     /// A clean scanner for `targets` from this thread's free list (see
     /// [`super::recycle`]), or a new one.
-    pub(crate) fn recycled(targets: &'static [Target]) -> Recycled<Scanner> {
+    pub(crate) fn recycled(targets: &'static Targets) -> Recycled<Scanner> {
         let (mut scanner, reused) = Recycled::take(|| Scanner::new(targets));
         if reused {
             scanner.retarget(targets);
@@ -269,32 +312,14 @@ impl Scanner {
 
     /// Follows `targets` from now on, on a clean scanner (new, or cleaned
     /// for reuse).
-    pub(crate) fn retarget(&mut self, targets: &'static [Target]) {
-        if !std::ptr::eq(self.targets, targets) {
-            self.set_targets(targets);
-        }
-    }
-
-    /// Follows `targets` from now on. Only on a fresh or reset scanner.
-    fn set_targets(&mut self, targets: &'static [Target]) {
-        let max_target_depth = targets.iter().map(|t| t.path.len()).max().unwrap_or(0);
-        debug_assert!(max_target_depth <= KEY_DEPTH);
-        debug_assert!(targets.iter().all(|t| t.slot < SLOTS));
+    pub(crate) fn retarget(&mut self, targets: &'static Targets) {
         debug_assert_eq!(self.pos, 0, "targets changed mid-input");
-        assert!(targets.len() <= MAX_TARGETS, "too many scan targets");
-        let mut key_filter = [0u64; KEY_DEPTH];
-        for target in targets {
-            for (filter, seg) in key_filter.iter_mut().zip(target.path) {
-                if let Seg::Key(k) = seg {
-                    *filter |= key_bit(k.as_bytes());
-                }
-            }
+        if !std::ptr::eq(self.targets, targets) {
+            self.targets = targets;
+            self.max_target_depth = targets.max_depth;
+            self.alive = alive_at_start(targets);
+            self.key_filter = targets.key_filter;
         }
-        self.targets = targets;
-        self.max_target_depth = max_target_depth;
-        self.alive = [0; KEY_DEPTH + 1];
-        self.alive[0] = (1u64 << targets.len()).wrapping_sub(1) as u32;
-        self.key_filter = key_filter;
     }
 
     /// Forgets everything seen so far (keeps allocations), to scan a new input.
@@ -417,7 +442,7 @@ impl Scanner {
         } else {
             0
         };
-        let targets = self.targets;
+        let targets = self.targets.list;
         let captured = bits(below).any(|i| targets[i].path.len() == depth);
         let value_len = match first {
             b'"' => {
@@ -781,7 +806,7 @@ impl Scanner {
         }
         let mut below = 0;
         for i in bits(self.alive[depth - 1]) {
-            if let Some(Seg::Key(k)) = self.targets[i].path.get(depth - 1) {
+            if let Some(Seg::Key(k)) = self.targets.list[i].path.get(depth - 1) {
                 if key == k.as_bytes() {
                     below |= 1 << i;
                 }
@@ -826,13 +851,14 @@ impl Scanner {
         debug_assert_eq!(
             here,
             self.targets
+                .list
                 .iter()
                 .enumerate()
                 .filter(|(_, t)| t.path.len() >= depth && self.path_is(&t.path[..depth]))
                 .fold(0, |m, (i, _)| m | 1 << i),
             "alive targets at depth {depth}"
         );
-        let targets = self.targets;
+        let targets = self.targets.list;
         if here != 0 {
             self.start_captures(here, depth, self.pos);
         }
@@ -905,7 +931,7 @@ impl Scanner {
     /// The targets among `alive` that end at `depth` start capturing the
     /// value that begins at `start`.
     fn start_captures(&mut self, alive: u32, depth: usize, start: u64) {
-        let targets = self.targets;
+        let targets = self.targets.list;
         for target in bits(alive).map(|i| &targets[i]) {
             if target.path.len() == depth {
                 self.starts[target.slot] = Some(start);
@@ -989,6 +1015,13 @@ impl Recycle for Scanner {
     }
 }
 
+/// `Scanner::alive` before any input: every target, at the top.
+fn alive_at_start(targets: &Targets) -> [u32; KEY_DEPTH + 1] {
+    let mut alive = [0; KEY_DEPTH + 1];
+    alive[0] = targets.all;
+    alive
+}
+
 /// The indexes of the bits set in `mask`, lowest first.
 fn bits(mut mask: u32) -> impl Iterator<Item = usize> {
     std::iter::from_fn(move || {
@@ -1011,8 +1044,8 @@ fn is_whitespace(b: u8) -> bool {
 
 /// A key's bit in a one-word filter of keys, from its length and first byte
 /// (different keys may share a bit: a filter only says "maybe").
-fn key_bit(key: &[u8]) -> u64 {
-    let first = key.first().map_or(0, |&b| usize::from(b));
+const fn key_bit(key: &[u8]) -> u64 {
+    let first = if key.is_empty() { 0 } else { key[0] as usize };
     1 << ((first * 31 + key.len()) & 63)
 }
 
@@ -1113,7 +1146,7 @@ mod tests {
         }
     }
 
-    const TARGETS: &[Target] = &[
+    static TARGETS: Targets = Targets::new(&[
         Target {
             path: &[Seg::Key("usage")],
             slot: 0,
@@ -1134,10 +1167,10 @@ mod tests {
             path: &[Seg::Key("s")],
             slot: 3,
         },
-    ];
+    ]);
 
     fn scan(input: &[u8]) -> Scanner {
-        let mut s = Scanner::new(TARGETS);
+        let mut s = Scanner::new(&TARGETS);
         s.push(input);
         s.end_of_input();
         s
@@ -1244,7 +1277,7 @@ mod tests {
 
     #[test]
     fn reset_forgets_a_failure_on_the_first_byte_and_a_whole_scan() {
-        let mut s = Scanner::new(TARGETS);
+        let mut s = Scanner::new(&TARGETS);
         s.reset(); // untouched: a no-op
         s.push(b"}");
         assert_eq!(s.status(), Status::Failed(ScanError::Malformed));
@@ -1356,18 +1389,18 @@ mod tests {
         fn whole_members_are_read_as_the_byte_state_machine_reads_them(text in json_text()) {
             // `response` is captured and has a target inside: its members are
             // read (not skipped) and recorded into its capture.
-            const TARGETS: &[Target] = &[
+            static TARGETS: Targets = Targets::new(&[
                 Target { path: &[Seg::Key("response")], slot: 0 },
                 Target { path: &[Seg::Key("response"), Seg::Key("usage")], slot: 1 },
                 Target { path: &[Seg::Key("model")], slot: 2 },
                 Target { path: &[Seg::Item, Seg::Key("n")], slot: 3 },
                 // Two targets end at one member: each captures it.
                 Target { path: &[Seg::Key("model")], slot: 3 },
-            ];
-            let mut whole = Scanner::new(TARGETS);
+            ]);
+            let mut whole = Scanner::new(&TARGETS);
             whole.push(&text);
             whole.end_of_input();
-            let mut bytewise = Scanner::new(TARGETS);
+            let mut bytewise = Scanner::new(&TARGETS);
             for b in &text {
                 bytewise.push(std::slice::from_ref(b));
             }
@@ -1386,7 +1419,7 @@ mod tests {
         let input = br#"{"s":"x\\y\"z","usage":{"k":[true,false,null,-1.5E+2]},"model":"m"}"#;
         let whole = scan(input);
         for split in 0..=input.len() {
-            let mut s = Scanner::new(TARGETS);
+            let mut s = Scanner::new(&TARGETS);
             s.push(&input[..split]);
             s.push(&input[split..]);
             s.end_of_input();

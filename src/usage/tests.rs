@@ -326,7 +326,7 @@ fn fifty_megabyte_embeddings(mut f: impl FnMut(&[u8])) -> u64 {
 fn a_fifty_megabyte_embeddings_body_is_parsed_in_bounded_memory() {
     let req = Req::new(Provider::OpenAi, "/v1/embeddings", "application/json");
     let mut parser = req.parser();
-    let mut scanner = Scanner::new(openai::TARGETS);
+    let mut scanner = Scanner::new(&openai::TARGETS);
     let total = fifty_megabyte_embeddings(|chunk| {
         parser.push(chunk);
         scanner.push(chunk);
@@ -358,7 +358,7 @@ fn a_multi_megabyte_sse_event_is_streamed_not_buffered() {
     assert_eq!(parsed.usage, Some(usage(10, 0, 0, 0, 2_000_000, 0)));
     assert!(parsed.complete);
     // The capture the event needed was the usage object, not the event.
-    let mut scanner = Scanner::new(openai::TARGETS);
+    let mut scanner = Scanner::new(&openai::TARGETS);
     scanner.push(&completed.as_bytes()["data: ".len()..]);
     scanner.end_of_input();
     assert_eq!(scanner.status(), scan::Status::Complete);
