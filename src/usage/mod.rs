@@ -75,7 +75,7 @@ use serde_json::Value;
 
 use crate::provider::Provider;
 use decode::Decoder;
-use recycle::{Recycle, Recycled};
+use recycle::{FreeList, Recycle, Recycled};
 use scan::{Capture, Scanner, Seg, Status, Target, Targets};
 
 pub use gemini::model_from_path as gemini_model_from_path;
@@ -618,11 +618,11 @@ impl Reader {
 }
 
 thread_local! {
-    static FREE_SSE_STATES: RefCell<Vec<Box<SseState>>> = const { RefCell::new(Vec::new()) };
+    static FREE_SSE_STATES: FreeList<SseState> = const { RefCell::new(Vec::new()) };
 }
 
 impl Recycle for SseState {
-    fn free_list() -> &'static LocalKey<RefCell<Vec<Box<SseState>>>> {
+    fn free_list() -> &'static LocalKey<FreeList<SseState>> {
         &FREE_SSE_STATES
     }
 

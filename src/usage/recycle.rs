@@ -23,10 +23,14 @@ use std::thread::LocalKey;
 /// allocates, as before.
 pub(crate) const KEEP: usize = 64;
 
+/// A thread's free list of one kind. Boxed: a value moves between the list
+/// and its user as a pointer, never as its ~1 KiB self.
+pub(crate) type FreeList<T> = RefCell<Vec<Box<T>>>;
+
 /// A value with a per-thread free list.
 pub(crate) trait Recycle: Sized + 'static {
     /// This kind's free list on the current thread.
-    fn free_list() -> &'static LocalKey<RefCell<Vec<Box<Self>>>>;
+    fn free_list() -> &'static LocalKey<FreeList<Self>>;
 
     /// Forgets everything the last user left. `false` when the value holds
     /// more memory than is worth keeping: it is dropped instead.
@@ -113,11 +117,11 @@ mod tests {
     }
 
     thread_local! {
-        static FREE_NOTES: RefCell<Vec<Box<Notes>>> = const { RefCell::new(Vec::new()) };
+        static FREE_NOTES: FreeList<Notes> = const { RefCell::new(Vec::new()) };
     }
 
     impl Recycle for Notes {
-        fn free_list() -> &'static LocalKey<RefCell<Vec<Box<Notes>>>> {
+        fn free_list() -> &'static LocalKey<FreeList<Notes>> {
             &FREE_NOTES
         }
 

@@ -31,7 +31,7 @@
 use std::cell::RefCell;
 use std::thread::LocalKey;
 
-use super::recycle::{Recycle, Recycled};
+use super::recycle::{FreeList, Recycle, Recycled};
 
 /// One step of a capture path.
 #[derive(Debug, Clone, Copy)]
@@ -995,11 +995,11 @@ impl Scanner {
 const SPARE_KEEP: usize = 4 * 1024;
 
 thread_local! {
-    static FREE_SCANNERS: RefCell<Vec<Box<Scanner>>> = const { RefCell::new(Vec::new()) };
+    static FREE_SCANNERS: FreeList<Scanner> = const { RefCell::new(Vec::new()) };
 }
 
 impl Recycle for Scanner {
-    fn free_list() -> &'static LocalKey<RefCell<Vec<Box<Scanner>>>> {
+    fn free_list() -> &'static LocalKey<FreeList<Scanner>> {
         &FREE_SCANNERS
     }
 
