@@ -593,7 +593,7 @@ mod streaming_injector_tests {
     fn a_request_reads_the_same_on_a_recycled_scanner() {
         let bodies: [&[u8]; 4] = [
             br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_obfuscation":false},"messages":[]}"#,
-            br#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":""stream_options":{"}]}"#,
+            br#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"\"stream_options\":{"}]}"#,
             br#"{"stream":true,"stream_options":{"include_usage":false},"model":"o3"}"#,
             br#"{"model":"text-embedding-3-small","input":["a","b"]}"#,
         ];
