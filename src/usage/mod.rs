@@ -628,13 +628,12 @@ impl Recycle for SseState {
 
     /// The reader back at a stream's start, both scanners cleaned, the
     /// event buffers emptied (a large one dropped).
-    fn clean(&mut self) -> bool {
+    fn clean(&mut self) {
         self.reader.reset();
-        let event_kept = self.event.clean();
-        let stray_kept = self.stray.clean();
+        self.event.clean();
+        self.stray.clean();
         clear_for_reuse(&mut self.gathered);
         clear_for_reuse(&mut self.kept);
-        event_kept && stray_kept
     }
 }
 

@@ -10,9 +10,8 @@
 //!
 //! What goes back is cleaned first ([`Recycle::clean`]), so nothing one
 //! request saw can reach the next: the same reset that readies a stream's
-//! scanner for its next event. Each list keeps at most [`KEEP`] values, and
-//! a value holding more memory than a usual request needs is dropped rather
-//! than kept.
+//! scanner for its next event, which also gives up any buffer larger than
+//! a usual request needs. Each list keeps at most [`KEEP`] values.
 
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
@@ -32,9 +31,9 @@ pub(crate) trait Recycle: Sized + 'static {
     /// This kind's free list on the current thread.
     fn free_list() -> &'static LocalKey<FreeList<Self>>;
 
-    /// Forgets everything the last user left. `false` when the value holds
-    /// more memory than is worth keeping: it is dropped instead.
-    fn clean(&mut self) -> bool;
+    /// Forgets everything the last user left, and frees any buffer larger
+    /// than is worth keeping.
+    fn clean(&mut self);
 }
 
 /// A boxed value that goes back to its thread's free list when dropped.
@@ -60,9 +59,7 @@ impl<T: Recycle> Drop for Recycled<T> {
         let Some(mut value) = self.0.take() else {
             return;
         };
-        if !value.clean() {
-            return;
-        }
+        value.clean();
         // A thread being torn down has no list left: the value is dropped.
         let _ = T::free_list().try_with(|list| {
             let mut list = list.borrow_mut();
@@ -109,8 +106,8 @@ pub(crate) fn forget<T: Recycle>() {
 mod tests {
     use super::*;
 
-    /// A value that remembers what it was given until cleaned; one that
-    /// grew past 100 is not kept.
+    /// A value that remembers what it was given until cleaned, and gives up
+    /// a buffer grown past 100.
     #[derive(Debug, Default)]
     struct Notes {
         items: Vec<u32>,
@@ -125,10 +122,11 @@ mod tests {
             &FREE_NOTES
         }
 
-        fn clean(&mut self) -> bool {
-            let keep = self.items.len() <= 100;
+        fn clean(&mut self) {
             self.items.clear();
-            keep
+            if self.items.capacity() > 100 {
+                self.items = Vec::new();
+            }
         }
     }
 
@@ -149,7 +147,7 @@ mod tests {
     }
 
     #[test]
-    fn the_list_is_bounded_and_too_large_values_are_dropped() {
+    fn the_list_is_bounded_and_a_kept_value_gives_up_large_buffers() {
         forget::<Notes>();
         let many: Vec<_> = (0..KEEP + 10)
             .map(|_| Recycled::take(Notes::default).0)
@@ -160,7 +158,9 @@ mod tests {
         let (mut large, _) = Recycled::take(Notes::default);
         large.items.extend(0..101);
         drop(large);
-        assert_eq!(kept::<Notes>(), 0);
+        let (again, reused) = Recycled::take(Notes::default);
+        assert!(reused);
+        assert_eq!(again.items.capacity(), 0, "the large buffer is freed");
     }
 
     #[test]

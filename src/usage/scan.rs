@@ -991,7 +991,7 @@ impl Scanner {
 }
 
 /// A kept scanner's capture buffers may be this large; a larger one (a long
-/// error message) is dropped rather than held by the free list.
+/// error message) is freed rather than held by the free list.
 const SPARE_KEEP: usize = 4 * 1024;
 
 thread_local! {
@@ -1003,7 +1003,7 @@ impl Recycle for Scanner {
         &FREE_SCANNERS
     }
 
-    fn clean(&mut self) -> bool {
+    fn clean(&mut self) {
         self.reset();
         self.spare.retain(|buffer| buffer.capacity() <= SPARE_KEEP);
         self.spare.truncate(SLOTS);
@@ -1011,7 +1011,6 @@ impl Recycle for Scanner {
             self.stack = Vec::with_capacity(KEY_DEPTH);
         }
         self.peak_capture = 0;
-        true
     }
 }
 
