@@ -334,7 +334,7 @@ async fn a_poison_record_is_dead_lettered_without_blocking_the_rest() {
                 .unwrap()
                 .path()
                 .extension()
-                .is_some_and(|x| x == "seg")
+                .is_some_and(|x| x == "rec")
         })
         .count();
     assert!(segments <= 1, "{segments} segments left");

@@ -16,7 +16,7 @@
 //! outcome is counted in [`SinkStats`].
 
 pub mod bodies;
-mod record_json;
+mod record_bin;
 pub mod spool;
 
 use std::cell::RefCell;

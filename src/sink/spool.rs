@@ -5,11 +5,17 @@
 //! # On-disk format
 //!
 //! The spool is a directory (`sink.spool_dir`) of segment files named
-//! `<unix-millis>-<pid>-<seq>.seg`. A segment is a sequence of records:
+//! `<unix-millis>-<pid>-<seq>.rec`. A segment is a sequence of records:
 //!
 //! ```text
-//! [len: u32 LE][crc32(payload): u32 LE][payload: len bytes, JSON RequestRecord]
+//! [len: u32 LE][crc32(payload): u32 LE][payload: len bytes, a RequestRecord]
 //! ```
+//!
+//! The payload is the binary record of [`super::record_bin`] (versioned in
+//! its first byte). Segments named `.seg` hold JSON payloads: earlier
+//! versions wrote them, and they are still replayed, never written. Those
+//! versions never touch a `.rec` segment (they claim only `.seg`), so during
+//! an `-u` upgrade the old process cannot misread the new one's segments.
 //!
 //! Beside a segment being replayed, `<segment>.ack` holds the byte offset up
 //! to which its records are known to be in the database (the ledger; 8 bytes,
@@ -55,6 +61,10 @@ use crate::store::RequestRecord;
 pub const MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
 const HEADER_BYTES: usize = 8;
 const DEAD_LETTER: &str = "dead-letter.jsonl";
+/// Segments of binary records, the format written.
+const SEGMENT_EXT: &str = "rec";
+/// Segments of JSON records, written by earlier versions; read only.
+const JSON_SEGMENT_EXT: &str = "seg";
 
 /// A segment's identity within the directory.
 pub type SegmentId = std::sync::Arc<str>;
@@ -81,7 +91,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
 pub fn encode(record: &RequestRecord, out: &mut Vec<u8>) -> Result<(), SpoolError> {
     out.clear();
     out.extend_from_slice(&[0u8; HEADER_BYTES]);
-    super::record_json::write(record, out);
+    super::record_bin::write(record, out);
     let len = out.len() - HEADER_BYTES;
     if len > MAX_RECORD_BYTES {
         return Err(SpoolError::Encode(format!("{len} bytes")));
@@ -104,8 +114,10 @@ pub struct SegmentRead {
 }
 
 /// Reads the records of a segment from `offset` on. Corrupt records are
-/// appended (as raw bytes, escaped) to the dead letter file in `dir`.
+/// appended (as raw bytes: escaped text from a JSON segment, base64 from a
+/// binary one) to the dead letter file in `dir`.
 pub fn read_segment(dir: &Path, path: &Path, offset: u64) -> Result<SegmentRead, SpoolError> {
+    let json = path.extension().is_some_and(|x| x == JSON_SEGMENT_EXT);
     let mut file = File::open(path).map_err(io_err(path))?;
     let mut data = Vec::new();
     file.seek(SeekFrom::Start(offset)).map_err(io_err(path))?;
@@ -122,7 +134,7 @@ pub fn read_segment(dir: &Path, path: &Path, offset: u64) -> Result<SegmentRead,
         if len > MAX_RECORD_BYTES {
             // The length itself is damaged: nothing after it can be framed.
             out.corrupt += 1;
-            dead_letter_raw(dir, &data[pos..], "unframeable tail")?;
+            dead_letter_raw(dir, &data[pos..], json, "unframeable tail")?;
             break;
         }
         let start = pos + HEADER_BYTES;
@@ -135,14 +147,19 @@ pub fn read_segment(dir: &Path, path: &Path, offset: u64) -> Result<SegmentRead,
         let end = offset + pos as u64;
         if crc32fast::hash(payload) != crc {
             out.corrupt += 1;
-            dead_letter_raw(dir, payload, "bad checksum")?;
+            dead_letter_raw(dir, payload, json, "bad checksum")?;
             continue;
         }
-        match serde_json::from_slice::<RequestRecord>(payload) {
+        let decoded = if json {
+            serde_json::from_slice::<RequestRecord>(payload).map_err(|e| e.to_string())
+        } else {
+            super::record_bin::read(payload).map_err(|e| e.to_string())
+        };
+        match decoded {
             Ok(r) => out.records.push((r, end)),
             Err(e) => {
                 out.corrupt += 1;
-                dead_letter_raw(dir, payload, &format!("undecodable: {e}"))?;
+                dead_letter_raw(dir, payload, json, &format!("undecodable: {e}"))?;
             }
         }
     }
@@ -155,8 +172,16 @@ pub fn dead_letter(dir: &Path, record: &RequestRecord, why: &str) -> Result<(), 
     append_line(dir, &line.to_string())
 }
 
-fn dead_letter_raw(dir: &Path, bytes: &[u8], why: &str) -> Result<(), SpoolError> {
-    let line = serde_json::json!({"reason": why, "raw": String::from_utf8_lossy(bytes)});
+/// Bytes that are not a record: a JSON segment's as text (what is left of
+/// the document), a binary segment's in base64 (every byte, to decode by hand).
+fn dead_letter_raw(dir: &Path, bytes: &[u8], json: bool, why: &str) -> Result<(), SpoolError> {
+    use base64::Engine;
+    let line = if json {
+        serde_json::json!({"reason": why, "raw": String::from_utf8_lossy(bytes)})
+    } else {
+        let raw = base64::engine::general_purpose::STANDARD.encode(bytes);
+        serde_json::json!({"reason": why, "raw_base64": raw})
+    };
     append_line(dir, &line.to_string())
 }
 
@@ -209,7 +234,10 @@ pub fn claim_sealed(dir: &Path, skip: impl Fn(&str) -> bool) -> Vec<(PathBuf, Fi
     };
     let mut names: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x == SEGMENT_EXT || x == JSON_SEGMENT_EXT)
+        })
         .filter(|p| p.file_name().is_some_and(|n| !skip(&n.to_string_lossy())))
         .collect();
     names.sort();
@@ -357,7 +385,7 @@ impl SpoolWriter {
         // A name is never reused: create_new, and step past any that exists.
         let (name, path, file) = loop {
             st.seq += 1;
-            let name = format!("{millis:016}-{}-{:06}.seg", self.pid, st.seq);
+            let name = format!("{millis:016}-{}-{:06}.{SEGMENT_EXT}", self.pid, st.seq);
             let path = self.dir.join(&name);
             match OpenOptions::new().create_new(true).append(true).open(&path) {
                 Ok(file) => break (name, path, file),
@@ -502,7 +530,7 @@ mod tests {
         let mut v: Vec<_> = fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .filter(|p| p.extension().is_some_and(|x| x == SEGMENT_EXT))
             .collect();
         v.sort();
         v
@@ -635,6 +663,57 @@ mod tests {
         let read = read_segment(dir.path(), &seg, 0).unwrap();
         assert_eq!(read.records.len(), 0);
         assert_eq!(read.corrupt, 1);
+    }
+
+    #[test]
+    fn a_json_segment_from_an_earlier_version_still_replays() {
+        // Written by the JSON encoder this format replaced, and committed.
+        let name = "0001795766401000-4242-000001.seg";
+        let bytes = include_bytes!("../../tests/fixtures/spool/0001795766401000-4242-000001.seg");
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(name), bytes).unwrap();
+        let w = SpoolWriter::open(dir.path(), 1 << 20, false).unwrap();
+        append(&w, &record(1));
+        w.close();
+        let claimed = claim_sealed(dir.path(), |_| false);
+        let json: Vec<_> = claimed
+            .iter()
+            .filter(|(p, _)| p.extension().is_some_and(|x| x == JSON_SEGMENT_EXT))
+            .collect();
+        assert_eq!(json.len(), 1, "claimed beside the binary segment");
+        let read = read_segment(dir.path(), &json[0].0, 0).unwrap();
+        assert_eq!(read.corrupt, 0);
+        assert!(!read.torn_tail);
+        let got: Vec<_> = read.records.into_iter().map(|(r, _)| r).collect();
+        assert_eq!(got, RequestRecord::samples());
+    }
+
+    #[test]
+    fn an_undecodable_binary_record_is_dead_lettered_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = SpoolWriter::open(dir.path(), 1 << 20, false).unwrap();
+        append(&w, &record(1));
+        drop(w);
+        let seg = segments(dir.path()).remove(0);
+        // A record of a version this build does not know, with a good checksum.
+        let mut bytes = fs::read(&seg).unwrap();
+        bytes[HEADER_BYTES] = 0xee;
+        let crc = crc32fast::hash(&bytes[HEADER_BYTES..]);
+        bytes[4..8].copy_from_slice(&crc.to_le_bytes());
+        fs::write(&seg, &bytes).unwrap();
+        let read = read_segment(dir.path(), &seg, 0).unwrap();
+        assert_eq!((read.records.len(), read.corrupt), (0, 1));
+        let dl = fs::read_to_string(dir.path().join(DEAD_LETTER)).unwrap();
+        let line: serde_json::Value = serde_json::from_str(dl.trim()).unwrap();
+        assert!(
+            line["reason"].as_str().unwrap().contains("version 238"),
+            "{line}"
+        );
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(line["raw_base64"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(raw, &bytes[HEADER_BYTES..]);
     }
 
     #[derive(Debug, Clone)]

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Everything `llm_requests` records about one request. Column meanings are
-/// SPEC §4's; the sink serialises it to the spool as JSON.
+/// SPEC §4's. The spool holds it as a binary record (`sink::record_bin`);
+/// serde's form is the dead letter file's, and the JSON of the spool's
+/// `.seg` segments that earlier versions wrote.
 ///
 /// `Default` (nil id, the epoch, zeros, empty text) is for tests and
 /// benchmarks that set only the fields they are about; the gateway builds
@@ -69,5 +71,81 @@ impl RequestRecord {
             status_code: 200,
             ..RequestRecord::default()
         }
+    }
+
+    /// Records of every shape, with fixed ids and times: absent and present
+    /// options, escapes, metadata that is not a string, extreme counts, a
+    /// negative cost, a leap second, a year past 9999. The committed segment
+    /// `tests/fixtures/spool/*.seg` holds them as the JSON spool format wrote them.
+    pub(crate) fn samples() -> Vec<RequestRecord> {
+        use chrono::TimeZone;
+        use rust_decimal::Decimal;
+        use std::str::FromStr;
+        let at = |s: i64, ns: u32| chrono::DateTime::from_timestamp(s, ns).unwrap();
+        let typical = RequestRecord {
+            id: Uuid::from_u128(0x0193_6f2a_0000_7000_8000_0000_0000_0001),
+            api_key_id: Some(Uuid::from_u128(0x0193_6f2a_0000_7000_8000_0000_0000_00aa)),
+            provider_api_key_hash: Some("3f2a".repeat(16)),
+            provider: "openai".into(),
+            model: "gpt-4o-2024-08-06".into(),
+            request_path: "/v1/chat/completions".into(),
+            request_method: "POST".into(),
+            requested_at: at(1_795_766_401, 123_456_789),
+            responded_at: at(1_795_766_402, 5_000),
+            response_time_ms: 812,
+            time_to_first_byte_ms: Some(95),
+            input_tokens: 1200,
+            output_tokens: 345,
+            cached_tokens: 1024,
+            cache_creation_tokens: 0,
+            reasoning_tokens: 64,
+            input_cost: Decimal::from_str("0.000440").unwrap(),
+            output_cost: Decimal::from_str("0.00345").unwrap(),
+            total_cost: Decimal::from_str("0.003890").unwrap(),
+            price_found: true,
+            usage_complete: true,
+            status_code: 200,
+            error_message: None,
+            raw_metadata: Some(
+                [("feature", "chat"), ("user-id", "u-42")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+                    .collect(),
+            ),
+            request_body: None,
+            response_body: None,
+            body_s3_key: None,
+        };
+        let mut odd = typical.clone();
+        odd.id = Uuid::from_u128(0x0193_6f2a_0000_7000_8000_0000_0000_0002);
+        odd.api_key_id = None;
+        odd.provider_api_key_hash = None;
+        odd.time_to_first_byte_ms = None;
+        odd.error_message = Some("upstream said \"no\"\n\tbad \\ path \u{1} é ✓".into());
+        odd.model = "weird\"model\\".into();
+        odd.request_body = Some("{\"a\":\"\u{7f}\u{0}\"}".into());
+        odd.response_body = Some(String::new());
+        odd.body_s3_key = Some("k/2026-11-27/x.json.gz".into());
+        odd.input_cost = Decimal::from_str("-0.5").unwrap();
+        odd.status_code = -1;
+        odd.input_tokens = i64::MIN;
+        odd.output_tokens = i64::MAX;
+        odd.price_found = false;
+        odd.usage_complete = false;
+        let mut meta = serde_json::Map::new();
+        meta.insert("n".into(), serde_json::Value::from(5));
+        meta.insert("q\"".into(), serde_json::Value::String("v\n".into()));
+        odd.raw_metadata = Some(meta);
+        let mut edges = typical.clone();
+        edges.id = Uuid::from_u128(0x0193_6f2a_0000_7000_8000_0000_0000_0003);
+        edges.raw_metadata = None;
+        edges.requested_at = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_nano_opt(23, 59, 59, 1_500_000_000)
+            .unwrap()
+            .and_utc();
+        edges.responded_at = Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap();
+        edges.total_cost = Decimal::from_str("0.0000000000000000000000000001").unwrap();
+        vec![typical, odd, edges]
     }
 }
