@@ -339,3 +339,62 @@ async fn a_poison_record_is_dead_lettered_without_blocking_the_rest() {
         .count();
     assert!(segments <= 1, "{segments} segments left");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_spool_left_by_an_earlier_build_is_written_after_an_upgrade() {
+    let env = TestEnv::new(Backend::Postgres).await;
+    let (key_id, _) = env.create_key("json-spool");
+    let key_uuid = uuid::Uuid::parse_str(&key_id).unwrap();
+    // A segment as builds before the binary spool left it: a `.seg` file of
+    // [len][crc32][JSON document] records. The document is serde's form of
+    // the record, which those builds' hand-written encoder matched field for
+    // field (the unit test `a_json_segment_from_an_earlier_version_still_replays`
+    // reads a segment that encoder wrote).
+    let spool_dir = env.path().join("spool");
+    std::fs::create_dir_all(&spool_dir).unwrap();
+    let mut records: Vec<_> = (0..40)
+        .map(|i| record(Some(key_uuid), &format!("gpt-4o-{i}")))
+        .collect();
+    records[7].error_message = Some("upstream said \"no\"\n".into());
+    records[9].time_to_first_byte_ms = None;
+    let mut segment = Vec::new();
+    for r in &records {
+        let doc = serde_json::to_vec(r).unwrap();
+        segment.extend_from_slice(&(doc.len() as u32).to_le_bytes());
+        segment.extend_from_slice(&crc32fast::hash(&doc).to_le_bytes());
+        segment.extend_from_slice(&doc);
+    }
+    let old = spool_dir.join("0000000000000001-4242-000001.seg");
+    std::fs::write(&old, &segment).unwrap();
+
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let rows = env.wait_rows(records.len(), Duration::from_secs(15)).await;
+    assert_eq!(rows.len(), records.len());
+    for r in &records {
+        let row = env.row(&r.id.to_string()).await;
+        assert_eq!(row.model, r.model);
+        assert_eq!(row.api_key_id.as_deref(), Some(key_id.as_str()));
+        assert_eq!(row.error_message, r.error_message);
+        assert_eq!(
+            row.time_to_first_byte_ms,
+            r.time_to_first_byte_ms.map(i64::from)
+        );
+        assert_eq!((row.input_tokens, row.output_tokens), (10, 2));
+    }
+    // Written in full, the old segment is removed; nothing was refused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while old.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the .seg segment stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!spool_dir.join("dead-letter.jsonl").exists());
+    assert_eq!(
+        gw.metric("majordomo_sink_records_total{outcome=\"replayed\"}")
+            .await,
+        Some(records.len() as f64)
+    );
+}
