@@ -16,7 +16,9 @@
 //! - `keys/*`: `keys::hash` (BLAKE3 of the presented key) and a key-cache
 //!   hit (`KeyCache::check` on a cached key, SQLite store behind it).
 //! - `record/*`: `gateway::record::build` (ctx → row, incl. the provider
-//!   credential hash and pricing) and `sink::spool::encode` (row → spool bytes).
+//!   credential hash and pricing), `sink::spool::encode` (row → spool bytes),
+//!   `sink::spool::read_segment` over 1 000 records (replay; `_json`: the
+//!   `.seg` format of earlier versions) and the sink's `COPY` row encoding.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -614,6 +616,37 @@ fn bench_record(c: &mut Criterion) {
             black_box(buf.len())
         })
     });
+    // Replay: a segment of 1 000 such records read back, in the format
+    // written (`.rec`) and in the JSON of earlier versions' `.seg` segments.
+    let dir = tempfile::tempdir().unwrap();
+    let mut binary = Vec::new();
+    let mut json = Vec::new();
+    for _ in 0..1000 {
+        majordomo::sink::spool::encode(&rec, &mut buf).unwrap();
+        binary.extend_from_slice(&buf);
+        let doc = serde_json::to_vec(&rec).unwrap();
+        json.extend_from_slice(&(doc.len() as u32).to_le_bytes());
+        json.extend_from_slice(&crc32fast::hash(&doc).to_le_bytes());
+        json.extend_from_slice(&doc);
+    }
+    for (name, bytes) in [
+        ("spool_replay_1000", binary),
+        ("spool_replay_1000_json", json),
+    ] {
+        let ext = if name.ends_with("json") { "seg" } else { "rec" };
+        let path = dir.path().join(format!("0-0-{name}.{ext}"));
+        std::fs::write(&path, &bytes).unwrap();
+        let read = majordomo::sink::spool::read_segment(dir.path(), &path, 0).unwrap();
+        assert_eq!((read.records.len(), read.corrupt), (1000, 0));
+        assert_eq!(read.records[999].0, rec);
+        g.throughput(Throughput::Bytes(bytes.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let read = majordomo::sink::spool::read_segment(dir.path(), &path, 0).unwrap();
+                black_box(read.records.len())
+            })
+        });
+    }
     let mut row = bytes::BytesMut::new();
     majordomo::store::pg_copy::write_row(&mut row, &rec, &[]).unwrap();
     g.throughput(Throughput::Bytes(row.len() as u64));
