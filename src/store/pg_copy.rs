@@ -348,84 +348,12 @@ mod tests {
         out
     }
 
-    fn decimal() -> impl Strategy<Value = Decimal> {
-        // Any mantissa of rust_decimal's 96 bits, any scale, either sign;
-        // and the small exact amounts costs are.
-        prop_oneof![
-            (any::<u128>(), 0u32..=28, any::<bool>()).prop_map(|(m, scale, neg)| {
-                let m = (m & ((1u128 << 96) - 1)) as i128;
-                Decimal::from_i128_with_scale(if neg { -m } else { m }, scale)
-            }),
-            (0i64..10_000_000_000, 0u32..=10).prop_map(|(m, scale)| Decimal::new(m, scale)),
-        ]
-    }
-
-    fn text() -> impl Strategy<Value = String> {
-        "(\\PC|[\"\\\\\u{1}]){0,40}"
-    }
-
-    prop_compose! {
-        fn record()(
-            id in any::<u128>(),
-            key in proptest::option::of(any::<u128>()),
-            hash in proptest::option::of("[0-9a-f]{64}"),
-            model in text(),
-            path in text(),
-            requested_micros in -4_000_000_000_000_000i64..4_000_000_000_000_000,
-            nanos in 0u32..1_000_000_000,
-            elapsed_nanos in 0i64..10_000_000_000,
-            ints in any::<(i32, Option<i32>, i32)>(),
-            tokens in any::<[i64; 5]>(),
-            costs in (decimal(), decimal(), decimal()),
-            flags in any::<(bool, bool)>(),
-            error in proptest::option::of(text()),
-            metadata in proptest::option::of(proptest::collection::btree_map(
-                "[a-z-]{1,8}", text(), 0..4)),
-            bodies in (proptest::option::of(text()), proptest::option::of(text()),
-                proptest::option::of(text())),
-        ) -> RequestRecord {
-            let requested_at = DateTime::from_timestamp_micros(requested_micros).unwrap()
-                + chrono::Duration::nanoseconds(i64::from(nanos % 1000));
-            RequestRecord {
-                id: Uuid::from_u128(id),
-                api_key_id: key.map(Uuid::from_u128),
-                provider_api_key_hash: hash,
-                provider: "openai".into(),
-                model,
-                request_path: path,
-                request_method: "POST".into(),
-                requested_at,
-                responded_at: requested_at + chrono::Duration::nanoseconds(elapsed_nanos),
-                response_time_ms: ints.0,
-                time_to_first_byte_ms: ints.1,
-                input_tokens: tokens[0],
-                output_tokens: tokens[1],
-                cached_tokens: tokens[2],
-                cache_creation_tokens: tokens[3],
-                reasoning_tokens: tokens[4],
-                input_cost: costs.0,
-                output_cost: costs.1,
-                total_cost: costs.2,
-                price_found: flags.0,
-                usage_complete: flags.1,
-                status_code: ints.2,
-                error_message: error,
-                raw_metadata: metadata.map(|m| {
-                    m.into_iter().map(|(k, v)| (k, Value::String(v))).collect()
-                }),
-                request_body: bodies.0,
-                response_body: bodies.1,
-                body_s3_key: bodies.2,
-            }
-        }
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
         #[test]
         fn a_row_is_byte_for_byte_what_tokio_postgres_writes(
-            r in record(),
+            r in crate::store::record::strategy::record(),
             pick in any::<[bool; 4]>(),
         ) {
             // Active names: some of the record's metadata names, and one it lacks.
@@ -440,7 +368,7 @@ mod tests {
         }
 
         #[test]
-        fn a_cost_is_the_numeric_rust_decimal_sends(d in decimal()) {
+        fn a_cost_is_the_numeric_rust_decimal_sends(d in crate::store::record::strategy::decimal()) {
             let mut reference = BytesMut::new();
             d.to_sql(&Type::NUMERIC, &mut reference).unwrap();
             let mut mine = BytesMut::new();
