@@ -120,7 +120,9 @@ fn timestamp(out: &mut Vec<u8>, t: &DateTime<Utc>) {
 }
 
 fn str(out: &mut Vec<u8>, s: &str) {
-    // Records are at most spool::MAX_RECORD_BYTES (4 MiB), far below ABSENT.
+    // A string too long for its u32 length would make the record larger than
+    // spool::MAX_RECORD_BYTES (4 MiB), which spool::encode refuses before the
+    // record is written: a truncated length never reaches a segment.
     out.extend_from_slice(&(s.len() as u32).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
 }
