@@ -18,7 +18,7 @@
 //! `/v1/messages/count_tokens` answers `{"input_tokens": N}`, which is not
 //! billed: it yields no usage.
 
-use super::counts::{captured_counts, Counts};
+use super::counts::{captured_counts, CountPaths, Counts};
 use super::scan::{Scanner, Seg::Key, Targets};
 use super::slot::{ERROR, MODEL, TYPE, USAGE};
 use super::{error_message, target, Findings, Usage};
@@ -38,14 +38,14 @@ pub(super) fn is_count_tokens(path: &str) -> bool {
 }
 
 /// The counts read from a usage object, in the order of [`AnthropicUsage::merge`]'s slots.
-const USAGE_PATHS: [&[&str]; 6] = [
+const USAGE_PATHS: CountPaths<6> = CountPaths::new([
     &["input_tokens"],
     &["output_tokens"],
     &["cache_read_input_tokens"],
     &["cache_creation_input_tokens"],
     &["cache_creation", "ephemeral_5m_input_tokens"],
     &["cache_creation", "ephemeral_1h_input_tokens"],
-];
+]);
 
 /// The latest value of each usage field.
 #[derive(Debug, Default)]

@@ -25,7 +25,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::scan::{string_end, Capture};
+use super::scan::{key_bit, string_end, Capture};
 
 /// What a usage capture held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,11 +36,48 @@ pub(super) struct Counts<const N: usize> {
     pub values: [Option<u64>; N],
 }
 
-/// Reads the counts at `paths` (each one or two keys long) from a captured
-/// value. `Ok(None)`: no capture, or `null`; `Err`: cut short or not JSON.
+/// The paths a provider reads counts at (each one or two keys long), with a
+/// filter of their keys worked out at compile time: most keys of a usage
+/// object (`total_tokens`, `audio_tokens`, …) are no path's, and the filter
+/// dismisses them without comparing them to every path.
+#[derive(Debug)]
+pub(super) struct CountPaths<const N: usize> {
+    paths: [&'static [&'static str]; N],
+    /// The [`key_bit`] of every path's first key.
+    outer_keys: u64,
+    /// The [`key_bit`] of every path's second key.
+    inner_keys: u64,
+}
+
+impl<const N: usize> CountPaths<N> {
+    pub(super) const fn new(paths: [&'static [&'static str]; N]) -> CountPaths<N> {
+        let (mut outer_keys, mut inner_keys) = (0, 0);
+        let mut i = 0;
+        while i < N {
+            let path = paths[i];
+            assert!(
+                !path.is_empty() && path.len() <= 2,
+                "a count path is one or two keys"
+            );
+            outer_keys |= key_bit(path[0].as_bytes());
+            if path.len() == 2 {
+                inner_keys |= key_bit(path[1].as_bytes());
+            }
+            i += 1;
+        }
+        CountPaths {
+            paths,
+            outer_keys,
+            inner_keys,
+        }
+    }
+}
+
+/// Reads the counts at `paths` from a captured value. `Ok(None)`: no
+/// capture, or `null`; `Err`: cut short or not JSON.
 pub(super) fn captured_counts<const N: usize>(
     capture: Option<&Capture>,
-    paths: &[&[&str]; N],
+    paths: &CountPaths<N>,
 ) -> Result<Option<Counts<N>>, ()> {
     let Some(capture) = capture else {
         return Ok(None);
@@ -57,7 +94,7 @@ pub(super) fn captured_counts<const N: usize>(
 /// [`captured_counts`] for any text, through serde.
 fn serde_counts<const N: usize>(
     text: &[u8],
-    paths: &[&[&str]; N],
+    paths: &CountPaths<N>,
 ) -> Result<Option<Counts<N>>, ()> {
     let mut counts = Counts {
         object: false,
@@ -80,13 +117,16 @@ fn serde_counts<const N: usize>(
 /// whether longer paths go on into its value.
 #[inline]
 fn outer_member<const N: usize>(
-    paths: &[&[&str]; N],
+    paths: &CountPaths<N>,
     values: &mut [Option<u64>; N],
     key: &[u8],
 ) -> (Option<usize>, bool) {
     let mut leaf = None;
     let mut nested = false;
-    for (i, path) in paths.iter().enumerate() {
+    if paths.outer_keys & key_bit(key) == 0 {
+        return (leaf, nested);
+    }
+    for (i, path) in paths.paths.iter().enumerate() {
         if path.first().map(|k| k.as_bytes()) == Some(key) {
             values[i] = None;
             match path.len() {
@@ -100,10 +140,14 @@ fn outer_member<const N: usize>(
 
 /// The two-key path `outer` → `key`, if one is asked for.
 #[inline]
-fn inner_slot(paths: &[&[&str]], outer: &[u8], key: &[u8]) -> Option<usize> {
+fn inner_slot<const N: usize>(paths: &CountPaths<N>, outer: &[u8], key: &[u8]) -> Option<usize> {
+    if paths.inner_keys & key_bit(key) == 0 {
+        return None;
+    }
     paths
+        .paths
         .iter()
-        .position(|p| p.len() == 2 && p[0].as_bytes() == outer && p[1].as_bytes() == key)
+        .position(|p| p.len() == 2 && p[1].as_bytes() == key && p[0].as_bytes() == outer)
 }
 
 /// The usage objects providers send, read without serde: `null`, or an
@@ -114,7 +158,7 @@ fn inner_slot(paths: &[&[&str]], outer: &[u8], key: &[u8]) -> Option<usize> {
 /// `None` for anything else, valid or not — escapes, non-ASCII text,
 /// fractions, exponents, large numbers, leading zeros, bad syntax — which
 /// serde then reads: this answers only where its answer is serde's.
-fn plain_counts<const N: usize>(text: &[u8], paths: &[&[&str]; N]) -> Option<Option<Counts<N>>> {
+fn plain_counts<const N: usize>(text: &[u8], paths: &CountPaths<N>) -> Option<Option<Counts<N>>> {
     let mut p = Plain { text, at: 0 };
     p.whitespace();
     let counts = if p.literal(b"null") {
@@ -146,6 +190,32 @@ fn plain_counts<const N: usize>(text: &[u8], paths: &[&[&str]; N]) -> Option<Opt
     };
     p.whitespace();
     (p.at == text.len()).then_some(counts)
+}
+
+/// Whether every byte is printable ASCII (`' '..='~'`), tested 8 bytes at a
+/// time: usage keys are 12 to 26 bytes long, mostly in the scalar tail of a
+/// vector loop. In a word, a byte below 0x20 borrows in `word - 0x2020…`
+/// where its own high bit was clear, and one of 0x7f or above has its high
+/// bit set in `word` or in `word + 0x0101…` (a carry only leaves a byte of
+/// 0xff, flagged already). Borrows and carries start only at flagged bytes,
+/// so a word with none is never flagged.
+fn is_printable_ascii(text: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = ONES * 0x80;
+    let flagged = |word: &[u8]| {
+        let word = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
+        (word.wrapping_sub(ONES * 0x20) & !word | word | word.wrapping_add(ONES)) & HIGHS
+    };
+    if text.len() < 8 {
+        return text.iter().all(|b| (b' '..=b'~').contains(b));
+    }
+    let mut words = text.chunks_exact(8);
+    let mut found = words.by_ref().fold(0, |found, word| found | flagged(word));
+    if !words.remainder().is_empty() {
+        // The last 8 bytes, overlapping the words already tested.
+        found |= flagged(&text[text.len() - 8..]);
+    }
+    found == 0
 }
 
 /// How deep [`plain_counts`] follows arrays and objects before leaving the
@@ -196,11 +266,7 @@ impl<'a> Plain<'a> {
             return None;
         }
         let content = &rest[..end];
-        // No early exit: the compiler turns this into a vector loop.
-        let plain = content
-            .iter()
-            .fold(true, |plain, &b| plain & (b' '..=b'~').contains(&b));
-        if !plain {
+        if !is_printable_ascii(content) {
             return None;
         }
         self.at += content.len() + 1;
@@ -318,7 +384,7 @@ impl<'a> Plain<'a> {
 
 /// The whole value; `true` when it is `null`.
 struct Top<'a, const N: usize> {
-    paths: &'a [&'a [&'a str]; N],
+    paths: &'a CountPaths<N>,
     counts: &'a mut Counts<N>,
 }
 
@@ -447,7 +513,7 @@ impl<'de> Visitor<'de> for Count {
 /// The object under `outer`: fills the two-key paths that start there.
 struct Inner<'a, 'k, const N: usize> {
     outer: &'k str,
-    paths: &'a [&'a [&'a str]; N],
+    paths: &'a CountPaths<N>,
     values: &'a mut [Option<u64>; N],
 }
 
@@ -619,13 +685,13 @@ mod tests {
 
     use super::*;
 
-    const PATHS: [&[&str]; 5] = [
+    const PATHS: CountPaths<5> = CountPaths::new([
         &["prompt_tokens"],
         &["completion_tokens"],
         &["prompt_tokens_details", "cached_tokens"],
         &["completion_tokens_details", "reasoning_tokens"],
         &["prompt_tokens_details", "cache_write_tokens"],
-    ];
+    ]);
 
     fn capture(text: &str) -> Capture {
         Capture {
@@ -641,7 +707,7 @@ mod tests {
             Ok(Value::Null) => Ok(None),
             Ok(v) => Ok(Some(Counts {
                 object: v.is_object(),
-                values: PATHS.map(|path| {
+                values: PATHS.paths.map(|path| {
                     path.iter()
                         .try_fold(&v, |v, key| v.get(key))
                         .and_then(Value::as_u64)
@@ -668,6 +734,31 @@ mod tests {
         assert_eq!(member_kinds(text.as_bytes(), keys), by_serde, "{text}");
         if let Some(plain) = plain_member_kinds(text.as_bytes(), &keys) {
             assert_eq!(Some(plain), by_serde, "plain kinds on {text}");
+        }
+    }
+
+    #[test]
+    fn printable_ascii_is_space_to_tilde_at_every_position() {
+        let reference = |t: &[u8]| t.iter().all(|b| (b' '..=b'~').contains(b));
+        for len in 0..=24 {
+            for at in 0..len {
+                for b in [0x00, 0x1f, b' ', b'~', 0x7f, 0x80, 0xfe, 0xff] {
+                    let mut text = vec![b'a'; len];
+                    text[at] = b;
+                    assert_eq!(is_printable_ascii(&text), reference(&text), "{text:?}");
+                }
+            }
+            assert!(is_printable_ascii(&vec![b'~'; len]));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn printable_ascii_on_any_bytes(text in proptest::collection::vec(any::<u8>(), 0..40)) {
+            prop_assert_eq!(
+                is_printable_ascii(&text),
+                text.iter().all(|b| (b' '..=b'~').contains(b))
+            );
         }
     }
 

@@ -23,7 +23,7 @@
 //! written mid-stream without `data:` (handled by the caller's stray-line
 //! scanner).
 
-use super::counts::{captured_counts, Counts};
+use super::counts::{captured_counts, CountPaths, Counts};
 use super::scan::{Scanner, Seg::Item, Seg::Key, Targets};
 use super::slot::{ERROR, FINISH, MODEL, USAGE};
 use super::{captured_str, error_message, target, Findings, Usage};
@@ -109,13 +109,13 @@ pub(super) fn replaces_earlier_usage(doc: &Scanner) -> bool {
 }
 
 /// The counts read from `usageMetadata`.
-const USAGE_PATHS: [&[&str]; 5] = [
+const USAGE_PATHS: CountPaths<5> = CountPaths::new([
     &["promptTokenCount"],
     &["candidatesTokenCount"],
     &["cachedContentTokenCount"],
     &["thoughtsTokenCount"],
     &["toolUsePromptTokenCount"],
-];
+]);
 
 fn usage_from(meta: &Counts<5>) -> Option<Usage> {
     if meta.values.iter().all(Option::is_none) {

@@ -17,7 +17,7 @@
 //!
 //! The last non-null `usage` wins.
 
-use super::counts::{captured_counts, Counts};
+use super::counts::{captured_counts, CountPaths, Counts};
 use super::scan::{Scanner, Seg::Item, Seg::Key, Targets};
 use super::slot::{ERROR, MESSAGE, MODEL, TYPE, USAGE};
 use super::{error_message, target, Findings, Usage};
@@ -81,7 +81,7 @@ pub(super) fn is_terminal_event(kind: &[u8]) -> bool {
 
 /// The counts read from a usage object: the Responses API's names, then
 /// Chat Completions'.
-const USAGE_PATHS: [&[&str]; 10] = [
+const USAGE_PATHS: CountPaths<10> = CountPaths::new([
     &["input_tokens"],
     &["input_tokens_details", "cached_tokens"],
     &["input_tokens_details", "cache_write_tokens"],
@@ -92,7 +92,7 @@ const USAGE_PATHS: [&[&str]; 10] = [
     &["prompt_tokens_details", "cache_write_tokens"],
     &["completion_tokens"],
     &["completion_tokens_details", "reasoning_tokens"],
-];
+]);
 
 /// Reads either usage shape; `None` when the object has neither.
 fn usage_from(counts: &Counts<10>) -> Option<Usage> {

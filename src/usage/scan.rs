@@ -1043,7 +1043,7 @@ fn is_whitespace(b: u8) -> bool {
 
 /// A key's bit in a one-word filter of keys, from its length and first byte
 /// (different keys may share a bit: a filter only says "maybe").
-const fn key_bit(key: &[u8]) -> u64 {
+pub(super) const fn key_bit(key: &[u8]) -> u64 {
     let first = if key.is_empty() { 0 } else { key[0] as usize };
     1 << ((first * 31 + key.len()) & 63)
 }
