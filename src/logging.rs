@@ -84,7 +84,7 @@ pub fn init(config: &Config) -> LogOutput {
 
 /// One request's access line.
 pub struct AccessLine<'a> {
-    pub request_id: &'a str,
+    pub request_id: uuid::Uuid,
     pub method: &'a str,
     pub path: &'a str,
     pub provider: &'a str,
@@ -97,7 +97,12 @@ impl fmt::Display for AccessLine<'_> {
         write!(
             f,
             "{} {} {} {} {} {}ms",
-            self.request_id, self.method, self.path, self.provider, self.status, self.elapsed_ms
+            self.request_id.hyphenated(),
+            self.method,
+            self.path,
+            self.provider,
+            self.status,
+            self.elapsed_ms
         )
     }
 }
@@ -173,13 +178,10 @@ fn write_access_line(
         out.extend_from_slice(ACCESS_TARGET.as_bytes());
         out.extend_from_slice(b"] ");
     }
-    for (i, field) in [line.request_id, line.method, line.path, line.provider]
-        .into_iter()
-        .enumerate()
-    {
-        if i > 0 {
-            out.push(b' ');
-        }
+    // The id's text needs no escaping.
+    out.extend_from_slice(&crate::gateway::ctx::hyphenated_lower(&line.request_id));
+    for field in [line.method, line.path, line.provider] {
+        out.push(b' ');
         if json {
             json_escape_into(out, field);
         } else {
@@ -601,7 +603,7 @@ mod tests {
         ];
         for path in paths {
             let line = AccessLine {
-                request_id: "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+                request_id: uuid::Uuid::parse_str("0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b").unwrap(),
                 method: "POST",
                 path,
                 provider: "openai",
@@ -636,7 +638,7 @@ mod tests {
         let mut out = Vec::new();
         let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_820_712_045);
         let line = AccessLine {
-            request_id: "r",
+            request_id: uuid::Uuid::nil(),
             method: "GET",
             path: "/",
             provider: "gemini",

@@ -89,20 +89,20 @@ impl Default for RequestCtx {
 
 impl RequestCtx {
     /// The request id as the 36-character header value, without allocating.
-    pub fn request_id_str<'b>(&self, buf: &'b mut [u8; 36]) -> &'b str {
-        hyphenated_lower(self.request_id.as_bytes(), buf)
+    pub fn request_id_text(&self) -> [u8; 36] {
+        hyphenated_lower(&self.request_id)
     }
 }
 
 /// A UUID as its 36-character hyphenated lowercase text (what
-/// `Uuid::hyphenated().encode_lower` writes), 4 bytes per step: the 8
-/// nibbles spread to the 8 bytes of a word, then made digits at once. uuid
-/// takes one nibble at a time (~250 instructions per id; the id is written
-/// twice per request: its header and the access log).
-fn hyphenated_lower<'b>(id: &[u8; 16], buf: &'b mut [u8; 36]) -> &'b str {
+/// `Uuid::hyphenated().encode_lower` writes), as bytes: a header value and
+/// the access log take bytes, so nothing checks them again as UTF-8. 4
+/// bytes per step: their 8 nibbles spread to the 8 bytes of a word, then
+/// made digits at once.
+pub fn hyphenated_lower(id: &Uuid) -> [u8; 36] {
     const ONES: u64 = 0x0101_0101_0101_0101;
     let mut hex = [0u8; 32];
-    for (src, dst) in id.chunks_exact(4).zip(hex.chunks_exact_mut(8)) {
+    for (src, dst) in id.as_bytes().chunks_exact(4).zip(hex.chunks_exact_mut(8)) {
         let mut x = u64::from(u32::from_be_bytes([src[0], src[1], src[2], src[3]]));
         // Each step moves the upper half of every group up, leaving
         // nibble k (from the most significant) in byte k, big-endian.
@@ -114,15 +114,13 @@ fn hyphenated_lower<'b>(id: &[u8; 16], buf: &'b mut [u8; 36]) -> &'b str {
         let digits = x + ONES * u64::from(b'0') + letters * 0x27;
         dst.copy_from_slice(&digits.to_be_bytes());
     }
-    buf[..8].copy_from_slice(&hex[..8]);
-    buf[9..13].copy_from_slice(&hex[8..12]);
-    buf[14..18].copy_from_slice(&hex[12..16]);
-    buf[19..23].copy_from_slice(&hex[16..20]);
-    buf[24..].copy_from_slice(&hex[20..]);
-    for at in [8, 13, 18, 23] {
-        buf[at] = b'-';
-    }
-    std::str::from_utf8(buf).unwrap_or_default()
+    let mut text = [b'-'; 36];
+    text[..8].copy_from_slice(&hex[..8]);
+    text[9..13].copy_from_slice(&hex[8..12]);
+    text[14..18].copy_from_slice(&hex[12..16]);
+    text[19..23].copy_from_slice(&hex[16..20]);
+    text[24..].copy_from_slice(&hex[20..]);
+    text
 }
 
 #[cfg(test)]
@@ -133,11 +131,10 @@ mod tests {
     use super::hyphenated_lower;
 
     fn check(id: Uuid) {
-        let mut buf = [0; 36];
         let mut expected = [0; 36];
         assert_eq!(
-            hyphenated_lower(id.as_bytes(), &mut buf),
-            id.hyphenated().encode_lower(&mut expected)
+            hyphenated_lower(&id),
+            id.hyphenated().encode_lower(&mut expected).as_bytes()
         );
     }
 

@@ -247,8 +247,7 @@ async fn respond(
     let mut header = ResponseHeader::build(status, Some(4))?;
     header.insert_header(http::header::CONTENT_TYPE, content_type)?;
     header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    let mut id = [0u8; 36];
-    header.insert_header(REQUEST_ID_HEADER, ctx.request_id_str(&mut id))?;
+    header.insert_header(REQUEST_ID_HEADER, &ctx.request_id_text()[..])?;
     ctx.status = status;
     ctx.local_response = true;
     session
@@ -395,8 +394,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.status = upstream_response.status.as_u16();
-        let mut id = [0u8; 36];
-        upstream_response.insert_header(REQUEST_ID_HEADER, ctx.request_id_str(&mut id))?;
+        upstream_response.insert_header(REQUEST_ID_HEADER, &ctx.request_id_text()[..])?;
         let header = |name: http::header::HeaderName| {
             upstream_response
                 .headers
@@ -560,10 +558,10 @@ impl ProxyHttp for Gateway {
                 .observe(&row, priced_as.as_deref(), ending == Ending::UpstreamFailed);
             self.sink.submit(row);
         }
-        let mut id = [0u8; 36];
         let request = session.req_header();
+        // The id's text is made only if the line is written.
         crate::logging::access(&crate::logging::AccessLine {
-            request_id: ctx.request_id_str(&mut id),
+            request_id: ctx.request_id,
             method: request.method.as_str(),
             path: request.uri.path(),
             provider: ctx.provider.as_str(),
