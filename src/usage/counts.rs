@@ -25,7 +25,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::scan::{key_bit, string_end, Capture};
+use super::scan::{key_bit, printable_string_end, Capture};
 
 /// What a usage capture held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,32 +192,6 @@ fn plain_counts<const N: usize>(text: &[u8], paths: &CountPaths<N>) -> Option<Op
     (p.at == text.len()).then_some(counts)
 }
 
-/// Whether every byte is printable ASCII (`' '..='~'`), tested 8 bytes at a
-/// time: usage keys are 12 to 26 bytes long, mostly in the scalar tail of a
-/// vector loop. In a word, a byte below 0x20 borrows in `word - 0x2020…`
-/// where its own high bit was clear, and one of 0x7f or above has its high
-/// bit set in `word` or in `word + 0x0101…` (a carry only leaves a byte of
-/// 0xff, flagged already). Borrows and carries start only at flagged bytes,
-/// so a word with none is never flagged.
-fn is_printable_ascii(text: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = ONES * 0x80;
-    let flagged = |word: &[u8]| {
-        let word = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
-        (word.wrapping_sub(ONES * 0x20) & !word | word | word.wrapping_add(ONES)) & HIGHS
-    };
-    if text.len() < 8 {
-        return text.iter().all(|b| (b' '..=b'~').contains(b));
-    }
-    let mut words = text.chunks_exact(8);
-    let mut found = words.by_ref().fold(0, |found, word| found | flagged(word));
-    if !words.remainder().is_empty() {
-        // The last 8 bytes, overlapping the words already tested.
-        found |= flagged(&text[text.len() - 8..]);
-    }
-    found == 0
-}
-
 /// How deep [`plain_counts`] follows arrays and objects before leaving the
 /// value to serde.
 const PLAIN_DEPTH: usize = 4;
@@ -260,15 +234,14 @@ impl<'a> Plain<'a> {
             return None;
         }
         let rest = &self.text[self.at..];
-        // Up to the first quote or backslash; a backslash (an escape) declines.
-        let end = string_end(rest);
+        // Up to the first quote, backslash or byte that is not printable
+        // ASCII; any but the quote (an escape, a control character, UTF-8)
+        // declines.
+        let end = printable_string_end(rest);
         if rest.get(end) != Some(&b'"') {
             return None;
         }
         let content = &rest[..end];
-        if !is_printable_ascii(content) {
-            return None;
-        }
         self.at += content.len() + 1;
         Some(content)
     }
@@ -734,31 +707,6 @@ mod tests {
         assert_eq!(member_kinds(text.as_bytes(), keys), by_serde, "{text}");
         if let Some(plain) = plain_member_kinds(text.as_bytes(), &keys) {
             assert_eq!(Some(plain), by_serde, "plain kinds on {text}");
-        }
-    }
-
-    #[test]
-    fn printable_ascii_is_space_to_tilde_at_every_position() {
-        let reference = |t: &[u8]| t.iter().all(|b| (b' '..=b'~').contains(b));
-        for len in 0..=24 {
-            for at in 0..len {
-                for b in [0x00, 0x1f, b' ', b'~', 0x7f, 0x80, 0xfe, 0xff] {
-                    let mut text = vec![b'a'; len];
-                    text[at] = b;
-                    assert_eq!(is_printable_ascii(&text), reference(&text), "{text:?}");
-                }
-            }
-            assert!(is_printable_ascii(&vec![b'~'; len]));
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn printable_ascii_on_any_bytes(text in proptest::collection::vec(any::<u8>(), 0..40)) {
-            prop_assert_eq!(
-                is_printable_ascii(&text),
-                text.iter().all(|b| (b' '..=b'~').contains(b))
-            );
         }
     }
 

@@ -396,15 +396,15 @@ impl Scanner {
     /// captured string is checked for raw control characters (nobody reads
     /// the others).
     fn string_run(&mut self, input: &[u8]) -> usize {
-        let run = string_end(input);
-        if run > 0 && !self.active.is_empty() {
-            let text = &input[..run];
-            if has_control_byte(text) {
-                self.fail(ScanError::Malformed);
-                return 0;
-            }
-            self.record_run(text);
+        if self.active.is_empty() {
+            return string_end(input);
         }
+        let run = checked_string_end(input);
+        if control_at(input, run) {
+            self.fail(ScanError::Malformed);
+            return 0;
+        }
+        self.record_run(&input[..run]);
         run
     }
 
@@ -412,13 +412,17 @@ impl Scanner {
     /// key is plain and its value a plain string, a number or a literal:
     /// most members of a chunk or of a usage object, and the scalar targets
     /// (a model name, a type). The byte state machine took ~7 steps and 2
-    /// runs for one. Returns 0 to leave anything else to the state machine,
-    /// which then reads the same bytes with the same result: escapes,
-    /// containers, a member cut by the end of the input, malformed text.
+    /// runs for one. When the value is an object or an array, this takes
+    /// the key and the colon (the state machine's 4 steps and a run) and
+    /// leaves the bracket to [`Scanner::begin_value`], which works out the
+    /// targets below it. Returns 0 to leave anything else to the state
+    /// machine, which then reads the same bytes with the same result:
+    /// escapes, a member cut by the end of the input, malformed text.
     fn member_run(&mut self, input: &[u8]) -> usize {
-        let key_len = string_end(&input[1..]);
+        // A key with a control character is left to the state machine, to fail.
+        let key_len = checked_string_end(&input[1..]);
         let key = &input[1..1 + key_len];
-        if input.get(1 + key_len) != Some(&b'"') || has_control_byte(key) {
+        if input.get(1 + key_len) != Some(&b'"') {
             return 0;
         }
         let colon = skip_whitespace(input, 2 + key_len);
@@ -428,8 +432,7 @@ impl Scanner {
         let value = skip_whitespace(input, colon + 1);
         let rest = &input[value.min(input.len())..];
         let first = match rest.first() {
-            Some(&b @ (b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n')) => b,
-            // A container: the state machine works out the targets below it.
+            Some(&b @ (b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n' | b'{' | b'[')) => b,
             _ => return 0,
         };
         // The targets whose path goes through this key; those that end here
@@ -442,16 +445,27 @@ impl Scanner {
         } else {
             0
         };
+        if let b'{' | b'[' = first {
+            // As the state machine leaves a key: then a value must follow.
+            self.set_key(key);
+            if tracked {
+                self.alive[depth] = below;
+            }
+            self.record_run(&input[..value]);
+            self.state = State::Value;
+            return value;
+        }
         let targets = self.targets.list;
         let captured = bits(below).any(|i| targets[i].path.len() == depth);
         let value_len = match first {
             b'"' => {
-                let text_len = string_end(&rest[1..]);
                 // As in string_run: only a captured string is checked for control bytes.
-                if rest.get(1 + text_len) != Some(&b'"')
-                    || ((captured || !self.active.is_empty())
-                        && has_control_byte(&rest[1..1 + text_len]))
-                {
+                let text_len = if captured || !self.active.is_empty() {
+                    checked_string_end(&rest[1..])
+                } else {
+                    string_end(&rest[1..])
+                };
+                if rest.get(1 + text_len) != Some(&b'"') {
                     return 0;
                 }
                 text_len + 2
@@ -466,10 +480,7 @@ impl Scanner {
             b'n' if rest.starts_with(b"null") => 4,
             _ => return 0,
         };
-        if let Some(buf) = self.current_key() {
-            *buf = KeyBuf::EMPTY;
-            buf.push_run(key);
-        }
+        self.set_key(key);
         if tracked {
             self.alive[depth] = below;
         }
@@ -487,14 +498,22 @@ impl Scanner {
         end
     }
 
+    /// The innermost object's key is `key` (plain: no quote, no backslash).
+    fn set_key(&mut self, key: &[u8]) {
+        if let Some(buf) = self.current_key() {
+            *buf = KeyBuf::EMPTY;
+            buf.push_run(key);
+        }
+    }
+
     /// Plain key bytes up to the next quote or backslash.
     fn key_run(&mut self, input: &[u8]) -> usize {
-        let run = string_end(input);
-        let text = &input[..run];
-        if has_control_byte(text) {
+        let run = checked_string_end(input);
+        if control_at(input, run) {
             self.fail(ScanError::Malformed);
             return 0;
         }
+        let text = &input[..run];
         self.record_run(text);
         if let Some(key) = self.current_key() {
             key.push_run(text);
@@ -511,6 +530,7 @@ impl Scanner {
     /// checked here, so a syntax error inside such a container goes
     /// unnoticed (the values that matter are all outside it).
     fn skip_run(&mut self, input: &[u8], depth: usize) -> usize {
+        let capturing = !self.active.is_empty();
         let mut i = 0;
         let mut failed = None;
         while i < input.len() {
@@ -521,8 +541,12 @@ impl Scanner {
                     continue;
                 }
                 let rest = &input[i..];
-                let run = string_end(rest);
-                if !self.active.is_empty() && has_control_byte(&rest[..run]) {
+                let run = if capturing {
+                    checked_string_end(rest)
+                } else {
+                    string_end(rest)
+                };
+                if capturing && control_at(rest, run) {
                     failed = Some(ScanError::Malformed);
                     break;
                 }
@@ -1068,8 +1092,39 @@ fn skip_whitespace(input: &[u8], mut at: usize) -> usize {
 /// longer runs.
 #[inline]
 pub(super) fn string_end(text: &[u8]) -> usize {
+    string_end_by::<false, false>(text)
+}
+
+/// [`string_end`] that also stops at a raw control character (below
+/// 0x20), which JSON does not allow in a string: where a captured string or
+/// a key is read, one pass instead of a search and then a check of the run.
+#[inline]
+fn checked_string_end(text: &[u8]) -> usize {
+    string_end_by::<true, false>(text)
+}
+
+/// [`checked_string_end`] that also stops at any byte that is not printable
+/// ASCII (0x7f and above): the usage reader's plain strings.
+#[inline]
+pub(super) fn printable_string_end(text: &[u8]) -> usize {
+    string_end_by::<true, true>(text)
+}
+
+/// The first `"` or `\` in `text`, or with `CONTROL` also a byte below 0x20,
+/// or with `UNPRINTABLE` also one above `~`; else `text.len()`.
+///
+/// In a word, every test flags its matching bytes in their high bit, and
+/// flags another byte only above a match of its own (a borrow or carry runs
+/// upward from a matching byte), so the lowest flag of all the tests
+/// together is a true match. After 32 bytes, `memchr2` finds the quote or
+/// backslash and a fold over the run (a vector loop) says whether another
+/// stop comes first.
+#[inline(always)]
+fn string_end_by<const CONTROL: bool, const UNPRINTABLE: bool>(text: &[u8]) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let stops =
+        |b: u8| b == b'"' || b == b'\\' || (CONTROL && b < 0x20) || (UNPRINTABLE && b > b'~');
     let mut at = 0;
     while at < 32 {
         let Some(word) = text.get(at..at + 8) else {
@@ -1077,54 +1132,93 @@ pub(super) fn string_end(text: &[u8]) -> usize {
             return at
                 + text[at..]
                     .iter()
-                    .position(|&b| b == b'"' || b == b'\\')
+                    .position(|&b| stops(b))
                     .unwrap_or(text.len() - at);
         };
         let word = u64::from_le_bytes(word.try_into().unwrap_or_default());
         let quote = word ^ (ONES * u64::from(b'"'));
         let backslash = word ^ (ONES * u64::from(b'\\'));
-        let found = ((quote.wrapping_sub(ONES) & !quote)
-            | (backslash.wrapping_sub(ONES) & !backslash))
-            & HIGHS;
+        let mut found =
+            (quote.wrapping_sub(ONES) & !quote) | (backslash.wrapping_sub(ONES) & !backslash);
+        if CONTROL {
+            found |= word.wrapping_sub(ONES * 0x20) & !word;
+        }
+        if UNPRINTABLE {
+            found |= word | word.wrapping_add(ONES);
+        }
+        found &= HIGHS;
         if found != 0 {
             return at + (found.trailing_zeros() / 8) as usize;
         }
         at += 8;
     }
-    at + memchr::memchr2(b'"', b'\\', &text[at..]).unwrap_or(text.len() - at)
+    let end = at + memchr::memchr2(b'"', b'\\', &text[at..]).unwrap_or(text.len() - at);
+    if CONTROL || UNPRINTABLE {
+        let run = &text[at..end];
+        // No early exit: the compiler turns the fold into a vector loop.
+        if run.iter().fold(false, |found, &b| found | stops(b)) {
+            return at + run.iter().position(|&b| stops(b)).unwrap_or(run.len());
+        }
+    }
+    end
 }
 
-/// A raw control character, which JSON does not allow inside a string.
-fn has_control_byte(text: &[u8]) -> bool {
-    // No early exit: the compiler turns this into a vector loop.
-    text.iter().fold(false, |found, &b| found | (b < 0x20))
+/// Whether the byte at `at` is a raw control character (a run of string
+/// bytes ended there rather than at a quote or backslash).
+fn control_at(text: &[u8], at: usize) -> bool {
+    text.get(at).is_some_and(|&b| b < 0x20)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// What each end-of-string search should answer, a byte at a time:
+    /// [`string_end`], [`checked_string_end`], [`printable_string_end`].
+    fn reference_ends(text: &[u8]) -> [usize; 3] {
+        let first = |stops: &dyn Fn(u8) -> bool| text.iter().position(|&b| stops(b));
+        let escapes = |b: u8| b == b'"' || b == b'\\';
+        [
+            first(&escapes),
+            first(&|b| escapes(b) || b < 0x20),
+            first(&|b| escapes(b) || !(b' '..=b'~').contains(&b)),
+        ]
+        .map(|at| at.unwrap_or(text.len()))
+    }
+
+    fn ends(text: &[u8]) -> [usize; 3] {
+        [
+            string_end(text),
+            checked_string_end(text),
+            printable_string_end(text),
+        ]
+    }
+
     #[test]
-    fn string_end_is_the_first_quote_or_backslash() {
-        let reference = |t: &[u8]| memchr::memchr2(b'"', b'\\', t).unwrap_or(t.len());
+    fn string_ends_are_the_first_stop_byte() {
         let mut text = Vec::new();
-        // Every length to past the word-wise part (32 bytes), the stop byte at every place, with
-        // neighbours that trip a careless has-zero test (0x01 above a match, 0x80+, 0x21/0x23).
+        // Every length to past the word-wise part (32 bytes), each stop byte at every place
+        // (and a quote after it), with neighbours that trip a careless test: 0x01 below a
+        // match, 0x20 and 0x7e at the edges of printable, 0x21/0x23 beside the quote, 0x5b/0x5d
+        // beside the backslash, 0x80+.
         for len in 0..48 {
             for stop in 0..=len {
-                for &(mark, filler) in &[(b'"', b'a'), (b'\\', 0x01), (b'"', 0xa2), (b'\\', 0x5d)] {
-                    text.clear();
-                    text.extend((0..len).map(|i| {
-                        if i % 3 == 0 {
-                            filler
-                        } else {
-                            0x21 + (i % 2) as u8 * 2
+                for mark in [b'"', b'\\', 0x00, 0x1f, 0x7f, 0x80, 0xff] {
+                    for filler in [b'a', 0x01, b' ', b'~', 0x21, 0x5d, 0xa2] {
+                        text.clear();
+                        text.extend((0..len).map(|i| match i % 3 {
+                            0 => filler,
+                            1 => 0x21 + (i % 2) as u8 * 2,
+                            _ => 0x5b,
+                        }));
+                        if stop < len {
+                            text[stop] = mark;
+                            if stop + 3 < len {
+                                text[stop + 3] = b'"';
+                            }
                         }
-                    }));
-                    if stop < len {
-                        text[stop] = mark;
+                        assert_eq!(ends(&text), reference_ends(&text), "{text:?}");
                     }
-                    assert_eq!(string_end(&text), reference(&text), "{text:?}");
                 }
             }
         }
@@ -1132,16 +1226,16 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn string_end_agrees_with_memchr2(text in proptest::collection::vec(
+        fn string_ends_agree_with_a_byte_at_a_time(text in proptest::collection::vec(
             proptest::prop_oneof![
-                8 => proptest::prelude::any::<u8>(),
+                8 => b' '..=b'~',
+                2 => proptest::prelude::any::<u8>(),
                 1 => proptest::strategy::Just(b'"'),
                 1 => proptest::strategy::Just(b'\\'),
             ],
-            0..64,
+            0..96,
         )) {
-            let reference = memchr::memchr2(b'"', b'\\', &text).unwrap_or(text.len());
-            proptest::prop_assert_eq!(string_end(&text), reference);
+            proptest::prop_assert_eq!(ends(&text), reference_ends(&text));
         }
     }
 
@@ -1264,6 +1358,38 @@ mod tests {
         let mut nested = br#"{"choices":"#.to_vec();
         nested.extend(&input);
         assert_eq!(scan(&nested).status(), Status::Failed(ScanError::TooDeep));
+    }
+
+    #[test]
+    fn control_characters_in_keys_and_captured_strings_are_refused() {
+        for text in [
+            // Keys, whatever their value and whether a target's or not.
+            &b"{\"us\x01age\":1}"[..],
+            b"{\"k\x1f\":{}}",
+            b"{\"a\":1,\"\x00\":[1]}",
+            // A captured string, alone or inside a captured object.
+            b"{\"model\":\"g\npt\"}",
+            b"{\"usage\":{\"k\":\"\x1f\"}}",
+        ] {
+            assert_eq!(
+                scan(text).status(),
+                Status::Failed(ScanError::Malformed),
+                "{text:?}"
+            );
+            for split in 0..=text.len() {
+                let mut s = Scanner::new(&TARGETS);
+                s.push(&text[..split]);
+                s.push(&text[split..]);
+                s.end_of_input();
+                assert_eq!(
+                    s.status(),
+                    Status::Failed(ScanError::Malformed),
+                    "{text:?} at {split}"
+                );
+            }
+        }
+        // Nobody reads the other strings: not checked.
+        assert_eq!(scan(b"{\"id\":\"a\x01b\"}").status(), Status::Complete);
     }
 
     #[test]
