@@ -25,7 +25,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::scan::{key_bit, printable_string_end, Capture};
+use super::scan::{key_slot, printable_string_end, Capture};
 
 /// What a usage capture held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,22 +36,26 @@ pub(super) struct Counts<const N: usize> {
     pub values: [Option<u64>; N],
 }
 
-/// The paths a provider reads counts at (each one or two keys long), with a
-/// filter of their keys worked out at compile time: most keys of a usage
-/// object (`total_tokens`, `audio_tokens`, …) are no path's, and the filter
-/// dismisses them without comparing them to every path.
+/// The paths a provider reads counts at (each one or two keys long), with
+/// tables from a key to the paths it can be part of, worked out at compile
+/// time. Most keys of a usage object (`total_tokens`, `audio_tokens`, …)
+/// are no path's: their entry is empty and they are compared with nothing.
+/// The others are compared with the paths in their entry only, about one.
 #[derive(Debug)]
 pub(super) struct CountPaths<const N: usize> {
     paths: [&'static [&'static str]; N],
-    /// The [`key_bit`] of every path's first key.
-    outer_keys: u64,
-    /// The [`key_bit`] of every path's second key.
-    inner_keys: u64,
+    /// By [`key_slot`]: the paths (bit `i` = `paths[i]`) whose first key
+    /// has that slot.
+    by_first_key: [u32; 64],
+    /// By [`key_slot`]: the two-key paths whose second key has that slot.
+    by_second_key: [u32; 64],
 }
 
 impl<const N: usize> CountPaths<N> {
     pub(super) const fn new(paths: [&'static [&'static str]; N]) -> CountPaths<N> {
-        let (mut outer_keys, mut inner_keys) = (0, 0);
+        assert!(N <= 32, "at most 32 count paths (bits of a u32)");
+        let mut by_first_key = [0; 64];
+        let mut by_second_key = [0; 64];
         let mut i = 0;
         while i < N {
             let path = paths[i];
@@ -59,18 +63,29 @@ impl<const N: usize> CountPaths<N> {
                 !path.is_empty() && path.len() <= 2,
                 "a count path is one or two keys"
             );
-            outer_keys |= key_bit(path[0].as_bytes());
+            by_first_key[key_slot(path[0].as_bytes())] |= 1 << i;
             if path.len() == 2 {
-                inner_keys |= key_bit(path[1].as_bytes());
+                by_second_key[key_slot(path[1].as_bytes())] |= 1 << i;
             }
             i += 1;
         }
         CountPaths {
             paths,
-            outer_keys,
-            inner_keys,
+            by_first_key,
+            by_second_key,
         }
     }
+}
+
+/// The indexes of the bits set in `mask`, lowest first.
+fn bits(mut mask: u32) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (mask != 0).then(|| {
+            let i = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            i
+        })
+    })
 }
 
 /// Reads the counts at `paths` from a captured value. `Ok(None)`: no
@@ -114,40 +129,34 @@ fn serde_counts<const N: usize>(
 /// A key of the usage object, for both readers: clears the counts of the
 /// paths that start there (a repeated key replaces what the earlier one
 /// said) and says which one-key path it ends, if any (that wins), and
-/// whether longer paths go on into its value.
+/// which two-key paths go on into its value (bit `i` = `paths[i]`).
 #[inline]
 fn outer_member<const N: usize>(
     paths: &CountPaths<N>,
     values: &mut [Option<u64>; N],
     key: &[u8],
-) -> (Option<usize>, bool) {
+) -> (Option<usize>, u32) {
     let mut leaf = None;
-    let mut nested = false;
-    if paths.outer_keys & key_bit(key) == 0 {
-        return (leaf, nested);
-    }
-    for (i, path) in paths.paths.iter().enumerate() {
+    let mut nested = 0;
+    for i in bits(paths.by_first_key[key_slot(key)]) {
+        let path = paths.paths[i];
         if path.first().map(|k| k.as_bytes()) == Some(key) {
             values[i] = None;
             match path.len() {
                 1 => leaf = Some(i),
-                _ => nested = true,
+                _ => nested |= 1 << i,
             }
         }
     }
     (leaf, nested)
 }
 
-/// The two-key path `outer` → `key`, if one is asked for.
+/// The path among `nested` (two-key paths whose first key is the
+/// enclosing one, from [`outer_member`]) whose second key is `key`.
 #[inline]
-fn inner_slot<const N: usize>(paths: &CountPaths<N>, outer: &[u8], key: &[u8]) -> Option<usize> {
-    if paths.inner_keys & key_bit(key) == 0 {
-        return None;
-    }
-    paths
-        .paths
-        .iter()
-        .position(|p| p.len() == 2 && p[1].as_bytes() == key && p[0].as_bytes() == outer)
+fn inner_slot<const N: usize>(paths: &CountPaths<N>, nested: u32, key: &[u8]) -> Option<usize> {
+    bits(paths.by_second_key[key_slot(key)] & nested)
+        .find(|&i| paths.paths[i].get(1).map(|k| k.as_bytes()) == Some(key))
 }
 
 /// The usage objects providers send, read without serde: `null`, or an
@@ -172,10 +181,10 @@ fn plain_counts<const N: usize>(text: &[u8], paths: &CountPaths<N>) -> Option<Op
             let (leaf, nested) = outer_member(paths, &mut counts.values, key);
             if let Some(i) = leaf {
                 counts.values[i] = p.count()?;
-            } else if nested && p.peek() == Some(b'{') {
+            } else if nested != 0 && p.peek() == Some(b'{') {
                 let values = &mut counts.values;
                 p.object(|p, inner| {
-                    match inner_slot(paths, key, inner) {
+                    match inner_slot(paths, nested, inner) {
                         Some(i) => values[i] = p.count()?,
                         None => p.skip(1)?,
                     }
@@ -408,9 +417,9 @@ impl<'de, const N: usize> Visitor<'de> for Top<'_, N> {
             let (leaf, nested) = outer_member(self.paths, &mut self.counts.values, key.as_bytes());
             if let Some(i) = leaf {
                 self.counts.values[i] = map.next_value_seed(Count)?;
-            } else if nested {
+            } else if nested != 0 {
                 map.next_value_seed(Inner {
-                    outer: key,
+                    nested,
                     paths: self.paths,
                     values: &mut self.counts.values,
                 })?;
@@ -483,14 +492,15 @@ impl<'de> Visitor<'de> for Count {
     }
 }
 
-/// The object under `outer`: fills the two-key paths that start there.
-struct Inner<'a, 'k, const N: usize> {
-    outer: &'k str,
+/// The object under a usage key: fills the two-key paths that go on into it
+/// (`nested`, from [`outer_member`]).
+struct Inner<'a, const N: usize> {
+    nested: u32,
     paths: &'a CountPaths<N>,
     values: &'a mut [Option<u64>; N],
 }
 
-impl<'de, const N: usize> DeserializeSeed<'de> for Inner<'_, '_, N> {
+impl<'de, const N: usize> DeserializeSeed<'de> for Inner<'_, N> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
@@ -498,7 +508,7 @@ impl<'de, const N: usize> DeserializeSeed<'de> for Inner<'_, '_, N> {
     }
 }
 
-impl<'de, const N: usize> Visitor<'de> for Inner<'_, '_, N> {
+impl<'de, const N: usize> Visitor<'de> for Inner<'_, N> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -517,7 +527,7 @@ impl<'de, const N: usize> Visitor<'de> for Inner<'_, '_, N> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key_seed(Key)? {
-            match inner_slot(self.paths, self.outer.as_bytes(), key.as_bytes()) {
+            match inner_slot(self.paths, self.nested, key.as_bytes()) {
                 Some(i) => self.values[i] = map.next_value_seed(Count)?,
                 None => {
                     map.next_value_seed(Kind::Null)?;
@@ -674,13 +684,16 @@ mod tests {
     }
 
     /// What reading the capture as a `serde_json::Value` gives.
-    fn via_value(text: &str) -> Result<Option<Counts<5>>, ()> {
+    fn via_value<const N: usize>(
+        text: &str,
+        paths: &CountPaths<N>,
+    ) -> Result<Option<Counts<N>>, ()> {
         match serde_json::from_str::<Value>(text) {
             Err(_) => Err(()),
             Ok(Value::Null) => Ok(None),
             Ok(v) => Ok(Some(Counts {
                 object: v.is_object(),
-                values: PATHS.paths.map(|path| {
+                values: paths.paths.map(|path| {
                     path.iter()
                         .try_fold(&v, |v, key| v.get(key))
                         .and_then(Value::as_u64)
@@ -691,7 +704,7 @@ mod tests {
 
     /// Both readers give a document's answer; the plain one may decline.
     fn check(text: &str) {
-        let expected = via_value(text);
+        let expected = via_value(text, &PATHS);
         assert_eq!(
             captured_counts(Some(&capture(text)), &PATHS),
             expected,
@@ -707,6 +720,39 @@ mod tests {
         assert_eq!(member_kinds(text.as_bytes(), keys), by_serde, "{text}");
         if let Some(plain) = plain_member_kinds(text.as_bytes(), &keys) {
             assert_eq!(Some(plain), by_serde, "plain kinds on {text}");
+        }
+    }
+
+    #[test]
+    fn keys_that_share_a_slot_are_told_apart() {
+        // Same first byte and length: one slot for all the first keys, and
+        // one for the second keys.
+        const SHARED: CountPaths<5> = CountPaths::new([
+            &["ab"],
+            &["ac"],
+            &["ad", "x1"],
+            &["ae", "x2"],
+            &["ad", "x2"],
+        ]);
+        assert_eq!(SHARED.by_first_key[key_slot(b"ab")], 0b11111);
+        assert_eq!(SHARED.by_second_key[key_slot(b"x1")], 0b11100);
+        for text in [
+            r#"{"ab":1,"ac":2,"ad":{"x1":3,"x2":4},"ae":{"x1":5,"x2":6},"af":7}"#,
+            r#"{"ae":{"x2":1},"ad":{"x2":2,"x3":9},"aa":{"x1":3}}"#,
+            r#"{"ad":{"x1":1},"ad":{"x2":2},"ab":{"x1":3},"ac":4}"#,
+            r#"{"ad":{"x\u0031":1},"a\u0062":2}"#,
+        ] {
+            let expected = via_value(text, &SHARED);
+            assert!(matches!(expected, Ok(Some(_))), "{text}");
+            assert_eq!(
+                captured_counts(Some(&capture(text)), &SHARED),
+                expected,
+                "{text}"
+            );
+            assert_eq!(serde_counts(text.as_bytes(), &SHARED), expected, "{text}");
+            if let Some(plain) = plain_counts(text.as_bytes(), &SHARED) {
+                assert_eq!(Ok(plain), expected, "plain reader on {text}");
+            }
         }
     }
 

@@ -1065,11 +1065,17 @@ fn is_whitespace(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
-/// A key's bit in a one-word filter of keys, from its length and first byte
-/// (different keys may share a bit: a filter only says "maybe").
-pub(super) const fn key_bit(key: &[u8]) -> u64 {
+/// A key's bit in a one-word filter of keys (different keys may share a
+/// bit: a filter only says "maybe").
+const fn key_bit(key: &[u8]) -> u64 {
+    1 << key_slot(key)
+}
+
+/// One of 64 slots for a key, from its length and first byte: the keys on
+/// the wire that usage lives under differ in one or the other.
+pub(super) const fn key_slot(key: &[u8]) -> usize {
     let first = if key.is_empty() { 0 } else { key[0] as usize };
-    1 << ((first * 31 + key.len()) & 63)
+    (first * 31 + key.len()) & 63
 }
 
 /// The first index from `at` that is not whitespace (or the length).
