@@ -60,15 +60,18 @@ pub(crate) struct Targets {
     max_depth: usize,
     /// One bit per target: all are alive at the top.
     all: u32,
-    /// `key_filter[d]`: the [`key_bit`] of every target key at depth `d`.
-    key_filter: [u64; KEY_DEPTH],
+    /// `by_key_slot[d][slot]`: the targets whose key at depth `d` has that
+    /// [`key_slot`]. Most keys on the wire are no target's: their entry is
+    /// empty, and they are compared with nothing; the others with the
+    /// targets in their entry only.
+    by_key_slot: [[u32; 64]; KEY_DEPTH],
 }
 
 impl Targets {
     pub(crate) const fn new(list: &'static [Target]) -> Targets {
         assert!(list.len() <= MAX_TARGETS, "too many scan targets");
         let mut max_depth = 0;
-        let mut key_filter = [0u64; KEY_DEPTH];
+        let mut by_key_slot = [[0u32; 64]; KEY_DEPTH];
         let mut t = 0;
         while t < list.len() {
             let path = list[t].path;
@@ -80,7 +83,7 @@ impl Targets {
             let mut d = 0;
             while d < path.len() {
                 if let Seg::Key(k) = path[d] {
-                    key_filter[d] |= key_bit(k.as_bytes());
+                    by_key_slot[d][key_slot(k.as_bytes())] |= 1 << t;
                 }
                 d += 1;
             }
@@ -90,7 +93,7 @@ impl Targets {
             list,
             max_depth,
             all: (1u64 << list.len()).wrapping_sub(1) as u32,
-            key_filter,
+            by_key_slot,
         }
     }
 }
@@ -264,10 +267,6 @@ pub(crate) struct Scanner {
     /// in objects, the current keys. Set when an array opens and when a key
     /// ends, so a value's start tests bits instead of walking every path.
     alive: [u32; KEY_DEPTH + 1],
-    /// `key_filter[d]`: the [`key_bit`] of every target key at depth `d`.
-    /// Most keys on the wire are no target's, and are dismissed by it without
-    /// being compared to any.
-    key_filter: [u64; KEY_DEPTH],
     /// Inside a container no target can reach: skipping to the depth given,
     /// see [`Scanner::skip_run`].
     skip_to: Option<usize>,
@@ -293,7 +292,6 @@ impl Scanner {
             spare: Vec::new(),
             peak_capture: 0,
             alive: alive_at_start(targets),
-            key_filter: targets.key_filter,
             skip_to: None,
             skip_in_string: false,
             skip_escaped: false,
@@ -318,7 +316,6 @@ impl Scanner {
             self.targets = targets;
             self.max_target_depth = targets.max_depth;
             self.alive = alive_at_start(targets);
-            self.key_filter = targets.key_filter;
         }
     }
 
@@ -439,8 +436,7 @@ impl Scanner {
         // capture the value. (Past the deepest target nothing is tracked.)
         let depth = self.stack.len();
         let tracked = depth <= self.max_target_depth;
-        // The filter first: most keys are no target's.
-        let below = if tracked && self.may_be_target_key(depth, key) {
+        let below = if tracked {
             self.targets_below(depth, key)
         } else {
             0
@@ -531,12 +527,16 @@ impl Scanner {
     /// unnoticed (the values that matter are all outside it).
     fn skip_run(&mut self, input: &[u8], depth: usize) -> usize {
         let capturing = !self.active.is_empty();
+        // The string state in locals for the loop (a string may be cut by
+        // the end of the last input, or right after a backslash).
+        let mut in_string = self.skip_in_string;
+        let mut escaped = self.skip_escaped;
         let mut i = 0;
         let mut failed = None;
         while i < input.len() {
-            if self.skip_in_string {
-                if self.skip_escaped {
-                    self.skip_escaped = false;
+            if in_string {
+                if escaped {
+                    escaped = false;
                     i += 1;
                     continue;
                 }
@@ -553,16 +553,25 @@ impl Scanner {
                 i += run;
                 if let Some(&b) = input.get(i) {
                     if b == b'\\' {
-                        self.skip_escaped = true;
+                        escaped = true;
                     } else {
-                        self.skip_in_string = false;
+                        in_string = false;
                     }
                     i += 1;
                 }
                 continue;
             }
+            // Between strings: numbers, literals, colons, commas and
+            // whitespace pass without a look.
+            match input[i..].iter().position(|&b| SKIP_STOPS[usize::from(b)]) {
+                Some(run) => i += run,
+                None => {
+                    i = input.len();
+                    break;
+                }
+            }
             match input[i] {
-                b'"' => self.skip_in_string = true,
+                b'"' => in_string = true,
                 b'{' | b'[' => {
                     if self.stack.len() >= MAX_DEPTH {
                         failed = Some(ScanError::TooDeep);
@@ -574,7 +583,7 @@ impl Scanner {
                         Container::Array
                     });
                 }
-                b'}' | b']' => {
+                _ => {
                     let closing = if input[i] == b'}' {
                         Container::Object
                     } else {
@@ -587,15 +596,19 @@ impl Scanner {
                     if self.stack.len() == depth {
                         i += 1;
                         self.record_run(&input[..i]);
+                        // Outside any string, as the next skip must start.
+                        self.skip_in_string = false;
+                        self.skip_escaped = false;
                         self.skip_to = None;
                         self.end_value();
                         return i;
                     }
                 }
-                _ => {}
             }
             i += 1;
         }
+        self.skip_in_string = in_string;
+        self.skip_escaped = escaped;
         match failed {
             Some(e) => self.fail(e),
             None => self.record_run(&input[..i]),
@@ -794,15 +807,6 @@ impl Scanner {
         self.keys.get_mut(depth)
     }
 
-    /// Whether `key`, in the object at `depth` (1 = top level), may be some
-    /// target's key there: a "no" from [`Scanner::key_filter`] is certain.
-    fn may_be_target_key(&self, depth: usize, key: &[u8]) -> bool {
-        depth
-            .checked_sub(1)
-            .and_then(|d| self.key_filter.get(d))
-            .is_none_or(|&filter| filter & key_bit(key) != 0)
-    }
-
     /// The key of the innermost object is complete: the targets still alive
     /// one level down are those whose segment there is this key.
     fn key_ended(&mut self) {
@@ -813,23 +817,32 @@ impl Scanner {
         let Some(key) = self.keys.get(depth - 1) else {
             return;
         };
-        self.alive[depth] = if key.unmatchable || !self.may_be_target_key(depth, key.bytes()) {
+        self.alive[depth] = if key.unmatchable {
             0
         } else {
             self.targets_below(depth, key.bytes())
         };
     }
 
-    /// The targets alive below `key` (plain, unescaped, passed by the key
-    /// filter) in the object at `depth` (1 = top level, at most the deepest
-    /// target's depth): those alive at the object whose segment there is
-    /// this key.
+    /// The targets alive below `key` (plain, unescaped) in the object at
+    /// `depth` (1 = top level, at most the deepest target's depth): those
+    /// alive at the object whose segment there is this key. Only the
+    /// targets with a key of the same [`key_slot`] there are compared.
     fn targets_below(&self, depth: usize, key: &[u8]) -> u32 {
-        if key.len() > KEY_CAP {
+        let (Some(by_slot), Some(&alive)) = (
+            depth
+                .checked_sub(1)
+                .and_then(|d| self.targets.by_key_slot.get(d)),
+            depth.checked_sub(1).and_then(|d| self.alive.get(d)),
+        ) else {
+            return 0;
+        };
+        let candidates = alive & by_slot[key_slot(key)];
+        if candidates == 0 || key.len() > KEY_CAP {
             return 0;
         }
         let mut below = 0;
-        for i in bits(self.alive[depth - 1]) {
+        for i in bits(candidates) {
             if let Some(Seg::Key(k)) = self.targets.list[i].path.get(depth - 1) {
                 if key == k.as_bytes() {
                     below |= 1 << i;
@@ -1065,11 +1078,17 @@ fn is_whitespace(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
-/// A key's bit in a one-word filter of keys (different keys may share a
-/// bit: a filter only says "maybe").
-const fn key_bit(key: &[u8]) -> u64 {
-    1 << key_slot(key)
-}
+/// The bytes [`Scanner::skip_run`] stops at outside strings: a quote and
+/// the brackets.
+static SKIP_STOPS: [bool; 256] = {
+    let mut stops = [false; 256];
+    stops[b'"' as usize] = true;
+    stops[b'{' as usize] = true;
+    stops[b'}' as usize] = true;
+    stops[b'[' as usize] = true;
+    stops[b']' as usize] = true;
+    stops
+};
 
 /// One of 64 slots for a key, from its length and first byte: the keys on
 /// the wire that usage lives under differ in one or the other.
@@ -1518,20 +1537,10 @@ mod tests {
         /// and captures the scalar targets.
         #[test]
         fn whole_members_are_read_as_the_byte_state_machine_reads_them(text in json_text()) {
-            // `response` is captured and has a target inside: its members are
-            // read (not skipped) and recorded into its capture.
-            static TARGETS: Targets = Targets::new(&[
-                Target { path: &[Seg::Key("response")], slot: 0 },
-                Target { path: &[Seg::Key("response"), Seg::Key("usage")], slot: 1 },
-                Target { path: &[Seg::Key("model")], slot: 2 },
-                Target { path: &[Seg::Item, Seg::Key("n")], slot: 3 },
-                // Two targets end at one member: each captures it.
-                Target { path: &[Seg::Key("model")], slot: 3 },
-            ]);
-            let mut whole = Scanner::new(&TARGETS);
+            let mut whole = Scanner::new(&PROPERTY_TARGETS);
             whole.push(&text);
             whole.end_of_input();
-            let mut bytewise = Scanner::new(&TARGETS);
+            let mut bytewise = Scanner::new(&PROPERTY_TARGETS);
             for b in &text {
                 bytewise.push(std::slice::from_ref(b));
             }
@@ -1543,12 +1552,62 @@ mod tests {
                 proptest::prop_assert_eq!(a.map(|c| (&c.bytes, c.start, c.end)), b.map(|c| (&c.bytes, c.start, c.end)));
             }
         }
+
+        /// Cut in three anywhere (a string in a skipped container cut, then
+        /// closed with its container in the next piece, …): read as whole.
+        #[test]
+        fn any_three_pieces_read_as_the_whole(text in json_text(), a in 0..=u16::MAX, b in 0..=u16::MAX) {
+            let cut = |at: u16| usize::from(at) % (text.len() + 1);
+            let (x, y) = (cut(a).min(cut(b)), cut(a).max(cut(b)));
+            let mut whole = Scanner::new(&PROPERTY_TARGETS);
+            whole.push(&text);
+            whole.end_of_input();
+            let mut pieces = Scanner::new(&PROPERTY_TARGETS);
+            for piece in [&text[..x], &text[x..y], &text[y..]] {
+                pieces.push(piece);
+            }
+            pieces.end_of_input();
+            proptest::prop_assert_eq!(whole.status(), pieces.status());
+            proptest::prop_assert_eq!(whole.documents(), pieces.documents());
+            for slot in 0..4 {
+                let (a, b) = (whole.capture(slot), pieces.capture(slot));
+                proptest::prop_assert_eq!(a.map(|c| (&c.bytes, c.start, c.end)), b.map(|c| (&c.bytes, c.start, c.end)));
+            }
+        }
     }
+
+    /// For the properties. `response` is captured and has a target inside:
+    /// its members are read (not skipped) and recorded into its capture.
+    static PROPERTY_TARGETS: Targets = Targets::new(&[
+        Target {
+            path: &[Seg::Key("response")],
+            slot: 0,
+        },
+        Target {
+            path: &[Seg::Key("response"), Seg::Key("usage")],
+            slot: 1,
+        },
+        Target {
+            path: &[Seg::Key("model")],
+            slot: 2,
+        },
+        Target {
+            path: &[Seg::Item, Seg::Key("n")],
+            slot: 3,
+        },
+        // Two targets end at one member: each captures it.
+        Target {
+            path: &[Seg::Key("model")],
+            slot: 3,
+        },
+    ]);
 
     #[test]
     fn splitting_the_input_anywhere_gives_the_same_captures() {
-        let input = br#"{"s":"x\\y\"z","usage":{"k":[true,false,null,-1.5E+2]},"model":"m"}"#;
+        let input = br#"{"s":"x\\y\"z","choices":[{"a":"b\"]"}],"id":"q","o":["}",{"c":"d"}],"usage":{"k":[true,false,null,-1.5E+2]},"model":"m"}"#;
         let whole = scan(input);
+        assert_eq!(whole.status(), Status::Complete);
+        assert_eq!(captured(&whole, 1), Some(&br#""m""#[..]));
         for split in 0..=input.len() {
             let mut s = Scanner::new(&TARGETS);
             s.push(&input[..split]);
