@@ -60,18 +60,15 @@ pub(crate) struct Targets {
     max_depth: usize,
     /// One bit per target: all are alive at the top.
     all: u32,
-    /// `by_key_slot[d][slot]`: the targets whose key at depth `d` has that
-    /// [`key_slot`]. Most keys on the wire are no target's: their entry is
-    /// empty, and they are compared with nothing; the others with the
-    /// targets in their entry only.
-    by_key_slot: [[u32; 64]; KEY_DEPTH],
+    /// `key_filter[d]`: the [`key_bit`] of every target key at depth `d`.
+    key_filter: [u64; KEY_DEPTH],
 }
 
 impl Targets {
     pub(crate) const fn new(list: &'static [Target]) -> Targets {
         assert!(list.len() <= MAX_TARGETS, "too many scan targets");
         let mut max_depth = 0;
-        let mut by_key_slot = [[0u32; 64]; KEY_DEPTH];
+        let mut key_filter = [0u64; KEY_DEPTH];
         let mut t = 0;
         while t < list.len() {
             let path = list[t].path;
@@ -83,7 +80,7 @@ impl Targets {
             let mut d = 0;
             while d < path.len() {
                 if let Seg::Key(k) = path[d] {
-                    by_key_slot[d][key_slot(k.as_bytes())] |= 1 << t;
+                    key_filter[d] |= key_bit(k.as_bytes());
                 }
                 d += 1;
             }
@@ -93,7 +90,7 @@ impl Targets {
             list,
             max_depth,
             all: (1u64 << list.len()).wrapping_sub(1) as u32,
-            by_key_slot,
+            key_filter,
         }
     }
 }
@@ -267,6 +264,10 @@ pub(crate) struct Scanner {
     /// in objects, the current keys. Set when an array opens and when a key
     /// ends, so a value's start tests bits instead of walking every path.
     alive: [u32; KEY_DEPTH + 1],
+    /// `key_filter[d]`: the [`key_bit`] of every target key at depth `d`.
+    /// Most keys on the wire are no target's, and are dismissed by it without
+    /// being compared to any.
+    key_filter: [u64; KEY_DEPTH],
     /// Inside a container no target can reach: skipping to the depth given,
     /// see [`Scanner::skip_run`].
     skip_to: Option<usize>,
@@ -292,6 +293,7 @@ impl Scanner {
             spare: Vec::new(),
             peak_capture: 0,
             alive: alive_at_start(targets),
+            key_filter: targets.key_filter,
             skip_to: None,
             skip_in_string: false,
             skip_escaped: false,
@@ -316,6 +318,7 @@ impl Scanner {
             self.targets = targets;
             self.max_target_depth = targets.max_depth;
             self.alive = alive_at_start(targets);
+            self.key_filter = targets.key_filter;
         }
     }
 
@@ -436,7 +439,8 @@ impl Scanner {
         // capture the value. (Past the deepest target nothing is tracked.)
         let depth = self.stack.len();
         let tracked = depth <= self.max_target_depth;
-        let below = if tracked {
+        // The filter first: most keys are no target's.
+        let below = if tracked && self.may_be_target_key(depth, key) {
             self.targets_below(depth, key)
         } else {
             0
@@ -527,16 +531,12 @@ impl Scanner {
     /// unnoticed (the values that matter are all outside it).
     fn skip_run(&mut self, input: &[u8], depth: usize) -> usize {
         let capturing = !self.active.is_empty();
-        // The string state in locals for the loop (a string may be cut by
-        // the end of the last input, or right after a backslash).
-        let mut in_string = self.skip_in_string;
-        let mut escaped = self.skip_escaped;
         let mut i = 0;
         let mut failed = None;
         while i < input.len() {
-            if in_string {
-                if escaped {
-                    escaped = false;
+            if self.skip_in_string {
+                if self.skip_escaped {
+                    self.skip_escaped = false;
                     i += 1;
                     continue;
                 }
@@ -553,25 +553,16 @@ impl Scanner {
                 i += run;
                 if let Some(&b) = input.get(i) {
                     if b == b'\\' {
-                        escaped = true;
+                        self.skip_escaped = true;
                     } else {
-                        in_string = false;
+                        self.skip_in_string = false;
                     }
                     i += 1;
                 }
                 continue;
             }
-            // Between strings: numbers, literals, colons, commas and
-            // whitespace pass without a look.
-            match input[i..].iter().position(|&b| SKIP_STOPS[usize::from(b)]) {
-                Some(run) => i += run,
-                None => {
-                    i = input.len();
-                    break;
-                }
-            }
             match input[i] {
-                b'"' => in_string = true,
+                b'"' => self.skip_in_string = true,
                 b'{' | b'[' => {
                     if self.stack.len() >= MAX_DEPTH {
                         failed = Some(ScanError::TooDeep);
@@ -583,7 +574,7 @@ impl Scanner {
                         Container::Array
                     });
                 }
-                _ => {
+                b'}' | b']' => {
                     let closing = if input[i] == b'}' {
                         Container::Object
                     } else {
@@ -596,19 +587,15 @@ impl Scanner {
                     if self.stack.len() == depth {
                         i += 1;
                         self.record_run(&input[..i]);
-                        // Outside any string, as the next skip must start.
-                        self.skip_in_string = false;
-                        self.skip_escaped = false;
                         self.skip_to = None;
                         self.end_value();
                         return i;
                     }
                 }
+                _ => {}
             }
             i += 1;
         }
-        self.skip_in_string = in_string;
-        self.skip_escaped = escaped;
         match failed {
             Some(e) => self.fail(e),
             None => self.record_run(&input[..i]),
@@ -807,6 +794,15 @@ impl Scanner {
         self.keys.get_mut(depth)
     }
 
+    /// Whether `key`, in the object at `depth` (1 = top level), may be some
+    /// target's key there: a "no" from [`Scanner::key_filter`] is certain.
+    fn may_be_target_key(&self, depth: usize, key: &[u8]) -> bool {
+        depth
+            .checked_sub(1)
+            .and_then(|d| self.key_filter.get(d))
+            .is_none_or(|&filter| filter & key_bit(key) != 0)
+    }
+
     /// The key of the innermost object is complete: the targets still alive
     /// one level down are those whose segment there is this key.
     fn key_ended(&mut self) {
@@ -817,32 +813,23 @@ impl Scanner {
         let Some(key) = self.keys.get(depth - 1) else {
             return;
         };
-        self.alive[depth] = if key.unmatchable {
+        self.alive[depth] = if key.unmatchable || !self.may_be_target_key(depth, key.bytes()) {
             0
         } else {
             self.targets_below(depth, key.bytes())
         };
     }
 
-    /// The targets alive below `key` (plain, unescaped) in the object at
-    /// `depth` (1 = top level, at most the deepest target's depth): those
-    /// alive at the object whose segment there is this key. Only the
-    /// targets with a key of the same [`key_slot`] there are compared.
+    /// The targets alive below `key` (plain, unescaped, passed by the key
+    /// filter) in the object at `depth` (1 = top level, at most the deepest
+    /// target's depth): those alive at the object whose segment there is
+    /// this key.
     fn targets_below(&self, depth: usize, key: &[u8]) -> u32 {
-        let (Some(by_slot), Some(&alive)) = (
-            depth
-                .checked_sub(1)
-                .and_then(|d| self.targets.by_key_slot.get(d)),
-            depth.checked_sub(1).and_then(|d| self.alive.get(d)),
-        ) else {
-            return 0;
-        };
-        let candidates = alive & by_slot[key_slot(key)];
-        if candidates == 0 || key.len() > KEY_CAP {
+        if key.len() > KEY_CAP {
             return 0;
         }
         let mut below = 0;
-        for i in bits(candidates) {
+        for i in bits(self.alive[depth - 1]) {
             if let Some(Seg::Key(k)) = self.targets.list[i].path.get(depth - 1) {
                 if key == k.as_bytes() {
                     below |= 1 << i;
@@ -1078,17 +1065,11 @@ fn is_whitespace(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
-/// The bytes [`Scanner::skip_run`] stops at outside strings: a quote and
-/// the brackets.
-static SKIP_STOPS: [bool; 256] = {
-    let mut stops = [false; 256];
-    stops[b'"' as usize] = true;
-    stops[b'{' as usize] = true;
-    stops[b'}' as usize] = true;
-    stops[b'[' as usize] = true;
-    stops[b']' as usize] = true;
-    stops
-};
+/// A key's bit in a one-word filter of keys (different keys may share a
+/// bit: a filter only says "maybe").
+const fn key_bit(key: &[u8]) -> u64 {
+    1 << key_slot(key)
+}
 
 /// One of 64 slots for a key, from its length and first byte: the keys on
 /// the wire that usage lives under differ in one or the other.
