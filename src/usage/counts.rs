@@ -25,7 +25,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::scan::{key_slot, printable_string_end, Capture};
+use super::scan::{bits, key_slot, printable_string_end, Capture};
 
 /// What a usage capture held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,17 +75,6 @@ impl<const N: usize> CountPaths<N> {
             by_second_key,
         }
     }
-}
-
-/// The indexes of the bits set in `mask`, lowest first.
-fn bits(mut mask: u32) -> impl Iterator<Item = usize> {
-    std::iter::from_fn(move || {
-        (mask != 0).then(|| {
-            let i = mask.trailing_zeros() as usize;
-            mask &= mask - 1;
-            i
-        })
-    })
 }
 
 /// Reads the counts at `paths` from a captured value. `Ok(None)`: no

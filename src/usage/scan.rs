@@ -1046,7 +1046,7 @@ fn alive_at_start(targets: &Targets) -> [u32; KEY_DEPTH + 1] {
 }
 
 /// The indexes of the bits set in `mask`, lowest first.
-fn bits(mut mask: u32) -> impl Iterator<Item = usize> {
+pub(super) fn bits(mut mask: u32) -> impl Iterator<Item = usize> {
     std::iter::from_fn(move || {
         (mask != 0).then(|| {
             let i = mask.trailing_zeros() as usize;
