@@ -1518,20 +1518,7 @@ mod tests {
         /// and captures the scalar targets.
         #[test]
         fn whole_members_are_read_as_the_byte_state_machine_reads_them(text in json_text()) {
-            let mut whole = Scanner::new(&PROPERTY_TARGETS);
-            whole.push(&text);
-            whole.end_of_input();
-            let mut bytewise = Scanner::new(&PROPERTY_TARGETS);
-            for b in &text {
-                bytewise.push(std::slice::from_ref(b));
-            }
-            bytewise.end_of_input();
-            proptest::prop_assert_eq!(whole.status(), bytewise.status());
-            proptest::prop_assert_eq!(whole.documents(), bytewise.documents());
-            for slot in 0..4 {
-                let (a, b) = (whole.capture(slot), bytewise.capture(slot));
-                proptest::prop_assert_eq!(a.map(|c| (&c.bytes, c.start, c.end)), b.map(|c| (&c.bytes, c.start, c.end)));
-            }
+            proptest::prop_assert_eq!(reading(&fed([&text[..]])), reading(&fed(text.chunks(1))));
         }
 
         /// Cut in three anywhere (a string in a skipped container cut, then
@@ -1540,21 +1527,28 @@ mod tests {
         fn any_three_pieces_read_as_the_whole(text in json_text(), a in 0..=u16::MAX, b in 0..=u16::MAX) {
             let cut = |at: u16| usize::from(at) % (text.len() + 1);
             let (x, y) = (cut(a).min(cut(b)), cut(a).max(cut(b)));
-            let mut whole = Scanner::new(&PROPERTY_TARGETS);
-            whole.push(&text);
-            whole.end_of_input();
-            let mut pieces = Scanner::new(&PROPERTY_TARGETS);
-            for piece in [&text[..x], &text[x..y], &text[y..]] {
-                pieces.push(piece);
-            }
-            pieces.end_of_input();
-            proptest::prop_assert_eq!(whole.status(), pieces.status());
-            proptest::prop_assert_eq!(whole.documents(), pieces.documents());
-            for slot in 0..4 {
-                let (a, b) = (whole.capture(slot), pieces.capture(slot));
-                proptest::prop_assert_eq!(a.map(|c| (&c.bytes, c.start, c.end)), b.map(|c| (&c.bytes, c.start, c.end)));
-            }
+            let pieces = [&text[..x], &text[x..y], &text[y..]];
+            proptest::prop_assert_eq!(reading(&fed([&text[..]])), reading(&fed(pieces)));
         }
+    }
+
+    /// A scanner for [`PROPERTY_TARGETS`] fed `pieces` in order, then ended.
+    fn fed<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> Scanner {
+        let mut s = Scanner::new(&PROPERTY_TARGETS);
+        for piece in pieces {
+            s.push(piece);
+        }
+        s.end_of_input();
+        s
+    }
+
+    /// What a scanner made of its input: its status, the documents it
+    /// closed, and each slot's capture with its offsets.
+    fn reading(s: &Scanner) -> (Status, u64, Vec<Option<(Vec<u8>, u64, u64)>>) {
+        let captures = (0..4)
+            .map(|slot| s.capture(slot).map(|c| (c.bytes.clone(), c.start, c.end)))
+            .collect();
+        (s.status(), s.documents(), captures)
     }
 
     /// For the properties. `response` is captured and has a target inside:
