@@ -1544,7 +1544,9 @@ mod tests {
 
     /// What a scanner made of its input: its status, the documents it
     /// closed, and each slot's capture with its offsets.
-    fn reading(s: &Scanner) -> (Status, u64, Vec<Option<(Vec<u8>, u64, u64)>>) {
+    type Reading = (Status, u64, Vec<Option<(Vec<u8>, u64, u64)>>);
+
+    fn reading(s: &Scanner) -> Reading {
         let captures = (0..4)
             .map(|slot| s.capture(slot).map(|c| (c.bytes.clone(), c.start, c.end)))
             .collect();
