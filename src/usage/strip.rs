@@ -144,6 +144,19 @@ impl InjectedUsageStripper {
                 // non-empty: jump to the next CR or LF.
                 let next =
                     memchr::memchr2(b'\n', b'\r', &chunk[i..]).map_or(chunk.len(), |o| i + o);
+                // The usual event ends at its first line end and a blank
+                // line (`\n\n`): it is released at once, without framing
+                // the two line ends byte by byte. (`release_event` also
+                // handles an event begun in a held or passed-through part.)
+                if next > i && i == event_start && chunk.get(next..next + 2) == Some(b"\n\n") {
+                    data.line(&chunk, i, next);
+                    let end = next + 2;
+                    self.release_event(&chunk, i, end, data, &mut out);
+                    data = DataLines::default();
+                    self.line_empty = true;
+                    (event_start, line_start, i) = (end, end, end);
+                    continue;
+                }
                 if next > i {
                     self.line_empty = false;
                     i = next;
@@ -353,6 +366,16 @@ fn lines(event: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
 /// JSON object, that is its last member: no quote of it can be inside a
 /// string (one there would follow a backslash, not a comma).
 pub(super) fn trailing_null_usage(line: &[u8]) -> Option<(usize, usize)> {
+    // OpenAI's own spelling, compared at once.
+    const COMPACT: &[u8] = b",\"usage\":null}";
+    if line.ends_with(COMPACT) {
+        return Some((line.len() - COMPACT.len(), line.len() - 1));
+    }
+    spaced_trailing_null_usage(line)
+}
+
+/// [`trailing_null_usage`] read a byte at a time, whitespace allowed.
+fn spaced_trailing_null_usage(line: &[u8]) -> Option<(usize, usize)> {
     let mut end = line.len();
     let back = |mut i: usize| {
         while i > 0 && line[i - 1].is_ascii_whitespace() {
@@ -580,7 +603,29 @@ mod tests {
             b"data: {\"choices\":[{\"delta\":{\"content\":\"\\\"usage\"}}]}\n\n"
         );
         assert_eq!(without_null_usage(b"data: {\"usage\":{}}\n\n"), None);
+        // The only member: no comma to take with it.
+        assert_eq!(without_null_usage(b"data: {\"usage\":null}\n\n"), None);
         assert_eq!(without_null_usage(b"data: [DONE]\n\n"), None);
+    }
+
+    #[test]
+    fn the_compact_null_usage_reads_as_the_spaced_one() {
+        for line in [
+            &b"data: {\"a\":1,\"usage\":null}"[..],
+            b"{\"choices\":[{\"delta\":{\"content\":\"\\\",\\\"usage\\\":null}\"}}],\"usage\":null}",
+            b",\"usage\":null}",
+            b"{\"usage\":null}",
+            b"{\"a\":1, \"usage\":null}",
+            b"{\"a\":1,\"usage\":null} ",
+            b"{\"a\":1,\"usage\":nul}",
+        ] {
+            assert_eq!(
+                trailing_null_usage(line),
+                spaced_trailing_null_usage(line),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
     }
 
     #[test]
