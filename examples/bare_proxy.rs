@@ -12,7 +12,9 @@
 //! (idle upstream connections kept per thread, default 128 as in majordomo),
 //! `BARE_L4_READ_BUFFER` / `--l4-read-buffer` (bytes; the client side's L4
 //! read buffer, Pingora's default 64 KiB: the memory experiment of
-//! benches/README.md).
+//! benches/README.md), `BARE_WORK_STEALING` / `--work-stealing` (`true` as
+//! in Pingora's default; `false` gives each thread its own runtime, as
+//! majordomo's `server.work_stealing`).
 //! Pid file and upgrade socket live under `$TMPDIR` with the listen port in
 //! their names, so two copies never collide. SIGINT stops it at once,
 //! SIGTERM gracefully (Pingora's meaning).
@@ -67,11 +69,18 @@ fn main() {
     let pool: usize = setting("--keepalive-pool", "BARE_KEEPALIVE_POOL")
         .map(|t| t.parse().expect("BARE_KEEPALIVE_POOL must be a number"))
         .unwrap_or(128);
+    let work_stealing: bool = setting("--work-stealing", "BARE_WORK_STEALING")
+        .map(|t| {
+            t.parse()
+                .expect("--work-stealing / BARE_WORK_STEALING must be true or false")
+        })
+        .unwrap_or(true);
     let tmp = std::env::temp_dir();
     let tag = listen.replace([':', '.'], "_");
     let conf = ServerConf {
         threads,
         upstream_keepalive_pool_size: pool,
+        work_stealing,
         pid_file: tmp
             .join(format!("bare_proxy_{tag}.pid"))
             .display()

@@ -109,6 +109,12 @@ pub struct ServerConfig {
     /// 64 KiB per connection, most of what an open stream costs in memory;
     /// with 0 the request head is read straight into its own buffer.
     pub read_buffer_bytes: usize,
+    /// Let the proxy threads take each other's tasks (Pingora's default: one
+    /// shared runtime). Off (ours), each thread runs its own single-threaded
+    /// runtime and keeps the connections handed to it: cheaper wake-ups and
+    /// no cross-thread queues on the request path (benches/README.md,
+    /// session 20).
+    pub work_stealing: bool,
 }
 
 impl Default for ServerConfig {
@@ -127,6 +133,7 @@ impl Default for ServerConfig {
             error_log: None,
             upstream_keepalive_pool_size: 128,
             read_buffer_bytes: 0,
+            work_stealing: false,
         }
     }
 }
@@ -501,6 +508,7 @@ const ENV_KEYS: &[(&str, Kind)] = &[
     ("server.error_log", Kind::Str),
     ("server.upstream_keepalive_pool_size", Kind::Int),
     ("server.read_buffer_bytes", Kind::Int),
+    ("server.work_stealing", Kind::Bool),
     ("storage.driver", Kind::Str),
     ("storage.sqlite.path", Kind::Str),
     ("storage.postgres.url", Kind::Str),

@@ -67,6 +67,7 @@ fn server_conf(config: &Config, flags: &ServeFlags) -> ServerConf {
         grace_period_seconds: Some(s.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_secs),
         upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        work_stealing: s.work_stealing,
         ..ServerConf::default()
     }
 }
@@ -167,4 +168,24 @@ pub fn run(config: Config, flags: ServeFlags) -> anyhow::Result<()> {
     // has the last access lines to write out.
     server.run(RunArgs::default());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn conf_from(yaml: &str) -> ServerConf {
+        let config =
+            Config::from_yaml_and_env(yaml, "test", &BTreeMap::<String, String>::new()).unwrap();
+        server_conf(&config, &ServeFlags::default())
+    }
+
+    #[test]
+    fn each_proxy_thread_runs_its_own_runtime_unless_stealing_is_asked_for() {
+        let default = conf_from("server:\n  threads: 3\n");
+        assert!(!default.work_stealing);
+        assert_eq!(default.threads, 3);
+        assert!(conf_from("server:\n  work_stealing: true\n").work_stealing);
+    }
 }

@@ -646,11 +646,25 @@ async fn metadata_over_the_limits_is_a_400_with_a_clear_message(backend: Backend
 }
 
 async fn a_burst_of_500_concurrent_requests_gives_exactly_500_rows(backend: Backend) {
+    burst_of_500_requests(backend, None).await;
+}
+
+/// The same burst with `server.work_stealing` on: the proxy threads share
+/// one runtime instead of running one each (the default).
+async fn a_burst_on_work_stealing_threads_gives_exactly_500_rows(backend: Backend) {
+    burst_of_500_requests(backend, Some(true)).await;
+}
+
+async fn burst_of_500_requests(backend: Backend, work_stealing: Option<bool>) {
     let env = TestEnv::new(backend).await;
     let (key_id, key) = env.create_key("burst");
     let mock = MockUpstream::start().await;
     mock.set_recording(false);
-    let gw = env.gateway(&mock).start().await;
+    let mut gw = env.gateway(&mock);
+    if let Some(on) = work_stealing {
+        gw = gw.env("MAJORDOMO_SERVER_WORK_STEALING", on);
+    }
+    let gw = gw.start().await;
     let c = client();
     let url = gw.url("/v1/chat/completions");
     let tasks: Vec<_> = (0..500)
@@ -713,4 +727,5 @@ both_stores!(
     a_price_override_in_the_config_wins,
     metadata_over_the_limits_is_a_400_with_a_clear_message,
     a_burst_of_500_concurrent_requests_gives_exactly_500_rows,
+    a_burst_on_work_stealing_threads_gives_exactly_500_rows,
 );
