@@ -110,10 +110,12 @@ pub struct ServerConfig {
     /// with 0 the request head is read straight into its own buffer.
     pub read_buffer_bytes: usize,
     /// Let the proxy threads take each other's tasks (Pingora's default: one
-    /// shared runtime). Off (ours), each thread runs its own single-threaded
-    /// runtime and keeps the connections handed to it: cheaper wake-ups and
-    /// no cross-thread queues on the request path (benches/README.md,
-    /// session 20).
+    /// shared runtime). Off, each thread runs its own single-threaded
+    /// runtime: ~10 % less CPU per request on loopback, but Pingora 0.9's
+    /// upstream pool then loses a race with its idle watcher on ~9 % of
+    /// requests sent one at a time (logs "failed to acquire reusable
+    /// stream" and connects anew: a TLS handshake to a real provider). See
+    /// benches/README.md, session 20.
     pub work_stealing: bool,
 }
 
@@ -133,7 +135,7 @@ impl Default for ServerConfig {
             error_log: None,
             upstream_keepalive_pool_size: 128,
             read_buffer_bytes: 0,
-            work_stealing: false,
+            work_stealing: true,
         }
     }
 }

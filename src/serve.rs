@@ -182,10 +182,10 @@ mod tests {
     }
 
     #[test]
-    fn each_proxy_thread_runs_its_own_runtime_unless_stealing_is_asked_for() {
+    fn the_proxy_threads_share_a_work_stealing_runtime_unless_told_not_to() {
         let default = conf_from("server:\n  threads: 3\n");
-        assert!(!default.work_stealing);
+        assert!(default.work_stealing);
         assert_eq!(default.threads, 3);
-        assert!(conf_from("server:\n  work_stealing: true\n").work_stealing);
+        assert!(!conf_from("server:\n  work_stealing: false\n").work_stealing);
     }
 }

@@ -649,10 +649,10 @@ async fn a_burst_of_500_concurrent_requests_gives_exactly_500_rows(backend: Back
     burst_of_500_requests(backend, None).await;
 }
 
-/// The same burst with `server.work_stealing` on: the proxy threads share
-/// one runtime instead of running one each (the default).
-async fn a_burst_on_work_stealing_threads_gives_exactly_500_rows(backend: Backend) {
-    burst_of_500_requests(backend, Some(true)).await;
+/// The same burst with `server.work_stealing` off: each proxy thread runs
+/// its own runtime instead of sharing one (the default).
+async fn a_burst_on_per_thread_runtimes_gives_exactly_500_rows(backend: Backend) {
+    burst_of_500_requests(backend, Some(false)).await;
 }
 
 async fn burst_of_500_requests(backend: Backend, work_stealing: Option<bool>) {
@@ -727,5 +727,5 @@ both_stores!(
     a_price_override_in_the_config_wins,
     metadata_over_the_limits_is_a_400_with_a_clear_message,
     a_burst_of_500_concurrent_requests_gives_exactly_500_rows,
-    a_burst_on_work_stealing_threads_gives_exactly_500_rows,
+    a_burst_on_per_thread_runtimes_gives_exactly_500_rows,
 );
