@@ -111,7 +111,7 @@ pub struct ServerConfig {
     pub read_buffer_bytes: usize,
     /// Let the proxy threads take each other's tasks (Pingora's default: one
     /// shared runtime). Off, each thread runs its own single-threaded
-    /// runtime: ~10 % less CPU per request on loopback, but Pingora 0.9's
+    /// runtime: 6–21 % less CPU per request on loopback, but Pingora 0.9's
     /// upstream pool then loses a race with its idle watcher on ~9 % of
     /// requests sent one at a time (logs "failed to acquire reusable
     /// stream" and connects anew: a TLS handshake to a real provider). See
