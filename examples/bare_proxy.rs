@@ -12,9 +12,9 @@
 //! (idle upstream connections kept per thread, default 128 as in majordomo),
 //! `BARE_L4_READ_BUFFER` / `--l4-read-buffer` (bytes; the client side's L4
 //! read buffer, Pingora's default 64 KiB: the memory experiment of
-//! benches/README.md), `BARE_WORK_STEALING` / `--work-stealing` (`true` as
-//! in Pingora's default; `false` gives each thread its own runtime, as
-//! majordomo's `server.work_stealing`).
+//! benches/README.md), `BARE_WORK_STEALING` / `--work-stealing` (unset:
+//! as majordomo's `server.work_stealing`, each thread's own runtime with one
+//! thread, Pingora's shared work-stealing runtime with more).
 //! Pid file and upgrade socket live under `$TMPDIR` with the listen port in
 //! their names, so two copies never collide. SIGINT stops it at once,
 //! SIGTERM gracefully (Pingora's meaning).
@@ -74,7 +74,7 @@ fn main() {
             t.parse()
                 .expect("--work-stealing / BARE_WORK_STEALING must be true or false")
         })
-        .unwrap_or(true);
+        .unwrap_or(threads > 1);
     let tmp = std::env::temp_dir();
     let tag = listen.replace([':', '.'], "_");
     let conf = ServerConf {

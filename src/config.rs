@@ -110,13 +110,15 @@ pub struct ServerConfig {
     /// with 0 the request head is read straight into its own buffer.
     pub read_buffer_bytes: usize,
     /// Let the proxy threads take each other's tasks (Pingora's default: one
-    /// shared runtime). Off, each thread runs its own single-threaded
-    /// runtime: 6–21 % less CPU per request on loopback, but Pingora 0.9's
-    /// upstream pool then loses a race with its idle watcher on ~9 % of
-    /// requests sent one at a time (logs "failed to acquire reusable
-    /// stream" and connects anew: a TLS handshake to a real provider). See
-    /// benches/README.md, session 20.
-    pub work_stealing: bool,
+    /// shared runtime) or give each thread its own single-threaded runtime
+    /// (6–21 % less CPU per request on loopback). Unset: its own runtime when
+    /// the service runs one thread, shared otherwise, because with several
+    /// own runtimes Pingora 0.9's upstream pool loses a race with its idle
+    /// watcher (spawned on a random thread) on ~9 % of requests sent one at
+    /// a time: it logs "failed to acquire reusable stream" and connects anew,
+    /// a TLS handshake to a real provider. See benches/README.md, sessions
+    /// 20 and 21.
+    pub work_stealing: Option<bool>,
 }
 
 impl Default for ServerConfig {
@@ -135,7 +137,7 @@ impl Default for ServerConfig {
             error_log: None,
             upstream_keepalive_pool_size: 128,
             read_buffer_bytes: 0,
-            work_stealing: true,
+            work_stealing: None,
         }
     }
 }

@@ -67,7 +67,9 @@ fn server_conf(config: &Config, flags: &ServeFlags) -> ServerConf {
         grace_period_seconds: Some(s.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_secs),
         upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
-        work_stealing: s.work_stealing,
+        // One thread: its own runtime is cheaper and safe. Several own
+        // runtimes race in Pingora's upstream pool (ServerConfig::work_stealing).
+        work_stealing: s.work_stealing.unwrap_or(threads > 1),
         ..ServerConf::default()
     }
 }
@@ -182,10 +184,14 @@ mod tests {
     }
 
     #[test]
-    fn the_proxy_threads_share_a_work_stealing_runtime_unless_told_not_to() {
-        let default = conf_from("server:\n  threads: 3\n");
-        assert!(default.work_stealing);
-        assert_eq!(default.threads, 3);
-        assert!(!conf_from("server:\n  work_stealing: false\n").work_stealing);
+    fn several_proxy_threads_share_a_work_stealing_runtime_and_one_thread_runs_its_own() {
+        let several = conf_from("server:\n  threads: 3\n");
+        assert!(several.work_stealing);
+        assert_eq!(several.threads, 3);
+        let one = conf_from("server:\n  threads: 1\n");
+        assert!(!one.work_stealing);
+        assert_eq!(one.threads, 1);
+        assert!(!conf_from("server:\n  threads: 2\n  work_stealing: false\n").work_stealing);
+        assert!(conf_from("server:\n  threads: 1\n  work_stealing: true\n").work_stealing);
     }
 }
