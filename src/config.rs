@@ -111,13 +111,13 @@ pub struct ServerConfig {
     pub read_buffer_bytes: usize,
     /// Let the proxy threads take each other's tasks (Pingora's default: one
     /// shared runtime) or give each thread its own single-threaded runtime
-    /// (6–21 % less CPU per request on loopback). Unset: its own runtime when
-    /// the service runs one thread, shared otherwise, because with several
-    /// own runtimes Pingora 0.9's upstream pool loses a race with its idle
-    /// watcher (spawned on a random thread) on ~9 % of requests sent one at
-    /// a time: it logs "failed to acquire reusable stream" and connects anew,
-    /// a TLS handshake to a real provider. See benches/README.md, sessions
-    /// 20 and 21.
+    /// (0–21 % less CPU per request on loopback, depending on the CPU). Unset:
+    /// its own runtime when the service runs one thread, shared otherwise,
+    /// because with several own runtimes Pingora 0.9's upstream pool loses a
+    /// race with its idle watcher (spawned on a random thread) on ~10 % of
+    /// requests accepted on different threads: it logs "failed to acquire
+    /// reusable stream" and connects anew, a TLS handshake to a real
+    /// provider. See benches/README.md, sessions 20 and 21.
     pub work_stealing: Option<bool>,
 }
 

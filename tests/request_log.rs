@@ -650,7 +650,8 @@ async fn a_burst_of_500_concurrent_requests_gives_exactly_500_rows(backend: Back
 }
 
 /// The same burst with `server.work_stealing` off: each proxy thread runs
-/// its own runtime instead of sharing one (the default).
+/// its own runtime instead of sharing one (the default for the harness's 2
+/// threads).
 async fn a_burst_on_per_thread_runtimes_gives_exactly_500_rows(backend: Backend) {
     burst_of_500_requests(backend, Some(false)).await;
 }
