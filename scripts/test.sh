@@ -27,6 +27,8 @@ export MAJORDOMO_TEST_MOTO_SERVER
 
 cargo test --locked --all-targets "$@"
 ./tests/sdk/run.sh
-# A short zero-downtime upgrade (-u + SIGQUIT) under load, on both stores.
-UPGRADE_DURATION=6 ./scripts/upgrade-under-load.sh
+# A short zero-downtime upgrade (-u + SIGQUIT) under load, on both stores;
+# the SQLite run on one proxy thread (its own runtime, a one-CPU container's
+# default), the PostgreSQL run on one per CPU (Pingora's shared runtime).
+MAJORDOMO_SERVER_THREADS=1 UPGRADE_DURATION=6 ./scripts/upgrade-under-load.sh
 UPGRADE_DURATION=6 UPGRADE_STORE=postgres ./scripts/upgrade-under-load.sh
