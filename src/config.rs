@@ -111,7 +111,8 @@ pub struct ServerConfig {
     pub read_buffer_bytes: usize,
     /// Let the proxy threads take each other's tasks (Pingora's default: one
     /// shared runtime) or give each thread its own single-threaded runtime
-    /// (0–21 % less CPU per request on loopback, depending on the CPU). Unset:
+    /// (majordomo: 0–9 % less CPU per request on loopback in 7 of 8 benchmark
+    /// cells over two machines, 8 % more in one). Unset:
     /// its own runtime when the service runs one thread, shared otherwise,
     /// because with several own runtimes Pingora 0.9's upstream pool loses a
     /// race with its idle watcher (spawned on a random thread) on ~10 % of
