@@ -286,10 +286,16 @@ async fn a_poison_record_is_dead_lettered_without_blocking_the_rest() {
     let good_a = record(Some(key_uuid), "gpt-4o");
     let poison = record(Some(uuid::Uuid::now_v7()), "gpt-4o");
     let good_b = record(Some(key_uuid), "gpt-4o");
+    // NUL in an upstream's error message and in a stored body: PostgreSQL
+    // text cannot hold it, and it must not make the row unwritable.
+    let mut nul_text = record(Some(key_uuid), "gpt-4o");
+    nul_text.status_code = 400;
+    nul_text.error_message = Some("The model `bad\u{0}model` does not exist".into());
+    nul_text.request_body = Some("{\"model\":\"bad\u{0}model\"}".into());
     {
         let w = majordomo::sink::spool::SpoolWriter::open(&spool_dir, 1 << 20, true).unwrap();
         let mut buf = Vec::new();
-        for r in [&good_a, &poison, &good_b] {
+        for r in [&good_a, &poison, &good_b, &nul_text] {
             majordomo::sink::spool::encode(r, &mut buf).unwrap();
             w.append(&buf).unwrap();
         }
@@ -307,10 +313,15 @@ async fn a_poison_record_is_dead_lettered_without_blocking_the_rest() {
         .unwrap();
     let (_, nul_id, _) = finish(r).await;
 
-    let rows = env.wait_rows(3, Duration::from_secs(15)).await;
+    let rows = env.wait_rows(4, Duration::from_secs(15)).await;
     let ids: HashSet<String> = rows.iter().map(|r| r.id.clone()).collect();
     assert!(ids.contains(&good_a.id.to_string()) && ids.contains(&good_b.id.to_string()));
     assert!(!ids.contains(&poison.id.to_string()));
+    let nul_row = env.row(&nul_text.id.to_string()).await;
+    assert_eq!(
+        nul_row.error_message.as_deref(),
+        Some("The model `bad\u{fffd}model` does not exist")
+    );
     let nul_row = env.row(&nul_id).await;
     assert_eq!(nul_row.model, "bad\u{fffd}model");
     let dead = std::fs::read_to_string(spool_dir.join("dead-letter.jsonl")).unwrap();

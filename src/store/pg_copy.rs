@@ -139,9 +139,18 @@ fn field_len(len: usize) -> Result<i32, ()> {
     i32::try_from(len).map_err(|_| ())
 }
 
+/// `TEXT`. PostgreSQL's text cannot hold NUL and refuses a row with one
+/// whole, so each is written as U+FFFD: an upstream's error message or a
+/// stored body with a NUL in it must not make its row unwritable.
 fn text(out: &mut BytesMut, s: &str) -> Result<(), ()> {
-    out.put_i32(field_len(s.len())?);
-    out.put_slice(s.as_bytes());
+    if memchr::memchr(0, s.as_bytes()).is_some() {
+        let s = s.replace('\0', "\u{fffd}");
+        out.put_i32(field_len(s.len())?);
+        out.put_slice(s.as_bytes());
+    } else {
+        out.put_i32(field_len(s.len())?);
+        out.put_slice(s.as_bytes());
+    }
     Ok(())
 }
 
@@ -286,9 +295,38 @@ mod tests {
         Type::TEXT,
     ];
 
+    /// The record as PostgreSQL can hold it: every NUL of its text as U+FFFD.
+    fn nul_free(r: &RequestRecord) -> RequestRecord {
+        let clean = |s: &mut String| *s = s.replace('\0', "\u{fffd}");
+        let mut r = r.clone();
+        for s in [
+            &mut r.provider,
+            &mut r.model,
+            &mut r.request_path,
+            &mut r.request_method,
+        ] {
+            clean(s);
+        }
+        for s in [
+            &mut r.provider_api_key_hash,
+            &mut r.error_message,
+            &mut r.request_body,
+            &mut r.response_body,
+            &mut r.body_s3_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            clean(s);
+        }
+        r
+    }
+
     /// The row as tokio-postgres' `BinaryCopyInWriter` frames it: each field
-    /// through `ToSql::to_sql_checked` for its column's type.
+    /// through `ToSql::to_sql_checked` for its column's type (NUL-free text:
+    /// tokio-postgres sends a NUL as it is, and PostgreSQL refuses it).
     fn reference_row(r: &RequestRecord, indexed_names: &[String]) -> BytesMut {
+        let r = &nul_free(r);
         let indexed: Map<String, Value> = r
             .raw_metadata
             .clone()
@@ -403,6 +441,27 @@ mod tests {
             r.requested_at = t;
             assert_eq!(ours(&r, &[]), reference_row(&r, &[]), "{t}");
         }
+    }
+
+    #[test]
+    fn a_nul_in_any_text_is_written_as_a_replacement_character() {
+        let mut r = RequestRecord::plain();
+        r.model = "gpt\0x".into();
+        r.error_message = Some("bad model \"gpt\0x\"".into());
+        r.request_body = Some("{\"a\":\"\0\"}".into());
+        r.response_body = Some("\0".into());
+        let row = ours(&r, &[]);
+        assert_eq!(row, reference_row(&r, &[]));
+        let clean = nul_free(&r);
+        assert_eq!(
+            clean.error_message.as_deref(),
+            Some("bad model \"gpt\u{fffd}x\"")
+        );
+        assert_eq!(clean.response_body.as_deref(), Some("\u{fffd}"));
+        // The replacement is in the row, the NUL is not.
+        let row = String::from_utf8_lossy(&row);
+        assert!(row.contains("bad model \"gpt\u{fffd}x\""), "{row}");
+        assert!(!row.contains("gpt\0x"), "{row}");
     }
 
     #[test]
