@@ -116,6 +116,127 @@ async fn rows_survive_a_database_outage_under_load_without_duplicates() {
     );
 }
 
+/// Ways a database refuses writes for a reason that is not the rows' own.
+#[derive(Clone, Copy)]
+enum Refusal {
+    /// Read-only, as a standby is after a failover (SQLSTATE 25006 when the
+    /// `COPY` starts); the gateway's sessions are ended so its pool
+    /// reconnects under the setting.
+    ReadOnly,
+    /// An error with a SQLSTATE outside the data's classes raised while the
+    /// rows go in, as a permission or lock timeout is: the connection stays
+    /// usable, so the sink's own handling of the answer is what is tested.
+    RaisedWhileWriting,
+}
+
+impl Refusal {
+    async fn set(self, env: &TestEnv, on: bool) {
+        let db = env.pg_database.as_deref().expect("postgres env");
+        let admin = pg_admin().await;
+        match self {
+            Refusal::ReadOnly => {
+                let setting = if on {
+                    "SET default_transaction_read_only = on"
+                } else {
+                    "RESET default_transaction_read_only"
+                };
+                admin
+                    .batch_execute(&format!("ALTER DATABASE {db} {setting}"))
+                    .await
+                    .unwrap();
+                admin
+                    .batch_execute(&format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+                    ))
+                    .await
+                    .unwrap();
+            }
+            Refusal::RaisedWhileWriting => {
+                let sql = if on {
+                    "CREATE FUNCTION refuse_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+                     BEGIN RAISE EXCEPTION 'not now' USING ERRCODE = '25006'; END $$;
+                     CREATE TRIGGER refuse_rows BEFORE INSERT ON llm_requests
+                     FOR EACH ROW EXECUTE FUNCTION refuse_rows();"
+                } else {
+                    "DROP TRIGGER refuse_rows ON llm_requests; DROP FUNCTION refuse_rows();"
+                };
+                env.pg_client().await.batch_execute(sql).await.unwrap();
+            }
+        }
+    }
+}
+
+fn spool_segments(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "rec"))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A database that refuses writes for a reason that is not the rows' own
+/// dead-letters nothing: the rows wait in the spool, which does not grow a
+/// file per replay attempt, and are written once the database takes writes
+/// again, each once.
+async fn rows_wait_in_the_spool_while_the_database_refuses_writes(refusal: Refusal) {
+    let env = TestEnv::new(Backend::Postgres).await;
+    let (key_id, key) = env.create_key("refused");
+    let mock = MockUpstream::start().await;
+    mock.set_recording(false);
+    let gw = env.gateway(&mock).start().await;
+    let mut ids = load(&gw, &key, 20, 4).await;
+    env.wait_rows(ids.len(), Duration::from_secs(15)).await;
+
+    refusal.set(&env, true).await;
+    let written_before = ids.len();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        ids.extend(load(&gw, &key, 20, 4).await);
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        env.rows().await.len(),
+        written_before,
+        "a refusing database takes no rows"
+    );
+    let dead = "majordomo_sink_records_total{outcome=\"dead_lettered\"}";
+    assert_eq!(gw.metric(dead).await, Some(0.0), "{}", gw.log());
+    // One sealed segment waiting for replay and the active one: a replay
+    // attempt every 500 ms does not start a file each.
+    let segments = spool_segments(&env.path().join("spool"));
+    assert!(
+        segments <= 3,
+        "{segments} spool segments after 3 s of refusals"
+    );
+
+    refusal.set(&env, false).await;
+    let rows = env.wait_rows(ids.len(), Duration::from_secs(30)).await;
+    assert_exactly(&rows, &ids);
+    let info: serde_json::Value =
+        serde_json::from_str(&env.cli_ok(&["keys", "get", &key_id, "--json"])).unwrap();
+    assert_eq!(
+        info["request_count"],
+        ids.len(),
+        "counters count each row once"
+    );
+    assert_eq!(gw.metric(dead).await, Some(0.0));
+    assert!(!env.path().join("spool/dead-letter.jsonl").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_wait_in_the_spool_while_the_database_is_read_only() {
+    rows_wait_in_the_spool_while_the_database_refuses_writes(Refusal::ReadOnly).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_wait_in_the_spool_while_the_database_raises_a_refusal() {
+    rows_wait_in_the_spool_while_the_database_refuses_writes(Refusal::RaisedWhileWriting).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sigkilled_gateway_loses_no_accepted_record() {
     let env = TestEnv::new(Backend::Postgres).await;

@@ -356,7 +356,7 @@ impl SinkCore {
                 self.count_written(n, written, replay);
                 Ok(())
             }
-            Err(e) if e.is_transient() => {
+            Err(e) if !e.blames_the_data() => {
                 self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
                 self.set_degraded();
                 log::warn!("request log write failed ({e}); {n} records left to the spool");
@@ -368,7 +368,7 @@ impl SinkCore {
                     let one = Arc::new(vec![record.clone()]);
                     match self.store.insert_requests(one).await {
                         Ok(written) => self.count_written(1, written, replay),
-                        Err(e) if e.is_transient() => {
+                        Err(e) if !e.blames_the_data() => {
                             self.set_degraded();
                             return Err(batch.iter().cloned().collect());
                         }
@@ -442,58 +442,93 @@ impl SinkCore {
     /// left over by an earlier process, or ours and marked for replay.
     /// Returns false when the database failed (try again later).
     pub async fn replay_once(&self) -> bool {
-        self.spool.seal_if_replay_needed();
-        let spool = self.spool.clone();
+        if !self.replay_sealed().await {
+            return false;
+        }
+        // Our own records waiting for replay are sealed only once the older
+        // segments went in: while the database fails they stay in the active
+        // segment, instead of a new file every tick of a long outage.
+        if self.spool.seal_if_replay_needed() {
+            return self.replay_sealed().await;
+        }
+        true
+    }
+
+    /// Replays the sealed segments one at a time, oldest first: one file is
+    /// open whatever the backlog, so a long outage cannot use up the
+    /// process's descriptors. Stops at the first failed write.
+    async fn replay_sealed(&self) -> bool {
         let dir = self.settings.spool_dir.clone();
-        let claimed = tokio::task::spawn_blocking(move || {
-            let active = spool.active_name();
-            spool::claim_sealed(&dir, |name| name == active || spool.is_in_flight(name))
-        })
-        .await
-        .unwrap_or_default();
-        for (path, _lock) in claimed {
-            let dir = self.settings.spool_dir.clone();
+        let paths = tokio::task::spawn_blocking(move || spool::segment_paths(&dir))
+            .await
+            .unwrap_or_default();
+        for path in paths {
+            let spool = self.spool.clone();
             let p = path.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                let offset = spool::read_ack(&p);
-                spool::read_segment(&dir, &p, offset)
+            let claimed = tokio::task::spawn_blocking(move || {
+                let name = p.file_name()?.to_string_lossy().into_owned();
+                if name == spool.active_name() || spool.is_in_flight(&name) {
+                    return None;
+                }
+                spool::claim(&p)
             })
-            .await;
-            let read = match read {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    log::error!("cannot read spool segment {}: {e}", path.display());
-                    continue;
-                }
-                Err(_) => continue,
+            .await
+            .ok()
+            .flatten();
+            let Some(_lock) = claimed else {
+                continue;
             };
-            self.stats
-                .dead_lettered
-                .fetch_add(read.corrupt, Ordering::Relaxed);
-            let mut records = read.records;
-            let total = records.len();
-            while !records.is_empty() {
-                let take = records.len().min(self.settings.max_events);
-                let chunk: Vec<_> = records.drain(..take).collect();
-                let end = chunk.last().map(|(_, end)| *end).unwrap_or(0);
-                let recs: Vec<RequestRecord> = chunk.into_iter().map(|(r, _)| r).collect();
-                if self.write_records(recs, true).await.is_err() {
-                    return false;
-                }
-                if let Err(e) = spool::write_ack(&path, end) {
-                    log::warn!("spool ledger not written: {e}");
-                }
+            if !self.replay_segment(&path).await {
+                return false;
             }
-            if total > 0 {
-                log::info!(
-                    "replayed {total} records from spool segment {}",
-                    path.display()
-                );
+        }
+        true
+    }
+
+    /// Writes one claimed segment's records (from its ledger on), then
+    /// removes it. Returns false when the database failed.
+    async fn replay_segment(&self, path: &std::path::Path) -> bool {
+        let dir = self.settings.spool_dir.clone();
+        let p = path.to_path_buf();
+        let read = tokio::task::spawn_blocking(move || {
+            let offset = spool::read_ack(&p);
+            spool::read_segment(&dir, &p, offset)
+        })
+        .await;
+        let read = match read {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                log::error!("cannot read spool segment {}: {e}", path.display());
+                return true;
             }
-            spool::remove_segment(&path);
-            if let Some(name) = path.file_name() {
-                self.spool.forget_replayed(&name.to_string_lossy());
+            Err(_) => return true,
+        };
+        self.stats
+            .dead_lettered
+            .fetch_add(read.corrupt, Ordering::Relaxed);
+        let mut records = read.records;
+        let total = records.len();
+        while !records.is_empty() {
+            let take = records.len().min(self.settings.max_events);
+            let chunk: Vec<_> = records.drain(..take).collect();
+            let end = chunk.last().map(|(_, end)| *end).unwrap_or(0);
+            let recs: Vec<RequestRecord> = chunk.into_iter().map(|(r, _)| r).collect();
+            if self.write_records(recs, true).await.is_err() {
+                return false;
             }
+            if let Err(e) = spool::write_ack(path, end) {
+                log::warn!("spool ledger not written: {e}");
+            }
+        }
+        if total > 0 {
+            log::info!(
+                "replayed {total} records from spool segment {}",
+                path.display()
+            );
+        }
+        spool::remove_segment(path);
+        if let Some(name) = path.file_name() {
+            self.spool.forget_replayed(&name.to_string_lossy());
         }
         true
     }

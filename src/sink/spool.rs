@@ -228,7 +228,19 @@ pub fn remove_segment(segment: &Path) {
 
 /// Sealed segments in the directory (oldest first) that no live process
 /// holds: each is returned with its lock held, so no two replayers take it.
+/// Every one is open at once: the replayer takes them one at a time instead
+/// ([`segment_paths`], [`claim`]).
 pub fn claim_sealed(dir: &Path, skip: impl Fn(&str) -> bool) -> Vec<(PathBuf, File)> {
+    segment_paths(dir)
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| !skip(&n.to_string_lossy())))
+        .filter_map(|p| claim(&p).map(|f| (p, f)))
+        .collect()
+}
+
+/// Every segment file in the directory, oldest first (names start with the
+/// creation time).
+pub fn segment_paths(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(dir) else {
         return vec![];
     };
@@ -238,17 +250,21 @@ pub fn claim_sealed(dir: &Path, skip: impl Fn(&str) -> bool) -> Vec<(PathBuf, Fi
             p.extension()
                 .is_some_and(|x| x == SEGMENT_EXT || x == JSON_SEGMENT_EXT)
         })
-        .filter(|p| p.file_name().is_some_and(|n| !skip(&n.to_string_lossy())))
         .collect();
     names.sort();
     names
-        .into_iter()
-        .filter_map(|p| {
-            let f = OpenOptions::new().read(true).write(true).open(&p).ok()?;
-            f.try_lock().ok()?;
-            Some((p, f))
-        })
-        .collect()
+}
+
+/// The segment with its lock held, unless a live process holds it (being
+/// written, or replayed by another process) or it is gone.
+pub fn claim(segment: &Path) -> Option<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(segment)
+        .ok()?;
+    f.try_lock().ok()?;
+    Some(f)
 }
 
 fn id_of(name: &str) -> SegmentId {
@@ -435,20 +451,21 @@ impl SpoolWriter {
     }
 
     /// Seals the active segment if it holds records that must be replayed,
-    /// so the replayer can take it.
-    pub fn seal_if_replay_needed(&self) {
+    /// so the replayer can take it. Returns whether it did.
+    pub fn seal_if_replay_needed(&self) -> bool {
         let mut st = self.lock();
         let needs = st
             .active
             .as_ref()
             .and_then(|a| st.segments.get(&a.id))
             .is_some_and(|s| s.needs_replay);
-        if needs {
-            let _ = self.rotate(&mut st);
+        if needs && self.rotate(&mut st).is_ok() {
             drop(st);
             // Durable, and unlocked for the replayer.
             self.sync();
+            return true;
         }
+        false
     }
 
     /// Whether a replayer must leave this segment alone: it is ours and its

@@ -27,9 +27,16 @@ pub enum StoreError {
     /// Occurs when the database cannot be reached or a connection fails; worth retrying.
     #[error("database unavailable: {0}")]
     Unavailable(String),
-    /// Occurs when the database rejects a statement (constraint, type); retrying the same data will fail again.
+    /// Occurs when the database rejects the data itself (a constraint, a value
+    /// out of range); retrying the same data will fail again.
     #[error("database rejected the operation: {0}")]
     Rejected(String),
+    /// Occurs when the database refuses an operation for a reason that is not
+    /// the data's: read-only (a standby after a failover), a missing
+    /// permission or table, failed authentication. The same data succeeds
+    /// once that is mended, so it is not retried at once but never dropped.
+    #[error("database refused the operation: {0}")]
+    Refused(String),
     /// Occurs when a migration cannot be applied.
     #[error("migration {version} failed: {message}")]
     Migration { version: i64, message: String },
@@ -39,6 +46,13 @@ impl StoreError {
     /// Whether the same operation may succeed later.
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
+    }
+
+    /// Whether the data itself is at fault: the same records will be refused
+    /// whatever the database's state, so the sink dead-letters them. Any other
+    /// failure leaves them in the spool.
+    pub fn blames_the_data(&self) -> bool {
+        matches!(self, StoreError::Rejected(_))
     }
 }
 

@@ -29,19 +29,22 @@ pub struct PgStore {
 }
 
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
-    // A server-side error with a SQLSTATE is about the statement or data;
-    // anything else (I/O, closed connection) is the database being away, and
-    // class 40 (a deadlock or serialization failure) succeeds when retried.
-    match e.code() {
-        Some(code)
-            if !code.code().starts_with("08")
-                && !code.code().starts_with("40")
-                && !code.code().starts_with("57")
-                && !code.code().starts_with("53") =>
-        {
-            StoreError::Rejected(e.to_string())
-        }
-        _ => StoreError::Unavailable(e.to_string()),
+    let Some(code) = e.code() else {
+        // No SQLSTATE: I/O, a closed connection, the database being away.
+        return StoreError::Unavailable(e.to_string());
+    };
+    match code.code().get(..2) {
+        // Data exception, integrity constraint violation, program limit
+        // exceeded (a value too large for an index): the row's own fault.
+        Some("22" | "23" | "54") => StoreError::Rejected(e.to_string()),
+        // Connection exception, transaction rollback (deadlock, serialization
+        // failure), insufficient resources, object in use or lock timeout,
+        // operator intervention (shutdown), system error: retry.
+        Some("08" | "40" | "53" | "55" | "57" | "58") => StoreError::Unavailable(e.to_string()),
+        // Read-only transaction (a standby after a failover), permissions,
+        // authentication, a missing table: the database's state, not the
+        // data's. Rows wait in the spool rather than being dead-lettered.
+        _ => StoreError::Refused(e.to_string()),
     }
 }
 

@@ -31,6 +31,20 @@ fn err(e: rusqlite::Error) -> StoreError {
         {
             StoreError::Unavailable(e.to_string())
         }
+        // The row's own fault: the same data fails again.
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::ConstraintViolation
+                    | rusqlite::ErrorCode::TooBig
+                    | rusqlite::ErrorCode::TypeMismatch
+            ) =>
+        {
+            StoreError::Rejected(e.to_string())
+        }
+        // A read-only file or directory, permissions, a damaged or foreign
+        // file: the database's state, not the data's.
+        rusqlite::Error::SqliteFailure(..) => StoreError::Refused(e.to_string()),
         other => StoreError::Rejected(other.to_string()),
     }
 }
