@@ -366,9 +366,17 @@ impl SpoolWriter {
             self.rotate(&mut st)?;
         }
         let active = st.active.as_mut().expect("rotate opened a segment");
-        (&*active.file)
-            .write_all(encoded)
-            .map_err(io_err(&active.path))?;
+        if let Err(e) = (&*active.file).write_all(encoded) {
+            // A write cut short (a full disk, an I/O error) may have left part
+            // of the record: cut it off, or every record appended after it
+            // would be read from the wrong place. If even that fails, seal the
+            // segment (its reader stops at the torn tail) and start anew.
+            let err = io_err(&active.path)(e);
+            if active.file.set_len(active.len).is_err() {
+                let _ = self.rotate(&mut st);
+            }
+            return Err(err);
+        }
         if self.fsync_every_append {
             active.file.sync_data().map_err(io_err(&active.path))?;
         }
@@ -567,6 +575,54 @@ mod tests {
         let read = read_segment(dir.path(), &segs[0].0, 0).unwrap();
         let got: Vec<_> = read.records.into_iter().map(|(r, _)| r).collect();
         assert_eq!(got, recs);
+    }
+
+    /// A write cut short (here by the file size limit, as a full disk cuts
+    /// one) leaves no part of the record behind: the segment ends at the
+    /// last whole record, so records appended later are read from the right
+    /// place. The limit is set in a child process (this test, run again).
+    #[test]
+    fn a_write_cut_short_leaves_no_part_of_its_record() {
+        const CHILD_DIR: &str = "MAJORDOMO_TEST_CUT_SHORT_DIR";
+        if let Some(dir) = std::env::var_os(CHILD_DIR) {
+            let dir = Path::new(&dir);
+            let w = SpoolWriter::open(dir, 1 << 30, false).unwrap();
+            let mut buf = Vec::new();
+            encode(&record(7), &mut buf).unwrap();
+            let mut whole = 0;
+            while w.append(&buf).is_ok() {
+                whole += buf.len() as u64;
+                assert!(whole < 1 << 20, "the file size limit was not applied");
+            }
+            let seg = &segments(dir)[0];
+            assert_eq!(fs::metadata(seg).unwrap().len(), whole);
+            // The limit (8 blocks of 512 or 1024 bytes, by the shell) fell
+            // inside a record, not between two.
+            assert!(4096 % buf.len() != 0 && 8192 % buf.len() != 0);
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#"trap '' XFSZ; ulimit -f 8 && exec "$0" "$@""#)
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "sink::spool::tests::a_write_cut_short_leaves_no_part_of_its_record",
+                "--exact",
+                "--test-threads=1",
+            ])
+            .env(CHILD_DIR, dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let read = read_segment(dir.path(), &segments(dir.path())[0], 0).unwrap();
+        assert!(!read.records.is_empty());
+        assert_eq!(read.corrupt, 0);
     }
 
     #[test]
