@@ -82,6 +82,17 @@ pub fn init(config: &Config) -> LogOutput {
     LogOutput { deferred }
 }
 
+/// What Pingora's own error and warning lines name a request by (its
+/// `ProxyHttp::request_summary`). Pingora's default is the raw path with its
+/// query, which can carry a credential (Gemini's `?key=`): the query is left
+/// out, and the request id put in so the line can be matched to the row.
+pub fn request_summary(request_id: uuid::Uuid, method: &str, path: &str, host: &str) -> String {
+    format!(
+        "{method} {path}, Host: {host}, request {}",
+        request_id.hyphenated()
+    )
+}
+
 /// One request's access line.
 pub struct AccessLine<'a> {
     pub request_id: uuid::Uuid,

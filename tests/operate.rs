@@ -100,8 +100,46 @@ async fn access_log_lines_carry_the_request_id_and_never_a_secret() {
     let line = log.lines().find(|l| l.contains(&id)).unwrap();
     let v: serde_json::Value = serde_json::from_str(line).expect("json log line");
     assert_eq!(v["target"], "majordomo::access");
+
+    // The upstream dies mid-stream: Pingora's own error line names the
+    // request by the gateway's summary (its id, the path without the query),
+    // never by the raw path, whose query holds a Gemini-style `key=`.
+    let events = vec![
+        r#"data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{"content":"Hi"}}]}"#.to_string(),
+        r#"data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{"content":"!"}}]}"#.to_string(),
+        "data: [DONE]".to_string(),
+    ];
+    mock.push_response(ScriptedResponse::sse(events).with_abort_after(1));
+    let r = client()
+        .post(gw.url("/v1/chat/completions?alt=sse&key=query-secret-2"))
+        .header("X-Majordomo-Key", &key)
+        .header("Authorization", "Bearer sk-log-secret")
+        .json(&json!({"model": "gpt-4o", "stream": true, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    let cut_id = r.headers()[REQUEST_ID].to_str().unwrap().to_string();
+    let _ = r.bytes().await; // an error: the body was cut
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let proxy_error = |log: &str| {
+        log.lines()
+            .find(|l| l.contains("Fail to proxy") && l.contains(&cut_id))
+            .map(str::to_owned)
+    };
+    while proxy_error(&gw.log()).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no proxy error line naming {cut_id}:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let line = proxy_error(&gw.log()).unwrap();
+    assert!(line.contains("POST /v1/chat/completions, Host: "), "{line}");
+
+    let log = gw.log();
     for secret in [key.as_str(), "sk-log-secret", "query-secret"] {
-        assert!(!log.contains(secret), "secret {secret} in the log");
+        assert!(!log.contains(secret), "secret {secret} in the log:\n{log}");
     }
 }
 

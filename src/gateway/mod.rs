@@ -528,6 +528,17 @@ impl ProxyHttp for Gateway {
         e
     }
 
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.host())
+            .unwrap_or("-");
+        crate::logging::request_summary(ctx.request_id, req.method.as_str(), req.uri.path(), host)
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let ending = match e {
             None => Ending::Delivered,
