@@ -784,6 +784,7 @@ impl ResetCase {
         let gw = env
             .gateway(&mock)
             .env("MAJORDOMO_PROVIDERS_OPENAI_BASE_URL", &url)
+            .env("MAJORDOMO_LOGGING_BODY_STORAGE", "postgres")
             .start()
             .await;
         ResetCase {
@@ -829,6 +830,18 @@ async fn a_post_on_a_reused_connection_the_provider_reset_is_retried_on_a_new_on
     assert!(rows
         .iter()
         .all(|r| r.status_code == 200 && r.input_tokens == 11 && r.usage_complete));
+    // The stored request body is the client's, once: the retry's replay of
+    // it starts the copy over.
+    let sent = serde_json::to_string(&chat_body()).unwrap();
+    let db = rusqlite::Connection::open(case.env.sqlite_path()).unwrap();
+    let stored: Vec<String> = db
+        .prepare("SELECT request_body FROM llm_requests")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(stored, vec![sent; 3]);
 }
 
 /// A reset on a new connection may have come after the provider read the

@@ -39,6 +39,9 @@ pub struct RequestCtx {
     pub local_response: bool,
     /// Request body bytes seen so far (for the size limit on chunked bodies).
     pub request_body_bytes: u64,
+    /// Upstream connections tried so far (Pingora retries a request whose
+    /// pooled connection the provider had closed).
+    pub upstream_attempts: u8,
     /// The status sent to the client.
     pub status: u16,
     /// When the first response body byte reached the client.
@@ -72,6 +75,7 @@ impl Default for RequestCtx {
             metadata: Vec::new(),
             local_response: false,
             request_body_bytes: 0,
+            upstream_attempts: 0,
             status: 0,
             first_byte_at: None,
             error_message: None,

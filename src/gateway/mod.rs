@@ -197,6 +197,20 @@ impl Gateway {
         Ok(())
     }
 
+    /// A retry on a new upstream connection: Pingora sends the request body
+    /// again from its start (what it has read so far, then the rest), so the
+    /// body's watch, its stored copy and its byte count start over too.
+    fn restart_request_body(&self, req: &RequestHeader, ctx: &mut RequestCtx) {
+        ctx.request_body_bytes = 0;
+        ctx.injected_usage = false;
+        ctx.body_watch = self.body_watch(req, ctx.provider, content_length(req));
+        if ctx.request_capture.is_some() {
+            ctx.request_capture = Some(capture::BodyCapture::new(
+                self.config.logging.max_body_bytes,
+            ));
+        }
+    }
+
     /// Chat-completions bodies may get `stream_options.include_usage`; every
     /// other body is only read for its `model`.
     /// `length`: the request's Content-Length, parsed once by the caller.
@@ -328,9 +342,13 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        if ctx.upstream_attempts > 0 {
+            self.restart_request_body(session.req_header(), ctx);
+        }
+        ctx.upstream_attempts = ctx.upstream_attempts.saturating_add(1);
         let up = self.upstream(ctx.provider);
         let addr = up.address().await.map_err(|e| {
             Error::because(ErrorType::ConnectNoRoute, "resolving the upstream host", e)
