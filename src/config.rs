@@ -663,6 +663,22 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be greater than 0"));
         }
+        // A zero timeout fires at once: every request would fail, not the start.
+        if self.server.read_timeout.is_zero() {
+            return Err(invalid("server.read_timeout", "must be greater than 0"));
+        }
+        if self.server.write_timeout.is_zero() {
+            return Err(invalid("server.write_timeout", "must be greater than 0"));
+        }
+        if self.upstream.connect_timeout_secs == 0 {
+            return Err(invalid(
+                "upstream.connect_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.upstream.read_timeout_secs == 0 {
+            return Err(invalid("upstream.read_timeout_secs", "must be at least 1"));
+        }
         for p in crate::provider::Provider::ALL {
             if let Some(url) = &self.providers.get(p).base_url {
                 crate::provider::upstream::BaseUrl::parse(url).map_err(|e| {
@@ -977,6 +993,33 @@ pricing:
         .to_string();
         assert!(err.contains("storage.postgres.password"), "{err}");
         assert!(!err.contains("hunter2secret"), "{err}");
+    }
+
+    #[test]
+    fn a_zero_timeout_is_an_error_naming_the_key() {
+        for (var, value, key) in [
+            ("MAJORDOMO_SERVER_READ_TIMEOUT", "0s", "server.read_timeout"),
+            (
+                "MAJORDOMO_SERVER_WRITE_TIMEOUT",
+                "0",
+                "server.write_timeout",
+            ),
+            (
+                "MAJORDOMO_UPSTREAM_CONNECT_TIMEOUT_SECS",
+                "0",
+                "upstream.connect_timeout_secs",
+            ),
+            (
+                "MAJORDOMO_UPSTREAM_READ_TIMEOUT_SECS",
+                "0",
+                "upstream.read_timeout_secs",
+            ),
+        ] {
+            let err = Config::from_yaml_and_env("", "t", &env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{var}={value}: {err}");
+        }
     }
 
     #[test]

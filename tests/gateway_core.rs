@@ -810,6 +810,45 @@ impl ResetCase {
     }
 }
 
+/// `server.read_timeout`: a client that stops sending its body part-way is
+/// let go after that long, not held for Pingora's default of a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_its_body_is_let_go_after_the_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let (_, key) = env.create_key("stall");
+    let mock = MockUpstream::start().await;
+    let gw = env
+        .gateway(&mock)
+        .env("MAJORDOMO_SERVER_READ_TIMEOUT", "1s")
+        .start()
+        .await;
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nX-Majordomo-Key: {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\":"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(n) = conn.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the connection was still open after 10 s:\n{}",
+        gw.log()
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
 /// Every LLM call is a POST, which Pingora never retries by itself: a pooled
 /// connection the provider closed just as it was reused would be a 502.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -297,6 +297,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // The client's side: the longest silence while reading its body, and
+        // the longest one write to it may take (a client that stopped reading).
+        session.set_read_timeout(Some(self.config.server.read_timeout));
+        session.set_write_timeout(Some(self.config.server.write_timeout));
         // Pingora boxes this future, and so copies all of it, on every
         // request: the paths that answer locally (health probes, refusals)
         // hold the larger futures of a readiness check and a response
