@@ -492,7 +492,7 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let err = match error_answer(e) {
+        let err = match error_answer(e, self.config.server.max_body_bytes) {
             Some(err) => err,
             None => {
                 // The client is gone: nothing to answer.
@@ -564,7 +564,7 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let ending = match e {
             None => Ending::Delivered,
-            Some(e) => match error_answer(e) {
+            Some(e) => match error_answer(e, self.config.server.max_body_bytes) {
                 None => Ending::ClientGone,
                 Some(answer) => {
                     if ctx.status == 0 {
@@ -649,10 +649,13 @@ fn concat(first: Option<Bytes>, second: Bytes) -> Bytes {
 }
 
 /// What to answer for a proxy failure; `None` when the client itself failed.
-fn error_answer(e: &Error) -> Option<GatewayError> {
+/// `max_body_bytes`: the limit a chunked body outgrew (its 413 names it).
+fn error_answer(e: &Error, max_body_bytes: u64) -> Option<GatewayError> {
     use ErrorType::*;
     let answer = match e.etype() {
-        HTTPStatus(413) => GatewayError::BodyTooLarge { limit: 0 },
+        HTTPStatus(413) => GatewayError::BodyTooLarge {
+            limit: max_body_bytes,
+        },
         HTTPStatus(code) if *code >= 500 => GatewayError::Internal,
         ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout
             if e.esource() == &ErrorSource::Upstream =>
@@ -736,11 +739,23 @@ mod tests {
     #[test]
     fn upstream_failures_map_to_502_and_504() {
         let refused = Error::explain(ErrorType::ConnectRefused, "x").into_up();
-        assert_eq!(error_answer(&refused).unwrap().status(), 502);
+        assert_eq!(error_answer(&refused, 1).unwrap().status(), 502);
         let timeout = Error::explain(ErrorType::ReadTimedout, "x").into_up();
-        assert_eq!(error_answer(&timeout).unwrap().status(), 504);
+        assert_eq!(error_answer(&timeout, 1).unwrap().status(), 504);
         let gone = Error::explain(ErrorType::ConnectionClosed, "x").into_down();
-        assert!(error_answer(&gone).is_none());
+        assert!(error_answer(&gone, 1).is_none());
+    }
+
+    #[test]
+    fn a_chunked_body_over_the_limit_is_a_413_naming_the_limit() {
+        let over = Error::explain(ErrorType::HTTPStatus(413), "request body over limit");
+        let answer = error_answer(&over, 100_000).unwrap();
+        assert_eq!(answer.status(), 413);
+        assert!(
+            answer.message().contains("limit of 100000 bytes"),
+            "{}",
+            answer.message()
+        );
     }
 }
 
