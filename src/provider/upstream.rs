@@ -30,6 +30,10 @@ pub enum BaseUrlError {
     /// Occurs when there is no host after the scheme.
     #[error("has no host")]
     NoHost,
+    /// Occurs when the host is not ASCII (an internationalised name must be
+    /// written in its `xn--` form).
+    #[error("has a host that is not ASCII (write an internationalised name as xn--…)")]
+    HostNotAscii,
     /// Occurs when the port is not a number between 1 and 65535.
     #[error("has an invalid port")]
     Port,
@@ -83,6 +87,9 @@ impl BaseUrl {
         if host.is_empty() {
             return Err(BaseUrlError::NoHost);
         }
+        if !host.is_ascii() {
+            return Err(BaseUrlError::HostNotAscii);
+        }
         let host_for_header = if host.contains(':') {
             format!("[{host}]")
         } else {
@@ -104,8 +111,9 @@ impl BaseUrl {
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix))
-        .then(|| &s[prefix.len()..])
+    // By bytes: `s` may have a multi-byte character where the prefix ends.
+    let (head, tail) = (s.as_bytes().get(..prefix.len())?, s.get(prefix.len()..)?);
+    head.eq_ignore_ascii_case(prefix.as_bytes()).then_some(tail)
 }
 
 /// One provider's upstream: its base URL and a cached resolved address.
@@ -196,5 +204,13 @@ mod tests {
         assert_eq!(BaseUrl::parse("http://h:0"), Err(BaseUrlError::Port));
         assert_eq!(BaseUrl::parse("http://h:99999"), Err(BaseUrlError::Port));
         assert_eq!(BaseUrl::parse("http://u:p@h"), Err(BaseUrlError::Extra));
+        // A multi-byte character where "https://" would end, or in the host.
+        assert_eq!(
+            BaseUrl::parse("http://ñandu.local"),
+            Err(BaseUrlError::HostNotAscii)
+        );
+        assert_eq!(BaseUrl::parse("httpsñ//x"), Err(BaseUrlError::Scheme));
+        assert_eq!(BaseUrl::parse("ñ"), Err(BaseUrlError::Scheme));
+        assert!(BaseUrl::parse("HTTP://xn--andu-hqa.local").is_ok());
     }
 }
