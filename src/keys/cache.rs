@@ -34,6 +34,13 @@ pub struct KeyCache {
     store: Store,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Counts revocation signals: a lookup that saw it move while it asked
+    /// the store may have cached the key just after it was revoked.
+    revocations: AtomicU64,
+    /// Tests hold a lookup here, after the store answered and before the
+    /// cache keeps the answer: where a revocation can slip in.
+    #[cfg(test)]
+    answered: std::sync::Mutex<Option<(Arc<tokio::sync::Notify>, Arc<tokio::sync::Semaphore>)>>,
 }
 
 #[derive(Clone, Copy)]
@@ -57,6 +64,9 @@ impl KeyCache {
             store,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            revocations: AtomicU64::new(0),
+            #[cfg(test)]
+            answered: std::sync::Mutex::new(None),
         }
     }
 
@@ -79,13 +89,42 @@ impl KeyCache {
         Box::pin(self.look_up(hash)).await
     }
 
-    /// A cache miss: asks the store (concurrent misses for a key share one query).
+    /// A cache miss: asks the store (concurrent misses for a key share one
+    /// query). A revocation signalled meanwhile may have landed after the
+    /// store answered, and the answer would then be cached for the whole TTL:
+    /// it is dropped and the store asked again (a few times at most; the
+    /// cache is left without the key either way).
     async fn look_up(&self, hash: [u8; 32]) -> Result<KeyCheck, Arc<StoreError>> {
+        let mut tries = 0;
+        loop {
+            let seen = self.revocations.load(Ordering::Acquire);
+            let answer = self.look_up_once(hash).await;
+            if self.revocations.load(Ordering::Acquire) == seen {
+                return answer;
+            }
+            self.valid.invalidate(&hash).await;
+            self.invalid.invalidate(&hash).await;
+            tries += 1;
+            if tries == 3 {
+                return answer;
+            }
+        }
+    }
+
+    async fn look_up_once(&self, hash: [u8; 32]) -> Result<KeyCheck, Arc<StoreError>> {
         let store = self.store.clone();
+        #[cfg(test)]
+        let answered = self.answered.lock().unwrap().clone();
         let lookup = self
             .valid
             .try_get_with(hash, async move {
-                match store.find_active_key(&super::hash_to_hex(&hash)).await {
+                let found = store.find_active_key(&super::hash_to_hex(&hash)).await;
+                #[cfg(test)]
+                if let Some((reached, go)) = answered {
+                    reached.notify_one();
+                    go.acquire().await.unwrap().forget();
+                }
+                match found {
                     Ok(Some(id)) => Ok(id),
                     Ok(None) => Err(None),
                     Err(e) => Err(Some(e)),
@@ -126,12 +165,14 @@ impl KeyCache {
         let Some(hash) = parse_hex32(hash_hex) else {
             return;
         };
+        self.revocations.fetch_add(1, Ordering::AcqRel);
         self.valid.invalidate(&hash).await;
         self.invalid.invalidate(&hash).await;
     }
 
     /// Forgets everything (the revocation channel was lost and may have missed signals).
     pub fn invalidate_all(&self) {
+        self.revocations.fetch_add(1, Ordering::AcqRel);
         self.valid.invalidate_all();
         self.invalid.invalidate_all();
     }
@@ -139,4 +180,64 @@ impl KeyCache {
 
 fn parse_hex32(s: &str) -> Option<[u8; 32]> {
     blake3::Hash::from_hex(s).ok().map(|h| *h.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{StorageConfig, StorageDriver};
+    use crate::store::NewKey;
+
+    /// A key revoked while a lookup of it is between the store's answer and
+    /// the cache keeping it: the lookup's own request may pass (it began
+    /// before the revocation), the next one must not.
+    #[tokio::test]
+    async fn a_key_revoked_during_its_lookup_is_not_cached_as_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = StorageConfig {
+            driver: Some(StorageDriver::Sqlite),
+            ..StorageConfig::default()
+        };
+        storage.sqlite.path = dir.path().join("m.db");
+        let store = Store::open(&storage).unwrap();
+        store.migrate().await.unwrap();
+        let key = super::super::generate().unwrap();
+        let stored = store
+            .create_key(NewKey {
+                name: "race",
+                description: None,
+                key_hash: &key.hash,
+                key_hint: &key.hint,
+            })
+            .await
+            .unwrap();
+        let cache = Arc::new(KeyCache::new(
+            store.clone(),
+            KeyCacheSettings {
+                ttl: Duration::from_secs(300),
+                negative_capacity: 100,
+                negative_ttl: Duration::from_secs(300),
+            },
+        ));
+        let reached = Arc::new(tokio::sync::Notify::new());
+        let go = Arc::new(tokio::sync::Semaphore::new(0));
+        *cache.answered.lock().unwrap() = Some((reached.clone(), go.clone()));
+        let first = tokio::spawn({
+            let (cache, key) = (cache.clone(), key.plaintext.clone());
+            async move { cache.check(&key).await.unwrap() }
+        });
+        // The store has answered "valid"; the revocation and its signal land
+        // before the cache keeps that answer.
+        reached.notified().await;
+        store.revoke_key(stored.id).await.unwrap().unwrap();
+        cache.invalidate_hash(&key.hash).await;
+        *cache.answered.lock().unwrap() = None;
+        go.add_permits(1);
+        first.await.unwrap();
+        assert_eq!(
+            cache.check(&key.plaintext).await.unwrap(),
+            KeyCheck::Invalid,
+            "a revoked key must not stay valid for the cache's TTL"
+        );
+    }
 }
