@@ -472,6 +472,65 @@ async fn a_poison_record_is_dead_lettered_without_blocking_the_rest() {
     assert!(segments <= 1, "{segments} segments left");
 }
 
+/// A record the database refuses whole while the dead-letter file cannot be
+/// written (here a directory stands in its place, as a full or read-only
+/// disk would refuse it) stays in the spool: it is neither counted as
+/// dead-lettered nor lost, and goes to the file once it can be written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_stays_in_the_spool_while_the_dead_letter_file_cannot_be_written() {
+    let env = TestEnv::new(Backend::Postgres).await;
+    let (key_id, _) = env.create_key("poison-kept");
+    let key_uuid = uuid::Uuid::parse_str(&key_id).unwrap();
+    let spool_dir = env.path().join("spool");
+    let good = record(Some(key_uuid), "gpt-4o");
+    let poison = record(Some(uuid::Uuid::now_v7()), "gpt-4o");
+    {
+        let w = majordomo::sink::spool::SpoolWriter::open(&spool_dir, 1 << 20, true).unwrap();
+        let mut buf = Vec::new();
+        for r in [&good, &poison] {
+            majordomo::sink::spool::encode(r, &mut buf).unwrap();
+            w.append(&buf).unwrap();
+        }
+    } // a crash: nothing acknowledged
+    let crashed: Vec<_> = std::fs::read_dir(&spool_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rec"))
+        .collect();
+    assert_eq!(crashed.len(), 1);
+    let dead_letter = spool_dir.join("dead-letter.jsonl");
+    std::fs::create_dir(&dead_letter).unwrap();
+
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let dead = "majordomo_sink_records_total{outcome=\"dead_lettered\"}";
+    // Several replays (every 500 ms) meet the same refusal.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(gw.metric(dead).await, Some(0.0), "{}", gw.log());
+    assert!(
+        crashed[0].exists(),
+        "the segment holding the record was removed"
+    );
+
+    std::fs::remove_dir(&dead_letter).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while gw.metric(dead).await != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "not dead-lettered:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lines = std::fs::read_to_string(&dead_letter).unwrap();
+    assert!(lines.contains(&poison.id.to_string()), "{lines}");
+    let rows = env.wait_rows(1, Duration::from_secs(5)).await;
+    assert!(rows.iter().any(|r| r.id == good.id.to_string()));
+    assert!(rows.iter().all(|r| r.id != poison.id.to_string()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!crashed[0].exists(), "the replayed segment is removed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_json_spool_left_by_an_earlier_build_is_written_after_an_upgrade() {
     let env = TestEnv::new(Backend::Postgres).await;

@@ -310,11 +310,18 @@ impl SinkCore {
                             return;
                         }
                         Err(StoreError::Rejected(why)) => {
-                            for r in batch.iter() {
-                                let _ = spool::dead_letter(&dir, r, &why);
-                                stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            let written = batch
+                                .iter()
+                                .all(|r| spool::dead_letter(&dir, r, &why).is_ok());
+                            if written {
+                                stats
+                                    .dead_lettered
+                                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                                return;
                             }
-                            return;
+                            // Nowhere to keep them yet: try again later.
+                            tokio::time::sleep(jitter(backoff)).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
                         }
                         Err(_) => {
                             tokio::time::sleep(jitter(backoff)).await;
@@ -373,16 +380,24 @@ impl SinkCore {
                             return Err(batch.iter().cloned().collect());
                         }
                         Err(e) => {
+                            if let Err(why) =
+                                spool::dead_letter(&self.settings.spool_dir, record, &e.to_string())
+                            {
+                                // Acknowledging it now would lose it: the
+                                // batch stays in the spool, tried again later.
+                                log::error!(
+                                    "request log record {} rejected ({e}) and the dead-letter file \
+                                     cannot be written ({why}); kept in the spool",
+                                    record.id
+                                );
+                                self.set_degraded();
+                                return Err(batch.iter().cloned().collect());
+                            }
                             self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                             log::error!(
                                 "request log record {} rejected and dead-lettered: {e}",
                                 record.id
                             );
-                            if let Err(e) =
-                                spool::dead_letter(&self.settings.spool_dir, record, &e.to_string())
-                            {
-                                log::error!("dead letter write failed: {e}");
-                            }
                         }
                     }
                 }
