@@ -554,7 +554,8 @@ async fn upstream_errors_and_failures_are_logged_with_their_status(backend: Back
     let row = env.row(&id).await;
     assert!(!row.usage_complete);
     assert_eq!(row.input_tokens, 50);
-    assert!(row.error_message.is_some());
+    let message = row.error_message.unwrap();
+    assert!(message.contains("response was cut short"), "{message}");
 
     // Unreachable upstream: a row with 502.
     let gw2 = env

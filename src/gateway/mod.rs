@@ -503,7 +503,7 @@ impl ProxyHttp for Gateway {
             }
         };
         let status = err.status();
-        ctx.error_message = Some(err.message());
+        ctx.error_message = Some(failure_message(e, &err, ctx.status));
         if session.response_written().is_none() {
             session.set_keepalive(None);
             if let Err(write_err) = respond(
@@ -567,12 +567,12 @@ impl ProxyHttp for Gateway {
             Some(e) => match error_answer(e, self.config.server.max_body_bytes) {
                 None => Ending::ClientGone,
                 Some(answer) => {
+                    if ctx.error_message.is_none() {
+                        let what = failure_message(e, &answer, ctx.status);
+                        ctx.error_message = Some(format!("{what} ({})", e.etype().as_str()));
+                    }
                     if ctx.status == 0 {
                         ctx.status = answer.status();
-                    }
-                    if ctx.error_message.is_none() {
-                        ctx.error_message =
-                            Some(format!("{} ({})", answer.message(), e.etype().as_str()));
                     }
                     Ending::UpstreamFailed
                 }
@@ -679,6 +679,17 @@ fn error_answer(e: &Error, max_body_bytes: u64) -> Option<GatewayError> {
         },
     };
     Some(answer)
+}
+
+/// The row's message for a failed request. `status`: the upstream's, once
+/// its response header arrived (0 before): an upstream failure after that
+/// cut a response short (closed, or silent too long); it was reached.
+fn failure_message(e: &Error, answer: &GatewayError, status: u16) -> String {
+    if status != 0 && e.esource() == &ErrorSource::Upstream {
+        "the upstream provider's response was cut short".into()
+    } else {
+        answer.message()
+    }
 }
 
 /// Removes `X-Majordomo-*`, hop-by-hop headers and headers the client named in
