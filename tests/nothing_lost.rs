@@ -396,6 +396,17 @@ fn record(key: Option<uuid::Uuid>, model: &str) -> majordomo::store::RequestReco
     }
 }
 
+/// Writes `records` to a spool segment and drops the writer without any
+/// acknowledgement: what a crashed process leaves.
+fn spool_left_by_a_crash(dir: &std::path::Path, records: &[&majordomo::store::RequestRecord]) {
+    let w = majordomo::sink::spool::SpoolWriter::open(dir, 1 << 20, true).unwrap();
+    let mut buf = Vec::new();
+    for r in records {
+        majordomo::sink::spool::encode(r, &mut buf).unwrap();
+        w.append(&buf).unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_record_is_dead_lettered_without_blocking_the_rest() {
     let env = TestEnv::new(Backend::Postgres).await;
@@ -413,14 +424,7 @@ async fn a_poison_record_is_dead_lettered_without_blocking_the_rest() {
     nul_text.status_code = 400;
     nul_text.error_message = Some("The model `bad\u{0}model` does not exist".into());
     nul_text.request_body = Some("{\"model\":\"bad\u{0}model\"}".into());
-    {
-        let w = majordomo::sink::spool::SpoolWriter::open(&spool_dir, 1 << 20, true).unwrap();
-        let mut buf = Vec::new();
-        for r in [&good_a, &poison, &good_b, &nul_text] {
-            majordomo::sink::spool::encode(r, &mut buf).unwrap();
-            w.append(&buf).unwrap();
-        }
-    } // dropped without acknowledgements: a crash
+    spool_left_by_a_crash(&spool_dir, &[&good_a, &poison, &good_b, &nul_text]);
     let mock = MockUpstream::start().await;
     let gw = env.gateway(&mock).start().await;
     // A model name with a NUL byte (PostgreSQL text cannot hold it) still gets its row.
@@ -484,14 +488,7 @@ async fn a_poison_record_stays_in_the_spool_while_the_dead_letter_file_cannot_be
     let spool_dir = env.path().join("spool");
     let good = record(Some(key_uuid), "gpt-4o");
     let poison = record(Some(uuid::Uuid::now_v7()), "gpt-4o");
-    {
-        let w = majordomo::sink::spool::SpoolWriter::open(&spool_dir, 1 << 20, true).unwrap();
-        let mut buf = Vec::new();
-        for r in [&good, &poison] {
-            majordomo::sink::spool::encode(r, &mut buf).unwrap();
-            w.append(&buf).unwrap();
-        }
-    } // a crash: nothing acknowledged
+    spool_left_by_a_crash(&spool_dir, &[&good, &poison]);
     let crashed: Vec<_> = std::fs::read_dir(&spool_dir)
         .unwrap()
         .map(|e| e.unwrap().path())
