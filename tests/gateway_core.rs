@@ -708,18 +708,19 @@ fn bad_config_is_a_clear_error_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
 }
 
+/// The body of every request an upstream read, in order.
+type ReadBodies = std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
 /// An upstream that answers the first request on each connection and resets
 /// the connection on the second (an idle keep-alive connection closed by the
 /// provider just as the gateway reuses it), or, with `reset_first`, resets
-/// every connection at its first request. Counts the requests it read.
-async fn resetting_upstream(
-    reset_first: bool,
-) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+/// every connection at its first request. Keeps the body of every request
+/// it read (each attempt of a retried one).
+async fn resetting_upstream(reset_first: bool) -> (String, ReadBodies) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = ReadBodies::default();
     let counter = seen.clone();
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
@@ -736,9 +737,10 @@ async fn resetting_upstream(
                         }
                         continue;
                     };
-                    buf.drain(..len);
+                    let request: Vec<u8> = buf.drain(..len).collect();
+                    let body_at = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
                     nth += 1;
-                    counter.fetch_add(1, Ordering::SeqCst);
+                    counter.lock().unwrap().push(request[body_at..].to_vec());
                     if nth == 2 || reset_first {
                         conn.set_zero_linger().unwrap();
                         return; // dropped with SO_LINGER 0: a reset
@@ -777,7 +779,7 @@ struct ResetCase {
     env: TestEnv,
     key: String,
     /// Requests the upstream read.
-    seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    seen: ReadBodies,
 }
 
 impl ResetCase {
@@ -811,7 +813,7 @@ impl ResetCase {
     }
 
     fn seen(&self) -> usize {
-        self.seen.load(std::sync::atomic::Ordering::SeqCst)
+        self.seen.lock().unwrap().len()
     }
 }
 
@@ -869,6 +871,14 @@ async fn a_post_on_a_reused_connection_the_provider_reset_is_retried_on_a_new_on
     // Request 2 went out on the pooled connection, was reset, and was sent
     // again on a new one; request 3 met the same on that one.
     assert_eq!(case.seen(), 5);
+    // Each attempt carried the same body: a retry's replay is rewritten (here
+    // padded for the usage injection) exactly like the first attempt.
+    let bodies = case.seen.lock().unwrap().clone();
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "{bodies:?}");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&bodies[0]).unwrap(),
+        chat_body()
+    );
     let rows = case.env.wait_rows(3, Duration::from_secs(10)).await;
     assert_eq!(rows.len(), 3, "one row per request, not per attempt");
     assert!(rows

@@ -372,17 +372,11 @@ impl StreamingUsageInjector {
         self.added > 0
     }
 
-    /// Feeds a chunk; returns the bytes to forward now.
+    /// Feeds a chunk; returns the bytes to forward now. An injector serves
+    /// one attempt: when Pingora retries on another upstream connection and
+    /// sends the body again, the gateway starts a new one.
     pub fn push(&mut self, chunk: bytes::Bytes) -> bytes::Bytes {
-        if self.scanner.is_none() {
-            // A body after `finish`: Pingora replays the request body when it
-            // retries on another upstream connection. Start over, so the
-            // replay is rewritten exactly like the first attempt.
-            *self = StreamingUsageInjector {
-                fixed_length: self.fixed_length,
-                ..Self::new()
-            };
-        }
+        debug_assert!(self.scanner.is_some(), "a body pushed after finish");
         if let Some(s) = self.scanner.as_mut() {
             s.push(&chunk);
         }
@@ -705,12 +699,14 @@ mod streaming_injector_tests {
     }
 
     #[test]
-    fn a_replayed_body_is_rewritten_like_the_first_attempt() {
+    fn a_new_injector_rewrites_a_replayed_body_like_the_first_attempt() {
         for fixed in [false, true] {
-            let mut inj = if fixed {
-                StreamingUsageInjector::fixed_length()
-            } else {
-                StreamingUsageInjector::new()
+            let new = || {
+                if fixed {
+                    StreamingUsageInjector::fixed_length()
+                } else {
+                    StreamingUsageInjector::new()
+                }
             };
             for body in [
                 &br#"{"model":"gpt-4o","stream":true,"messages":[]}"#[..],
@@ -720,6 +716,7 @@ mod streaming_injector_tests {
                 let edits = body.windows(16).any(|w| w == b"\"stream_options\"");
                 let mut attempts = Vec::new();
                 for _ in 0..2 {
+                    let mut inj = new();
                     let mut out = Vec::new();
                     for part in body.chunks(5) {
                         out.extend_from_slice(&inj.push(bytes::Bytes::copy_from_slice(part)));
