@@ -460,6 +460,10 @@ pub struct SinkConfig {
     /// How often the spool is fsynced: what a power loss can cost. A killed
     /// process loses nothing either way. 0 = fsync every record.
     pub spool_fsync_interval_ms: u64,
+    /// Records neither the spool nor the database can take (a full disk
+    /// during an outage) are held in memory up to this many bytes; past it
+    /// they are dropped and counted.
+    pub memory_hold_max_bytes: usize,
 }
 
 impl Default for SinkConfig {
@@ -472,6 +476,7 @@ impl Default for SinkConfig {
             spool_dir: PathBuf::from("./majordomo-spool"),
             spool_segment_max_bytes: 8 * 1024 * 1024,
             spool_fsync_interval_ms: 1000,
+            memory_hold_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -562,6 +567,7 @@ const ENV_KEYS: &[(&str, Kind)] = &[
     ("sink.spool_dir", Kind::Str),
     ("sink.spool_segment_max_bytes", Kind::Int),
     ("sink.spool_fsync_interval_ms", Kind::Int),
+    ("sink.memory_hold_max_bytes", Kind::Int),
     ("metrics.port", Kind::Int),
 ];
 

@@ -261,6 +261,19 @@ fn render_sources(s: &Sources, out: &mut String) {
     );
     let _ = writeln!(out, "# TYPE majordomo_sink_queue_depth gauge");
     let _ = writeln!(out, "majordomo_sink_queue_depth {}", s.sink.depth());
+    let (held, held_bytes) = s.sink.held();
+    let _ = writeln!(
+        out,
+        "# HELP majordomo_sink_held_records Request records held in memory because neither the spool nor the database takes them"
+    );
+    let _ = writeln!(out, "# TYPE majordomo_sink_held_records gauge");
+    let _ = writeln!(out, "majordomo_sink_held_records {held}");
+    let _ = writeln!(
+        out,
+        "# HELP majordomo_sink_held_bytes Bytes of those records (bounded by sink.memory_hold_max_bytes)"
+    );
+    let _ = writeln!(out, "# TYPE majordomo_sink_held_bytes gauge");
+    let _ = writeln!(out, "majordomo_sink_held_bytes {held_bytes}");
     let _ = writeln!(
         out,
         "# HELP majordomo_sink_records_total Request records by outcome (dropped must stay 0)"

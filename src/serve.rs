@@ -101,6 +101,7 @@ pub fn run(config: Config, flags: ServeFlags) -> anyhow::Result<()> {
             spool_dir: config.sink.spool_dir.clone(),
             spool_segment_max_bytes: config.sink.spool_segment_max_bytes,
             spool_fsync_interval: Duration::from_millis(config.sink.spool_fsync_interval_ms),
+            memory_hold_max_bytes: config.sink.memory_hold_max_bytes,
             bodies: match config.logging.body_storage {
                 BodyStorage::S3 => Some(Arc::new(
                     BodyStore::from_config(&config.s3).map_err(anyhow::Error::msg)?,

@@ -284,6 +284,127 @@ async fn a_sigkilled_gateway_loses_no_accepted_record() {
     );
 }
 
+/// Sets the soft file-size limit of a running process (`prlimit`, util-linux):
+/// "1" fails every write that would grow a file, as a full disk does;
+/// "unlimited" lifts it.
+fn set_file_size_limit(pid: u32, limit: &str) {
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--fsize={limit}:")])
+        .status()
+        .expect("run prlimit");
+    assert!(status.success(), "prlimit --fsize={limit}");
+}
+
+/// Polls a gateway metric until `done` holds for it, up to `timeout`.
+async fn wait_metric(
+    gw: &GatewayProcess,
+    series: &str,
+    timeout: Duration,
+    done: impl Fn(f64) -> bool,
+) -> f64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = gw.metric(series).await.unwrap_or(f64::NAN);
+        if done(v) || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The spool's disk fails (here a file-size limit: every append fails as on
+/// a full disk) while the database is away: records wait in memory up to
+/// `sink.memory_hold_max_bytes`, those past it are dropped and counted, and
+/// once the disk takes writes again the held ones move into the spool, where
+/// a `kill -9` no longer loses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_neither_the_spool_nor_the_database_takes_wait_in_memory_up_to_a_bound() {
+    const HOLD_MAX_BYTES: f64 = 4000.0;
+    let env = TestEnv::new(Backend::Postgres).await;
+    let (_, key) = env.create_key("disk-full");
+    let relay = TcpRelay::start((PG_HOST, PG_PORT)).await;
+    let mock = MockUpstream::start().await;
+    mock.set_recording(false);
+    let start = |relay: &TcpRelay| {
+        let mut gw = env
+            .gateway(&mock)
+            .env("MAJORDOMO_SINK_MEMORY_HOLD_MAX_BYTES", HOLD_MAX_BYTES);
+        for (k, v) in env.via_relay(relay) {
+            gw = gw.env(&k, v);
+        }
+        gw.start()
+    };
+    let mut gw = start(&relay).await;
+    let mut ids = load(&gw, &key, 20, 4).await;
+    env.wait_rows(ids.len(), Duration::from_secs(15)).await;
+
+    relay.cut();
+    set_file_size_limit(gw.child.id(), "1");
+    let sent = 40;
+    let during = load(&gw, &key, sent, 4).await;
+    let dropped = "majordomo_sink_records_total{outcome=\"dropped\"}";
+    let held = "majordomo_sink_held_records";
+    let mut accounted = 0.0;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        accounted = gw.metric(held).await.unwrap_or(0.0) + gw.metric(dropped).await.unwrap_or(0.0);
+        if accounted == sent as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        accounted, sent as f64,
+        "every record is held or counted dropped"
+    );
+    let held_records = gw.metric(held).await.unwrap();
+    let held_bytes = gw.metric("majordomo_sink_held_bytes").await.unwrap();
+    assert!(
+        held_records >= 3.0 && held_bytes <= HOLD_MAX_BYTES,
+        "{held_records} records, {held_bytes} bytes held"
+    );
+    assert!(
+        gw.metric(dropped).await.unwrap() > 0.0,
+        "the hold is bounded"
+    );
+    assert!(
+        gw.child.try_wait().unwrap().is_none(),
+        "a file-size limit does not end the process"
+    );
+
+    // The disk takes writes again: the held records move into the spool
+    // while the database is still away.
+    let spooled = "majordomo_sink_records_total{outcome=\"spooled\"}";
+    let spooled_before = gw.metric(spooled).await.unwrap();
+    set_file_size_limit(gw.child.id(), "unlimited");
+    let left = wait_metric(&gw, held, Duration::from_secs(10), |v| v == 0.0).await;
+    assert_eq!(left, 0.0, "held records move into the spool");
+    assert_eq!(
+        gw.metric(spooled).await.unwrap() - spooled_before,
+        held_records
+    );
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+
+    relay.restore();
+    let gw2 = start(&relay).await;
+    let want = ids.len() + held_records as usize;
+    let rows = env.wait_rows(want, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let rows = if rows.len() == want {
+        env.rows().await
+    } else {
+        rows
+    };
+    ids.extend(during);
+    let sent_ids: HashSet<&str> = ids.iter().map(|s| s.as_str()).collect();
+    let unique: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(unique.len(), rows.len(), "duplicate rows");
+    assert_eq!(rows.len(), want, "the rows before, and every held one");
+    assert!(unique.is_subset(&sent_ids));
+    assert_eq!(gw2.metric(dropped).await, Some(0.0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sigterm_mid_stream_lets_the_stream_finish_and_writes_its_row() {
     let env = TestEnv::new(Backend::Postgres).await;

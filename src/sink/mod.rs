@@ -10,12 +10,15 @@
 //! (`COPY` on PostgreSQL, one transaction on SQLite), then acknowledges the
 //! records' spool segments. When the channel is full, or the database fails,
 //! the records are left to the spool: their segments are marked for replay,
-//! and the replayer writes them once the database answers. Writes are
+//! and the replayer writes them once the database answers. A record whose
+//! spool append failed too waits in the bounded in-memory [`held`] hold
+//! until the spool or the database takes it. Writes are
 //! idempotent on the request id, so nothing is ever written twice. A record
 //! the database rejects even alone goes to the dead letter file. Every
 //! outcome is counted in [`SinkStats`].
 
 pub mod bodies;
+mod held;
 mod record_bin;
 pub mod spool;
 
@@ -31,7 +34,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::mpsc;
 
-use crate::store::{RequestRecord, Store, StoreError};
+use crate::store::{RequestRecord, Store};
+use held::{Held, HeldRecords};
 use spool::{SegmentId, SpoolWriter};
 
 /// Counters of what happened to records (exported as metrics).
@@ -49,7 +53,8 @@ pub struct SinkStats {
     pub replayed: AtomicU64,
     /// Records the store rejected even alone, or undecodable spool bytes.
     pub dead_lettered: AtomicU64,
-    /// Records lost: the spool could not be written AND the channel was full. Must stay 0.
+    /// Records lost: neither the spool nor the database could take them and
+    /// the in-memory hold was full (`sink.memory_hold_max_bytes`). Must stay 0.
     pub dropped: AtomicU64,
     /// Spool appends that failed (the record still went to the queue).
     pub spool_errors: AtomicU64,
@@ -82,14 +87,16 @@ pub struct SinkSender {
     tx: mpsc::Sender<Queued>,
     spool: Arc<SpoolWriter>,
     stats: Arc<SinkStats>,
+    held: Arc<HeldRecords>,
 }
 
 impl SinkSender {
     /// Makes the record durable and hands it over, without waiting.
     pub fn submit(&self, record: RequestRecord) {
-        let segment = ENCODE_BUF.with(|buf| {
+        let (segment, encoded_bytes) = ENCODE_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
-            spool::encode(&record, &mut buf).and_then(|()| self.spool.append(&buf))
+            let segment = spool::encode(&record, &mut buf).and_then(|()| self.spool.append(&buf));
+            (segment, buf.len())
         });
         let segment = match segment {
             Ok(s) => Some(s),
@@ -109,13 +116,7 @@ impl SinkSender {
                         self.spool.needs_replay(&seg);
                         self.stats.spooled.fetch_add(1, Ordering::Relaxed);
                     }
-                    None => {
-                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                        log::error!(
-                            "request log record {} lost: queue full and spool unwritable",
-                            q.record.id
-                        );
-                    }
+                    None => hold_or_drop(&self.held, &self.stats, q.record, encoded_bytes),
                 }
             }
         }
@@ -129,6 +130,36 @@ impl SinkSender {
     pub fn stats(&self) -> &Arc<SinkStats> {
         &self.stats
     }
+
+    /// (records, bytes) held in memory because neither the spool nor the
+    /// database could take them.
+    pub fn held(&self) -> (usize, usize) {
+        self.held.size()
+    }
+}
+
+/// Keeps a record that exists nowhere else in the bounded in-memory hold, or
+/// counts it lost when the hold is full.
+fn hold_or_drop(held: &HeldRecords, stats: &SinkStats, record: RequestRecord, bytes: usize) {
+    if let Err(refused) = held.hold(Held { record, bytes }) {
+        let lost = stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        // A disk and a database both failing can drop every record: the log
+        // (perhaps on that disk) gets the first and then fewer and fewer.
+        if lost.is_power_of_two() {
+            log::error!(
+                "request log record {} lost ({lost} so far): neither the spool nor the database \
+                 takes records and sink.memory_hold_max_bytes are already held in memory",
+                refused.record.id
+            );
+        }
+    }
+}
+
+/// The length of `record`'s spool encoding: what holding it costs.
+fn encoded_len(record: &RequestRecord) -> usize {
+    let mut buf = Vec::new();
+    let _ = spool::encode(record, &mut buf);
+    buf.len()
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +175,9 @@ pub struct SinkSettings {
     pub spool_fsync_interval: Duration,
     /// Where bodies go when `logging.body_storage` is s3.
     pub bodies: Option<Arc<bodies::BodyStore>>,
+    /// Bound of the in-memory hold for records neither the spool nor the
+    /// database can take ([`held`]).
+    pub memory_hold_max_bytes: usize,
 }
 
 /// The background writer and replayer.
@@ -158,6 +192,7 @@ pub struct SinkCore {
     settings: SinkSettings,
     spool: Arc<SpoolWriter>,
     stats: Arc<SinkStats>,
+    held: Arc<HeldRecords>,
     /// Set when the database just failed: (when it failed, until when queued
     /// batches go straight to the spool).
     degraded: Mutex<Option<(Instant, Instant)>>,
@@ -182,11 +217,13 @@ pub fn channel(
     )?);
     let (tx, rx) = mpsc::channel(settings.channel_capacity);
     let stats = Arc::new(SinkStats::default());
+    let held = Arc::new(HeldRecords::new(settings.memory_hold_max_bytes));
     Ok((
         SinkSender {
             tx,
             spool: spool.clone(),
             stats: stats.clone(),
+            held: held.clone(),
         },
         SinkService {
             rx: Mutex::new(Some(rx)),
@@ -195,6 +232,7 @@ pub fn channel(
                 settings,
                 spool,
                 stats,
+                held,
                 degraded: Mutex::new(None),
                 shutting_down: AtomicBool::new(false),
             }),
@@ -295,42 +333,61 @@ impl SinkCore {
                 None => unspooled.push(record),
             }
         }
-        if !unspooled.is_empty() {
-            // These exist only in memory: keep them until the database is back.
-            let stats = self.stats.clone();
-            let store = self.store.clone();
-            let dir = self.settings.spool_dir.clone();
-            tokio::spawn(async move {
-                let batch = Arc::new(unspooled);
-                let mut backoff = Duration::from_millis(200);
-                loop {
-                    match store.insert_requests(batch.clone()).await {
-                        Ok(n) => {
-                            stats.written.fetch_add(n, Ordering::Relaxed);
-                            return;
-                        }
-                        Err(StoreError::Rejected(why)) => {
-                            let written = batch
-                                .iter()
-                                .all(|r| spool::dead_letter(&dir, r, &why).is_ok());
-                            if written {
-                                stats
-                                    .dead_lettered
-                                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                                return;
-                            }
-                            // Nowhere to keep them yet: try again later.
-                            tokio::time::sleep(jitter(backoff)).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
-                        }
-                        Err(_) => {
-                            tokio::time::sleep(jitter(backoff)).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
-                        }
-                    }
-                }
-            });
+        // These exist only in memory: hold them until the spool or the
+        // database takes them (`retry_held`).
+        for record in unspooled {
+            let bytes = encoded_len(&record);
+            hold_or_drop(&self.held, &self.stats, record, bytes);
         }
+    }
+
+    /// Moves held records into the spool if it takes writes again (from
+    /// there the replayer writes them), else tries the database. Returns
+    /// false when records are still held because the database failed.
+    async fn retry_held(&self) -> bool {
+        self.respool_held();
+        loop {
+            let chunk = self.held.oldest(self.settings.max_events);
+            if chunk.is_empty() {
+                return true;
+            }
+            let n = chunk.len();
+            let records = chunk.into_iter().map(|h| h.record).collect();
+            if self.write_records(records, false).await.is_err() {
+                return false;
+            }
+            self.held.remove_oldest(n);
+        }
+    }
+
+    /// Appends held records to the spool, oldest first, until an append
+    /// fails; returns how many are still held.
+    fn respool_held(&self) -> usize {
+        let held = self.held.take_all();
+        if held.is_empty() {
+            return 0;
+        }
+        let mut buf = Vec::new();
+        let mut left = Vec::new();
+        let mut spool_fails = false;
+        for h in held {
+            if !spool_fails {
+                match spool::encode(&h.record, &mut buf).and_then(|()| self.spool.append(&buf)) {
+                    Ok(seg) => {
+                        self.spool.needs_replay(&seg);
+                        self.stats.spooled.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    // Too large for the spool: only the database can take it.
+                    Err(spool::SpoolError::Encode(_)) => {}
+                    Err(spool::SpoolError::Io { .. }) => spool_fails = true,
+                }
+            }
+            left.push(h);
+        }
+        let n = left.len();
+        self.held.put_back(left);
+        n
     }
 
     fn ack(&self, segments: &[Option<SegmentId>]) {
@@ -549,13 +606,6 @@ impl SinkCore {
     }
 }
 
-/// 50–150 % of `d`, so replicas that failed together do not retry together.
-fn jitter(d: Duration) -> Duration {
-    let mut b = [0u8; 1];
-    let _ = getrandom::fill(&mut b);
-    d.mul_f64(0.5 + f64::from(b[0]) / 255.0)
-}
-
 #[async_trait]
 impl BackgroundService for SinkService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -563,6 +613,16 @@ impl BackgroundService for SinkService {
             return;
         };
         let core = self.core.clone();
+        // A file-size limit (`ulimit -f`, systemd's LimitFSIZE) must fail a
+        // spool append as a full disk does, not kill the process and every
+        // open stream with SIGXFSZ: a listener replaces the signal's default
+        // action for the rest of the process's life.
+        #[cfg(unix)]
+        if let Err(e) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))
+        {
+            log::warn!("cannot take over SIGXFSZ ({e}): a file-size limit would end the process");
+        }
         // The replayer and the fsync timer run beside the writer.
         let background = tokio::spawn({
             let core = core.clone();
@@ -572,7 +632,7 @@ impl BackgroundService for SinkService {
                     replay_tick.tick().await;
                     // The replay doubles as the probe that ends a degraded spell.
                     let started = Instant::now();
-                    if core.replay_once().await {
+                    if core.retry_held().await && core.replay_once().await {
                         core.recovered(started);
                     } else {
                         core.set_degraded();
@@ -628,6 +688,12 @@ impl BackgroundService for SinkService {
         while in_flight.join_next().await.is_some() {}
         background.abort();
         syncer.abort();
+        let lost = core.respool_held();
+        if lost > 0 {
+            log::error!(
+                "{lost} request log records lost at exit: neither the spool nor the database took them"
+            );
+        }
         core.spool.sync();
         core.spool.close();
     }
@@ -656,6 +722,7 @@ mod tests {
                 spool_segment_max_bytes: 1 << 20,
                 spool_fsync_interval: Duration::from_secs(1),
                 bodies: None,
+                memory_hold_max_bytes: 1 << 20,
             },
         )
         .unwrap();
