@@ -290,7 +290,53 @@ async fn bodies_go_to_s3_as_gzip_json_and_no_secret_is_written_anywhere(backend:
     );
 }
 
+/// S3 going away costs where a body is kept, never the body: a row whose
+/// upload failed keeps its bodies inline, and arrives without waiting out
+/// the client library's retries; while S3 is paused, later rows do too.
+async fn a_body_whose_upload_fails_stays_in_its_row(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let (_, key) = env.create_key("s3-away");
+    let mut s3 = s3_server("majordomo-logs").await;
+    let mock = MockUpstream::start().await;
+    let gw = env
+        .gateway(&mock)
+        .env("MAJORDOMO_LOGGING_BODY_STORAGE", "s3")
+        .env("MAJORDOMO_S3_BUCKET", "majordomo-logs")
+        .env("MAJORDOMO_S3_ENDPOINT", &s3.endpoint)
+        .env("MAJORDOMO_S3_ACCESS_KEY_ID", "test-access")
+        .env("MAJORDOMO_S3_SECRET_ACCESS_KEY", "test-secret")
+        .start()
+        .await;
+    let (id, _) = chat(&gw, &key, false).await;
+    env.row(&id).await;
+    assert!(bodies(&env, &id).await.2.is_some(), "S3 takes the first");
+
+    s3.child.kill().unwrap();
+    s3.child.wait().unwrap();
+    for stream in [true, false] {
+        let started = Instant::now();
+        let (id, received) = chat(&gw, &key, stream).await;
+        env.row(&id).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?} for the row",
+            started.elapsed()
+        );
+        let (req, resp, s3_key) = bodies(&env, &id).await;
+        assert_eq!(s3_key, None);
+        assert!(req.expect("request body kept").contains("Grüße 👋"));
+        assert_eq!(resp.expect("response body kept"), received);
+    }
+    let failures = gw
+        .metric("majordomo_sink_errors_total{kind=\"body_upload\"}")
+        .await
+        .unwrap();
+    assert_eq!(failures, 2.0, "{}", gw.log());
+    assert!(gw.log().contains("keeps its bodies inline"), "{}", gw.log());
+}
+
 both_stores!(
     bodies_are_stored_in_the_database_as_the_client_sent_and_received_them,
     bodies_go_to_s3_as_gzip_json_and_no_secret_is_written_anywhere,
+    a_body_whose_upload_fails_stays_in_its_row,
 );

@@ -2,24 +2,42 @@
 //!
 //! Each request with a body becomes one gzip-compressed JSON object at
 //! `<api_key_id>/<YYYY-MM-DD>/<request_id>.json.gz`, written before the row so
-//! the row's `body_s3_key` is set only once the object exists. Uploads are
+//! the row's `body_s3_key` is set only once the object exists. A body whose
+//! upload fails stays in the row (its `request_body` / `response_body`
+//! columns): S3 being away costs where the body is kept, never the body.
+//! Each upload has a short time budget, so S3 being slow delays a batch of
+//! rows by seconds, not by the client library's default minutes. Uploads are
 //! idempotent (same key, same content), so a replayed record re-uploads
 //! harmlessly. The object holds the bodies and the request's identity, never
 //! a header: neither the majordomo key nor provider credentials reach it.
 //! Any S3-compatible endpoint works (path-style requests by default).
 
-use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 
 use crate::config::S3Config;
 use crate::store::RequestRecord;
 
 pub struct BodyStore {
     store: Arc<dyn ObjectStore>,
+}
+
+/// The object's JSON: the bodies and the request's identity, no header.
+#[derive(serde::Serialize)]
+struct BodyObject<'a> {
+    request_id: &'a uuid::Uuid,
+    api_key_id: Option<&'a uuid::Uuid>,
+    provider: &'a str,
+    model: &'a str,
+    request_path: &'a str,
+    requested_at: &'a chrono::DateTime<chrono::Utc>,
+    status_code: i32,
+    request_body: Option<&'a str>,
+    response_body: Option<&'a str>,
 }
 
 impl std::fmt::Debug for BodyStore {
@@ -36,6 +54,16 @@ impl BodyStore {
             return Err("s3.bucket must be set when logging.body_storage is s3".into());
         }
         let mut b = AmazonS3Builder::from_env()
+            .with_client_options(
+                ClientOptions::new()
+                    .with_connect_timeout(Duration::from_secs(3))
+                    .with_timeout(Duration::from_secs(10)),
+            )
+            .with_retry(RetryConfig {
+                max_retries: 2,
+                retry_timeout: Duration::from_secs(15),
+                ..RetryConfig::default()
+            })
             .with_bucket_name(&cfg.bucket)
             .with_region(&cfg.region)
             .with_virtual_hosted_style_request(!cfg.path_style);
@@ -69,25 +97,33 @@ impl BodyStore {
         )
     }
 
-    /// Takes a record's bodies out into the object to upload: (key, gzip JSON).
-    pub fn prepare(r: &mut RequestRecord) -> Option<(String, Vec<u8>)> {
+    /// The object to upload for a record's bodies: (key, gzip JSON). The
+    /// bodies stay in the record until [`Self::stored`] says the object is in S3.
+    pub fn prepare(r: &RequestRecord) -> Option<(String, Vec<u8>)> {
         if r.request_body.is_none() && r.response_body.is_none() {
             return None;
         }
-        let doc = serde_json::json!({
-            "request_id": r.id,
-            "api_key_id": r.api_key_id,
-            "provider": r.provider,
-            "model": r.model,
-            "request_path": r.request_path,
-            "requested_at": r.requested_at,
-            "status_code": r.status_code,
-            "request_body": r.request_body.take(),
-            "response_body": r.response_body.take(),
-        });
+        let doc = BodyObject {
+            request_id: &r.id,
+            api_key_id: r.api_key_id.as_ref(),
+            provider: &r.provider,
+            model: &r.model,
+            request_path: &r.request_path,
+            requested_at: &r.requested_at,
+            status_code: r.status_code,
+            request_body: r.request_body.as_deref(),
+            response_body: r.response_body.as_deref(),
+        };
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(doc.to_string().as_bytes()).ok()?;
+        serde_json::to_writer(&mut gz, &doc).ok()?;
         Some((Self::key_for(r), gz.finish().ok()?))
+    }
+
+    /// The record's bodies are in S3 at `key`: the row points there instead.
+    pub fn stored(r: &mut RequestRecord, key: String) {
+        r.request_body = None;
+        r.response_body = None;
+        r.body_s3_key = Some(key);
     }
 
     /// Stores one prepared object.

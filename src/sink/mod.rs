@@ -60,7 +60,7 @@ pub struct SinkStats {
     pub spool_errors: AtomicU64,
     /// Batch write attempts that failed.
     pub failed_writes: AtomicU64,
-    /// Bodies that could not be stored in S3 (their rows are written without).
+    /// Bodies not stored in S3 (their rows keep them inline).
     pub body_upload_failures: AtomicU64,
 }
 
@@ -193,6 +193,8 @@ pub struct SinkCore {
     spool: Arc<SpoolWriter>,
     stats: Arc<SinkStats>,
     held: Arc<HeldRecords>,
+    /// Set when a body upload failed: until then bodies stay in their rows.
+    s3_paused_until: Mutex<Option<Instant>>,
     /// Set when the database just failed: (when it failed, until when queued
     /// batches go straight to the spool).
     degraded: Mutex<Option<(Instant, Instant)>>,
@@ -233,6 +235,7 @@ pub fn channel(
                 spool,
                 stats,
                 held,
+                s3_paused_until: Mutex::new(None),
                 degraded: Mutex::new(None),
                 shutting_down: AtomicBool::new(false),
             }),
@@ -241,6 +244,8 @@ pub fn channel(
 }
 
 const DEGRADED_FOR: Duration = Duration::from_secs(2);
+/// How long S3 is left alone after a failed body upload.
+const S3_PAUSE: Duration = Duration::from_secs(30);
 const REPLAY_EVERY: Duration = Duration::from_millis(500);
 
 impl SinkService {
@@ -464,11 +469,28 @@ impl SinkCore {
     }
 
     /// Uploads bodies to S3 (a few at a time) before the rows are written;
-    /// a row points at its object only once the object is stored.
+    /// a row points at its object only once the object is stored. After a
+    /// failed upload S3 is left alone for [`S3_PAUSE`]: meanwhile rows keep
+    /// their bodies inline rather than each wait out an upload's time budget.
     async fn offload_bodies(&self, bodies: &Arc<bodies::BodyStore>, records: &mut [RequestRecord]) {
+        let mut s3_failed = self
+            .s3_paused_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| Instant::now() < until);
         for chunk in records.chunks_mut(16) {
+            if s3_failed {
+                let kept = chunk
+                    .iter()
+                    .filter(|r| r.request_body.is_some() || r.response_body.is_some())
+                    .count();
+                self.stats
+                    .body_upload_failures
+                    .fetch_add(kept as u64, Ordering::Relaxed);
+                continue;
+            }
             let uploads: Vec<_> = chunk
-                .iter_mut()
+                .iter()
                 .enumerate()
                 .filter_map(|(i, r)| bodies::BodyStore::prepare(r).map(|obj| (i, obj)))
                 .map(|(i, (key, bytes))| {
@@ -481,21 +503,23 @@ impl SinkCore {
                 })
                 .collect();
             for (i, key, upload) in uploads {
-                match upload.await {
-                    Ok(Ok(())) => chunk[i].body_s3_key = Some(key),
-                    Ok(Err(e)) => {
-                        self.stats
-                            .body_upload_failures
-                            .fetch_add(1, Ordering::Relaxed);
-                        log::warn!("body upload failed (row kept without body): {e}");
+                let failure = match upload.await {
+                    Ok(Ok(())) => {
+                        bodies::BodyStore::stored(&mut chunk[i], key);
+                        continue;
                     }
-                    Err(e) => {
-                        self.stats
-                            .body_upload_failures
-                            .fetch_add(1, Ordering::Relaxed);
-                        log::warn!("body upload task failed: {e}");
-                    }
-                }
+                    Ok(Err(e)) => e,
+                    Err(e) => format!("upload task: {e}"),
+                };
+                s3_failed = true;
+                *self
+                    .s3_paused_until
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + S3_PAUSE);
+                self.stats
+                    .body_upload_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                log::warn!("body upload failed ({failure}); the row keeps its bodies inline");
             }
         }
     }
