@@ -342,6 +342,8 @@ pub struct LoggingConfig {
     pub body_storage: BodyStorage,
     pub store_request_body: bool,
     pub store_response_body: bool,
+    /// `max_body_size` is the reference gateway's name for it.
+    #[serde(alias = "max_body_size")]
     pub max_body_bytes: usize,
     /// `text` or `json` log lines on stderr.
     pub format: String,
@@ -548,6 +550,7 @@ const ENV_KEYS: &[(&str, Kind)] = &[
     ("logging.store_request_body", Kind::Bool),
     ("logging.store_response_body", Kind::Bool),
     ("logging.max_body_bytes", Kind::Int),
+    ("logging.max_body_size", Kind::Int),
     ("logging.format", Kind::Str),
     ("logging.level", Kind::Str),
     ("s3.enabled", Kind::Bool),
@@ -663,6 +666,22 @@ impl Config {
     }
 
     fn validate(mut self) -> Result<Config, ConfigError> {
+        // An optional value left empty (`MAJORDOMO_S3_ACCESS_KEY_ID=` in an
+        // env file, `endpoint: ""`) is unset, not an empty credential or URL.
+        for value in [
+            &mut self.storage.postgres.url,
+            &mut self.storage.postgres.host,
+            &mut self.providers.openai.base_url,
+            &mut self.providers.anthropic.base_url,
+            &mut self.providers.gemini.base_url,
+            &mut self.s3.endpoint,
+            &mut self.s3.access_key_id,
+            &mut self.s3.secret_access_key,
+        ] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                *value = None;
+            }
+        }
         if self.server.port == 0 {
             return Err(invalid("server.port", "must be between 1 and 65535"));
         }
@@ -968,6 +987,42 @@ pricing:
         assert_eq!(
             c.providers.openai.base_url.as_deref(),
             Some("http://127.0.0.1:1/v1")
+        );
+    }
+
+    #[test]
+    fn the_reference_name_of_the_body_limit_is_accepted() {
+        let c =
+            Config::from_yaml_and_env("logging:\n  max_body_size: 4096\n", "t", &env(&[])).unwrap();
+        assert_eq!(c.logging.max_body_bytes, 4096);
+        let c =
+            Config::from_yaml_and_env("", "t", &env(&[("MAJORDOMO_LOGGING_MAX_BODY_SIZE", "512")]))
+                .unwrap();
+        assert_eq!(c.logging.max_body_bytes, 512);
+    }
+
+    #[test]
+    fn an_optional_value_left_empty_is_unset() {
+        let c = Config::from_yaml_and_env(
+            "s3:\n  endpoint: \"\"\n",
+            "t",
+            &env(&[
+                ("MAJORDOMO_S3_ACCESS_KEY_ID", ""),
+                ("MAJORDOMO_S3_SECRET_ACCESS_KEY", " "),
+                ("MAJORDOMO_STORAGE_POSTGRES_URL", ""),
+                ("MAJORDOMO_PROVIDERS_GEMINI_BASE_URL", ""),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.s3.endpoint, None);
+        assert_eq!(c.s3.access_key_id, None);
+        assert_eq!(c.s3.secret_access_key, None);
+        assert_eq!(c.storage.postgres.url, None);
+        assert_eq!(c.providers.gemini.base_url, None);
+        assert_eq!(
+            c.storage.effective_driver(),
+            StorageDriver::Sqlite,
+            "an empty URL does not choose PostgreSQL"
         );
     }
 
