@@ -74,7 +74,9 @@ impl AnthropicUsage {
     }
 
     fn merge(&mut self, usage: &Counts<6>) {
-        if !usage.object {
+        // A usage object with none of Anthropic's fields (another format's)
+        // is not a usage of zero: the row would be a real-looking $0.
+        if !usage.object || usage.values.iter().all(Option::is_none) {
             return;
         }
         self.seen = true;
@@ -333,6 +335,45 @@ pub(crate) mod tests {
                 complete: true,
             }
         );
+    }
+
+    #[test]
+    fn a_usage_object_without_anthropic_fields_is_not_a_usage_of_zero() {
+        // Reached only through a path no OpenAI-compatible route covers.
+        let req = Req::new(Provider::Anthropic, "/v1/messages", "application/json");
+        let parsed = req.parse(
+            br#"{"type":"message","model":"claude-sonnet-4-5","usage":{"prompt_tokens":1000,"completion_tokens":200}}"#,
+        );
+        assert_eq!(parsed.usage, None);
+    }
+
+    #[test]
+    fn the_openai_compatible_endpoint_answers_in_openai_format() {
+        let body = br#"{"id":"chatcmpl-1","object":"chat.completion","model":"claude-sonnet-4-5","choices":[],"usage":{"prompt_tokens":1000,"completion_tokens":200,"total_tokens":1200}}"#;
+        for (provider, path) in [
+            (Provider::Anthropic, "/v1/chat/completions"),
+            (Provider::Gemini, "/v1beta/openai/chat/completions"),
+        ] {
+            let parsed = Req::new(provider, path, "application/json").parse(body);
+            let usage = parsed.usage.unwrap_or_else(|| panic!("{path}"));
+            assert_eq!(
+                (usage.input_tokens, usage.output_tokens),
+                (1000, 200),
+                "{path}"
+            );
+        }
+        let stream = "data: {\"id\":\"c\",\"model\":\"gemini-2.5-flash\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n\
+                      data: {\"id\":\"c\",\"model\":\"gemini-2.5-flash\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\n\
+                      data: [DONE]\n\n";
+        let parsed = Req::new(
+            Provider::Gemini,
+            "/v1beta/openai/chat/completions",
+            "text/event-stream",
+        )
+        .parse_everywhere(stream.as_bytes());
+        let usage = parsed.usage.expect("stream usage");
+        assert_eq!((usage.input_tokens, usage.output_tokens), (7, 3));
+        assert!(parsed.complete);
     }
 
     #[test]

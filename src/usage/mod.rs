@@ -382,6 +382,20 @@ fn any_value(key: &memmem::Finder<'_>, data: &[u8], test: impl Fn(Option<u8>) ->
     })
 }
 
+/// The provider whose format a response is in: Anthropic's and Gemini's
+/// OpenAI-compatible endpoints (`/v1/chat/completions`,
+/// `/v1beta/openai/chat/completions`, `…/embeddings`) answer as OpenAI does.
+fn answering_format(provider: Provider, path: &str) -> Provider {
+    let path = path.trim_end_matches('/');
+    if provider != Provider::OpenAi
+        && (path.ends_with("/completions") || path.ends_with("/embeddings"))
+    {
+        Provider::OpenAi
+    } else {
+        provider
+    }
+}
+
 impl std::fmt::Debug for UsageParser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UsageParser").finish_non_exhaustive()
@@ -400,7 +414,7 @@ impl UsageParser {
         content_type: Option<&str>,
         content_encoding: Option<&str>,
     ) -> UsageParser {
-        let triage = Triage::for_request(provider, path);
+        let triage = Triage::for_request(answering_format(provider, path), path);
         UsageParser::with_triage(
             provider,
             path,
@@ -419,6 +433,8 @@ impl UsageParser {
         content_encoding: Option<&str>,
         triage: Triage,
     ) -> UsageParser {
+        let no_usage = provider == Provider::Anthropic && anthropic::is_count_tokens(path);
+        let provider = answering_format(provider, path);
         let reader = match BodyFormat::detect(provider, path, query, content_type) {
             Some(format) => Reader::for_format(provider, format, triage),
             None => Reader::Sniff(json_kind(provider, path, query), triage),
@@ -428,7 +444,7 @@ impl UsageParser {
             reader,
             extract: Extract::new(provider),
             findings: Findings::default(),
-            no_usage: provider == Provider::Anthropic && anthropic::is_count_tokens(path),
+            no_usage,
         };
         UsageParser {
             input: Decoder::new(content_encoding, body),
