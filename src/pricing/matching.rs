@@ -10,7 +10,9 @@
 //! lookup.
 //!
 //! The rules, in order:
-//! - an OpenAI fine-tune `ft:<base>:<org>::<id>` becomes `<base>`;
+//! - an OpenAI fine-tune `ft:<base>:<org>::<id>` becomes `ft:` and its
+//!   base's key: it meets the table's `ft:` entries (OpenAI's fine-tuned
+//!   inference prices, 1.5–2 × the base's), never the base's own price;
 //! - everything up to the last `/` is dropped (`models/…`), and everything
 //!   from an `@` (Vertex's `claude-…@20250929`);
 //! - ASCII lowercase;
@@ -28,7 +30,12 @@
 
 /// The normalised key of a model name or table id.
 pub(crate) fn canonical(name: &str) -> String {
-    let base = strip_decorations(name.trim());
+    let name = name.trim();
+    if name.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("ft:")) {
+        let rest = &name[3..];
+        return format!("ft:{}", canonical(rest.split(':').next().unwrap_or(rest)));
+    }
+    let base = strip_decorations(name);
     let lower = base.to_ascii_lowercase();
     let mut stem = lower.as_str();
     while let Some(shorter) = strip_version_suffix(stem) {
@@ -71,10 +78,6 @@ pub(crate) fn tier_suffix(id: &str) -> Option<(&str, u64)> {
 /// Removes the wrappers around a model name that are not part of it.
 fn strip_decorations(name: &str) -> &str {
     let mut s = name;
-    if s.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("ft:")) {
-        let rest = &s[3..];
-        s = rest.split(':').next().unwrap_or(rest);
-    }
     if let Some((_, after)) = s.rsplit_once('/') {
         s = after;
     }
@@ -165,7 +168,11 @@ mod tests {
         );
         assert_eq!(
             canonical("ft:gpt-4o-mini-2024-07-18:acme::abc123"),
-            "gpt-4o-mini"
+            "ft:gpt-4o-mini"
+        );
+        assert_eq!(
+            canonical("FT:gpt-4.1-2025-04-14:acme:run:xyz"),
+            "ft:gpt-4.1"
         );
         assert_eq!(canonical("claude-opus-4-1@20250805"), "claude-opus-4.1");
         assert_eq!(canonical("  GPT-4o  "), "gpt-4o");
