@@ -213,7 +213,7 @@ impl PgStore {
         let row = tx
             .query_opt(
                 &format!(
-                    "UPDATE api_keys SET is_active = false, revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 RETURNING {KEY_COLUMNS}, key_hash"
+                    "UPDATE api_keys SET is_active = false, revoked_at = COALESCE(revoked_at, clock_timestamp()) WHERE id = $1 RETURNING {KEY_COLUMNS}, key_hash"
                 ),
                 &[&id],
             )

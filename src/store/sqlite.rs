@@ -193,12 +193,18 @@ impl SqliteStore {
 
     pub async fn revoke_key(&self, id: Uuid) -> Result<Option<(ApiKey, String)>, StoreError> {
         self.with(move |c| {
-            c.execute(
+            // The time is read once the write lock is held: pollers look a
+            // few seconds back, and a revocation that waited out a long
+            // write (up to the busy timeout) must not be stamped before it.
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(err)?;
+            tx.execute(
                 "UPDATE api_keys SET is_active = 0, revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
                 params![id.to_string(), ts(&Utc::now())],
             )
             .map_err(err)?;
-            let hash: Option<String> = c
+            let hash: Option<String> = tx
                 .query_row(
                     "SELECT key_hash FROM api_keys WHERE id = ?1",
                     [id.to_string()],
@@ -206,7 +212,9 @@ impl SqliteStore {
                 )
                 .optional()
                 .map_err(err)?;
-            match (get(c, id)?, hash) {
+            let key = get(&tx, id)?;
+            tx.commit().map_err(err)?;
+            match (key, hash) {
                 (Some(k), Some(h)) => Ok(Some((k, h))),
                 _ => Ok(None),
             }
@@ -458,4 +466,44 @@ fn row_to_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
         last_used_at: parse_ts(r.get(7)?),
         request_count: r.get(8)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewKey;
+
+    /// Revocation pollers look a few seconds back: a revocation that waited
+    /// for another writer's lock must be stamped when it got the lock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revocation_is_stamped_when_it_gets_the_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let store = Arc::new(SqliteStore::open(&path).unwrap());
+        store.migrate().await.unwrap();
+        let key = store
+            .create_key(NewKey {
+                name: "waited",
+                description: None,
+                key_hash: "hash-waited",
+                key_hint: "hint",
+            })
+            .await
+            .unwrap();
+        let writer = Connection::open(&path).unwrap();
+        writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let revoke = tokio::spawn({
+            let store = store.clone();
+            async move { store.revoke_key(key.id).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let released = Utc::now();
+        writer.execute_batch("COMMIT").unwrap();
+        let (revoked, _) = revoke.await.unwrap().unwrap().unwrap();
+        let stamped = revoked.revoked_at.unwrap();
+        assert!(
+            stamped >= released - chrono::Duration::milliseconds(100),
+            "stamped {stamped}, lock released {released}"
+        );
+    }
 }
