@@ -29,22 +29,25 @@ pub struct PgStore {
 }
 
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
-    let Some(code) = e.code() else {
+    let Some(db) = e.as_db_error() else {
         // No SQLSTATE: I/O, a closed connection, the database being away.
         return StoreError::Unavailable(e.to_string());
     };
-    match code.code().get(..2) {
+    // The server's own words ("db error" alone names nothing). Not its
+    // DETAIL, which can quote a whole row, bodies included.
+    let why = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    match db.code().code().get(..2) {
         // Data exception, integrity constraint violation, program limit
         // exceeded (a value too large for an index): the row's own fault.
-        Some("22" | "23" | "54") => StoreError::Rejected(e.to_string()),
+        Some("22" | "23" | "54") => StoreError::Rejected(why),
         // Connection exception, transaction rollback (deadlock, serialization
         // failure), insufficient resources, object in use or lock timeout,
         // operator intervention (shutdown), system error: retry.
-        Some("08" | "40" | "53" | "55" | "57" | "58") => StoreError::Unavailable(e.to_string()),
+        Some("08" | "40" | "53" | "55" | "57" | "58") => StoreError::Unavailable(why),
         // Read-only transaction (a standby after a failover), permissions,
         // authentication, a missing table: the database's state, not the
         // data's. Rows wait in the spool rather than being dead-lettered.
-        _ => StoreError::Refused(e.to_string()),
+        _ => StoreError::Refused(why),
     }
 }
 
