@@ -599,10 +599,68 @@ async fn cli_mistakes_get_clear_errors(backend: Backend) {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--name"));
 }
 
+/// A database the reference gateway created (its three tables, an old key
+/// and an old row) is taken over: the migration adds majordomo's columns,
+/// keys are created and listed, requests are logged, and the old row keeps
+/// its meaning (it was priced and counted in full).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_the_reference_gateway_created_is_taken_over() {
+    const OLD_KEY: &str = "00000000-0000-4000-8000-0000000000aa";
+    let env = TestEnv::new(Backend::Postgres).await;
+    let pg = env.pg_client().await;
+    pg.batch_execute(include_str!("fixtures/reference_schema.sql"))
+        .await
+        .unwrap();
+    pg.batch_execute(&format!(
+        "INSERT INTO api_keys (id, key_hash, name) VALUES ('{OLD_KEY}', repeat('a', 64), 'old');
+         INSERT INTO llm_requests (majordomo_api_key_id, provider, model, request_path,
+             request_method, requested_at, responded_at, response_time_ms, input_tokens,
+             output_tokens, input_cost, output_cost, total_cost, status_code)
+         VALUES ('{OLD_KEY}', 'openai', 'gpt-4o', '/v1/chat/completions', 'POST', now(), now(),
+             120, 10, 5, 0.000025, 0.00005, 0.000075, 200);"
+    ))
+    .await
+    .unwrap();
+
+    let migrated = env.cli_ok(&["migrate"]);
+    assert!(migrated.contains("applied migrations: [1, 2]"), "{migrated}");
+    let (_, key) = env.create_key("new");
+    let listed = env.cli_ok(&["keys", "list"]);
+    assert!(listed.contains("old") && listed.contains("new"), "{listed}");
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("X-Majordomo-Key", &key)
+        .header("X-Majordomo-User-Id", "u-1")
+        .json(&json!({"model": "gpt-4o", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    let (status, id, _) = finish(r).await;
+    assert_eq!(status, 200);
+    let row = env.row(&id).await;
+    assert!(row.price_found && row.usage_complete, "{row:?}");
+    assert!(row.input_tokens > 0, "{row:?}");
+    let old = pg
+        .query_one(
+            "SELECT price_found, usage_complete, reasoning_tokens FROM llm_requests \
+             WHERE majordomo_api_key_id::text = $1",
+            &[&OLD_KEY],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (old.get::<_, bool>(0), old.get::<_, bool>(1), old.get::<_, i64>(2)),
+        (true, true, 0)
+    );
+    assert!(!gw.log().contains("rejected"), "{}", gw.log());
+}
+
 async fn migrate_applies_the_schema_once(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let first = env.cli_ok(&["migrate"]);
-    assert!(first.contains("applied migrations: [1]"), "{first}");
+    assert!(first.contains("applied migrations: [1, 2]"), "{first}");
     let second = env.cli_ok(&["migrate"]);
     assert!(second.contains("up to date"), "{second}");
 }

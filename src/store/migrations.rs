@@ -12,12 +12,20 @@ pub struct Migration {
     pub sqlite: &'static str,
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    postgres: include_str!("../../migrations/postgres/0001_initial.sql"),
-    sqlite: include_str!("../../migrations/sqlite/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        postgres: include_str!("../../migrations/postgres/0001_initial.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "reference_columns",
+        postgres: include_str!("../../migrations/postgres/0002_reference_columns.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0002_reference_columns.sql"),
+    },
+];
 
 pub const LEDGER_TABLE: &str = "majordomo_schema_migrations";
 

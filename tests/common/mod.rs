@@ -395,8 +395,8 @@ const ROW_SQL: &str = "SELECT id, majordomo_api_key_id, provider_api_key_hash, p
 
 const PG_ROW_SQL: &str = "SELECT id::text, majordomo_api_key_id::text, provider_api_key_hash, \
     provider, model, request_path, request_method, status_code::bigint, response_time_ms::bigint, \
-    time_to_first_byte_ms::bigint, input_tokens, output_tokens, cached_tokens, \
-    cache_creation_tokens, reasoning_tokens, input_cost::text, output_cost::text, \
+    time_to_first_byte_ms::bigint, input_tokens::bigint, output_tokens::bigint, \
+    cached_tokens::bigint, cache_creation_tokens::bigint, reasoning_tokens, input_cost::text, output_cost::text, \
     total_cost::text, price_found, usage_complete, error_message, raw_metadata::text \
     FROM llm_requests";
 

@@ -1,0 +1,3 @@
+-- majordomo schema v2: PostgreSQL only (a database the reference gateway
+-- created gets v1's columns); the reference had no SQLite store, so there
+-- is nothing to do here.
