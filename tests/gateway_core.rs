@@ -623,7 +623,10 @@ async fn a_database_the_reference_gateway_created_is_taken_over() {
     .unwrap();
 
     let migrated = env.cli_ok(&["migrate"]);
-    assert!(migrated.contains("applied migrations: [1, 2]"), "{migrated}");
+    assert!(
+        migrated.contains("applied migrations: [1, 2]"),
+        "{migrated}"
+    );
     let (_, key) = env.create_key("new");
     let listed = env.cli_ok(&["keys", "list"]);
     assert!(listed.contains("old") && listed.contains("new"), "{listed}");
@@ -651,7 +654,11 @@ async fn a_database_the_reference_gateway_created_is_taken_over() {
         .await
         .unwrap();
     assert_eq!(
-        (old.get::<_, bool>(0), old.get::<_, bool>(1), old.get::<_, i64>(2)),
+        (
+            old.get::<_, bool>(0),
+            old.get::<_, bool>(1),
+            old.get::<_, i64>(2)
+        ),
         (true, true, 0)
     );
     assert!(!gw.log().contains("rejected"), "{}", gw.log());

@@ -51,7 +51,10 @@ pub fn build(
     let usage = parsed.usage.unwrap_or_default();
     let model = without_nul(choose_model(ctx, req, parsed.model));
     let (cost, priced_as) = match prices.lookup(&model, usage.input_tokens) {
-        Some(m) => (pricing::cost(ctx.provider, &usage, &m.price), Some(m.id)),
+        Some(m) => {
+            let rules = pricing::caching_rules(ctx.provider, &m.id);
+            (pricing::cost(rules, &usage, &m.price), Some(m.id))
+        }
         None => (pricing::Cost::default(), None),
     };
     let price_found = priced_as.is_some();

@@ -89,6 +89,18 @@ pub fn cost(provider: Provider, usage: &Usage, price: &Price) -> Cost {
     }
 }
 
+/// Whose caching rules price a request: Anthropic's for every Claude model,
+/// also one served through an OpenAI-compatible upstream (a router, a
+/// cloud's gateway) whose usage comes in OpenAI's format; otherwise the
+/// provider's.
+pub fn caching_rules(provider: Provider, price_id: &str) -> Provider {
+    if price_id.starts_with("claude") {
+        Provider::Anthropic
+    } else {
+        provider
+    }
+}
+
 fn tokens(n: u64) -> Decimal {
     Decimal::from(n)
 }
@@ -170,6 +182,30 @@ mod tests {
         };
         let c = cost(Provider::Anthropic, &usage, &price("3", "15", None));
         expect(&c, "0.016425", "0.0105", "0.026925");
+    }
+
+    #[test]
+    fn a_claude_model_keeps_anthropics_caching_rules_behind_an_openai_compatible_upstream() {
+        assert_eq!(
+            caching_rules(Provider::OpenAi, "claude-sonnet-4.5"),
+            Provider::Anthropic
+        );
+        assert_eq!(caching_rules(Provider::OpenAi, "gpt-4o"), Provider::OpenAi);
+        assert_eq!(
+            caching_rules(Provider::Gemini, "gemini-2.5-pro"),
+            Provider::Gemini
+        );
+        // A router's OpenAI-format usage for Sonnet 4.5 ($3 / $15): 10_000
+        // prompt tokens, 8_000 of them cache reads at 0.3, not at 3.
+        //   2_000 × 3 + 8_000 × 0.3 = 8_400 → $0.0084
+        let usage = Usage {
+            input_tokens: 10_000,
+            cached_tokens: 8_000,
+            ..Usage::default()
+        };
+        let rules = caching_rules(Provider::OpenAi, "claude-sonnet-4.5");
+        let c = cost(rules, &usage, &price("3", "15", None));
+        expect(&c, "0.0084", "0", "0.0084");
     }
 
     #[test]

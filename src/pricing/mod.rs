@@ -29,7 +29,7 @@ mod matching;
 mod parse;
 mod table;
 
-pub use cost::{cost, Cost, COST_DECIMAL_PLACES};
+pub use cost::{caching_rules, cost, Cost, COST_DECIMAL_PLACES};
 pub use table::PriceTable;
 
 use rust_decimal::Decimal;
