@@ -417,7 +417,9 @@ pub struct PricingConfig {
     pub remote_url: String,
     #[serde(deserialize_with = "de_duration")]
     pub refresh_interval: Duration,
-    /// A local price table (our snapshot format or the llm-prices format).
+    /// A local price table (our snapshot format or the llm-prices format);
+    /// `fallback_file` is the reference gateway's name for it.
+    #[serde(alias = "fallback_file")]
     pub file: Option<PathBuf>,
     /// Per-model prices (USD per million tokens) that win over every table.
     pub overrides: BTreeMap<String, PriceOverride>,
@@ -563,6 +565,7 @@ const ENV_KEYS: &[(&str, Kind)] = &[
     ("pricing.remote_url", Kind::Str),
     ("pricing.refresh_interval", Kind::Str),
     ("pricing.file", Kind::Str),
+    ("pricing.fallback_file", Kind::Str),
     ("sink.channel_capacity", Kind::Int),
     ("sink.batch_max_events", Kind::Int),
     ("sink.batch_timeout_ms", Kind::Int),
@@ -991,7 +994,7 @@ pricing:
     }
 
     #[test]
-    fn the_reference_name_of_the_body_limit_is_accepted() {
+    fn the_reference_names_of_the_body_limit_and_the_price_file_are_accepted() {
         let c =
             Config::from_yaml_and_env("logging:\n  max_body_size: 4096\n", "t", &env(&[])).unwrap();
         assert_eq!(c.logging.max_body_bytes, 4096);
@@ -999,6 +1002,9 @@ pricing:
             Config::from_yaml_and_env("", "t", &env(&[("MAJORDOMO_LOGGING_MAX_BODY_SIZE", "512")]))
                 .unwrap();
         assert_eq!(c.logging.max_body_bytes, 512);
+        let c = Config::from_yaml_and_env("pricing:\n  fallback_file: ./p.json\n", "t", &env(&[]))
+            .unwrap();
+        assert_eq!(c.pricing.file.as_deref(), Some(Path::new("./p.json")));
     }
 
     #[test]
