@@ -452,6 +452,9 @@ pub struct PriceOverride {
 pub struct SinkConfig {
     /// Records waiting for the writer; when full, records go to the spool instead.
     pub channel_capacity: usize,
+    /// Bytes those records (and the batches being written) may hold, bodies
+    /// included; past it, records go to the spool instead.
+    pub channel_max_bytes: usize,
     pub batch_max_events: usize,
     pub batch_timeout_ms: u64,
     /// Batches written to the database at the same time (each on its own
@@ -474,6 +477,7 @@ impl Default for SinkConfig {
     fn default() -> Self {
         SinkConfig {
             channel_capacity: 65_536,
+            channel_max_bytes: 128 * 1024 * 1024,
             batch_max_events: 2_000,
             batch_timeout_ms: 200,
             writers: 2,
@@ -567,6 +571,7 @@ const ENV_KEYS: &[(&str, Kind)] = &[
     ("pricing.file", Kind::Str),
     ("pricing.fallback_file", Kind::Str),
     ("sink.channel_capacity", Kind::Int),
+    ("sink.channel_max_bytes", Kind::Int),
     ("sink.batch_max_events", Kind::Int),
     ("sink.batch_timeout_ms", Kind::Int),
     ("sink.writers", Kind::Int),

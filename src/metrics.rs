@@ -261,6 +261,12 @@ fn render_sources(s: &Sources, out: &mut String) {
     );
     let _ = writeln!(out, "# TYPE majordomo_sink_queue_depth gauge");
     let _ = writeln!(out, "majordomo_sink_queue_depth {}", s.sink.depth());
+    let _ = writeln!(
+        out,
+        "# HELP majordomo_sink_queue_bytes Bytes of the records waiting for or being written by the database writer (bounded by sink.channel_max_bytes)"
+    );
+    let _ = writeln!(out, "# TYPE majordomo_sink_queue_bytes gauge");
+    let _ = writeln!(out, "majordomo_sink_queue_bytes {}", s.sink.queued_bytes());
     let (held, held_bytes) = s.sink.held();
     let _ = writeln!(
         out,

@@ -95,6 +95,7 @@ pub fn run(config: Config, flags: ServeFlags) -> anyhow::Result<()> {
         sink_store,
         SinkSettings {
             channel_capacity: config.sink.channel_capacity,
+            channel_max_bytes: config.sink.channel_max_bytes,
             max_events: config.sink.batch_max_events,
             timeout: Duration::from_millis(config.sink.batch_timeout_ms),
             writers: config.sink.writers,

@@ -284,6 +284,31 @@ async fn a_sigkilled_gateway_loses_no_accepted_record() {
     );
 }
 
+/// The queue is bounded in bytes too (bodies make records large): past
+/// `sink.channel_max_bytes` a record takes the spool's way to the database,
+/// as when the queue is full, and arrives all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_past_the_queue_byte_bound_reach_the_database_through_the_spool() {
+    let env = TestEnv::new(Backend::Postgres).await;
+    let (_, key) = env.create_key("queue-bytes");
+    let mock = MockUpstream::start().await;
+    mock.set_recording(false);
+    // Smaller than any record: every one goes the spool's way.
+    let gw = env
+        .gateway(&mock)
+        .env("MAJORDOMO_SINK_CHANNEL_MAX_BYTES", 1)
+        .start()
+        .await;
+    let ids = load(&gw, &key, 30, 4).await;
+    let rows = env.wait_rows(ids.len(), Duration::from_secs(20)).await;
+    assert_exactly(&rows, &ids);
+    let outcome = |o: &str| format!("majordomo_sink_records_total{{outcome=\"{o}\"}}");
+    assert_eq!(gw.metric(&outcome("queued")).await, Some(0.0));
+    assert_eq!(gw.metric(&outcome("spooled")).await, Some(30.0));
+    assert_eq!(gw.metric(&outcome("replayed")).await, Some(30.0));
+    assert_eq!(gw.metric("majordomo_sink_queue_bytes").await, Some(0.0));
+}
+
 /// Sets the soft file-size limit of a running process (`prlimit`, util-linux):
 /// "1" fails every write that would grow a file, as a full disk does;
 /// "unlimited" lifts it.

@@ -43,10 +43,10 @@ impl HeldRecords {
     }
 
     /// Keeps `held` unless that would pass the bound; gives it back if not.
-    pub fn hold(&self, held: Held) -> Result<(), Held> {
+    pub fn hold(&self, held: Held) -> Result<(), Box<Held>> {
         let mut inner = self.lock();
         if inner.bytes + held.bytes > self.max_bytes {
-            return Err(held);
+            return Err(Box::new(held));
         }
         inner.bytes += held.bytes;
         inner.records.push_back(held);

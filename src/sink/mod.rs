@@ -25,7 +25,7 @@ pub mod spool;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,10 +70,12 @@ impl SinkStats {
     }
 }
 
-/// A record on its way to the store, with the spool segment holding its copy.
+/// A record on its way to the store, with the spool segment holding its copy
+/// and the bytes it is charged for (its spool encoding's length).
 struct Queued {
     record: RequestRecord,
     segment: Option<SegmentId>,
+    bytes: usize,
 }
 
 thread_local! {
@@ -88,6 +90,9 @@ pub struct SinkSender {
     spool: Arc<SpoolWriter>,
     stats: Arc<SinkStats>,
     held: Arc<HeldRecords>,
+    /// Bytes of the records in the channel and in batches being written.
+    queued_bytes: Arc<AtomicUsize>,
+    max_queued_bytes: usize,
 }
 
 impl SinkSender {
@@ -106,11 +111,28 @@ impl SinkSender {
                 None
             }
         };
-        match self.tx.try_send(Queued { record, segment }) {
+        let queued = Queued {
+            record,
+            segment,
+            bytes: encoded_bytes,
+        };
+        // Counted before the send, so the writer never subtracts first. Past
+        // the bound (bodies make records large) the channel counts as full.
+        let before = self
+            .queued_bytes
+            .fetch_add(encoded_bytes, Ordering::Relaxed);
+        let sent = if before + encoded_bytes > self.max_queued_bytes {
+            Err(mpsc::error::TrySendError::Full(queued))
+        } else {
+            self.tx.try_send(queued)
+        };
+        match sent {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
             }
             Err(mpsc::error::TrySendError::Full(q)) | Err(mpsc::error::TrySendError::Closed(q)) => {
+                self.queued_bytes
+                    .fetch_sub(encoded_bytes, Ordering::Relaxed);
                 match q.segment {
                     Some(seg) => {
                         self.spool.needs_replay(&seg);
@@ -125,6 +147,11 @@ impl SinkSender {
     /// Records waiting in the channel.
     pub fn depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Bytes of the records in the channel and in batches being written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
     }
 
     pub fn stats(&self) -> &Arc<SinkStats> {
@@ -178,6 +205,9 @@ pub struct SinkSettings {
     /// Bound of the in-memory hold for records neither the spool nor the
     /// database can take ([`held`]).
     pub memory_hold_max_bytes: usize,
+    /// Bound of the bytes in the channel and in batches being written; past
+    /// it records go to the spool only, as when the channel is full.
+    pub channel_max_bytes: usize,
 }
 
 /// The background writer and replayer.
@@ -193,6 +223,7 @@ pub struct SinkCore {
     spool: Arc<SpoolWriter>,
     stats: Arc<SinkStats>,
     held: Arc<HeldRecords>,
+    queued_bytes: Arc<AtomicUsize>,
     /// Set when a body upload failed: until then bodies stay in their rows.
     s3_paused_until: Mutex<Option<Instant>>,
     /// Set when the database just failed: (when it failed, until when queued
@@ -220,12 +251,15 @@ pub fn channel(
     let (tx, rx) = mpsc::channel(settings.channel_capacity);
     let stats = Arc::new(SinkStats::default());
     let held = Arc::new(HeldRecords::new(settings.memory_hold_max_bytes));
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
     Ok((
         SinkSender {
             tx,
             spool: spool.clone(),
             stats: stats.clone(),
             held: held.clone(),
+            queued_bytes: queued_bytes.clone(),
+            max_queued_bytes: settings.channel_max_bytes,
         },
         SinkService {
             rx: Mutex::new(Some(rx)),
@@ -235,6 +269,7 @@ pub fn channel(
                 spool,
                 stats,
                 held,
+                queued_bytes,
                 s3_paused_until: Mutex::new(None),
                 degraded: Mutex::new(None),
                 shutting_down: AtomicBool::new(false),
@@ -315,16 +350,18 @@ impl SinkCore {
     /// Writes a batch from the queue; on a database failure the records stay
     /// in the spool for the replayer.
     async fn write_queued(&self, batch: Vec<Queued>) {
+        let bytes: usize = batch.iter().map(|q| q.bytes).sum();
         let (records, segments): (Vec<RequestRecord>, Vec<Option<SegmentId>>) =
             batch.into_iter().map(|q| (q.record, q.segment)).unzip();
         if self.degraded() {
             self.leave_to_spool(records, &segments);
-            return;
+        } else {
+            match self.write_records(records, false).await {
+                Ok(()) => self.ack(&segments),
+                Err(records) => self.leave_to_spool(records, &segments),
+            }
         }
-        match self.write_records(records, false).await {
-            Ok(()) => self.ack(&segments),
-            Err(records) => self.leave_to_spool(records, &segments),
-        }
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     fn leave_to_spool(&self, records: Vec<RequestRecord>, segments: &[Option<SegmentId>]) {
@@ -729,13 +766,17 @@ mod tests {
     use crate::config::{StorageConfig, StorageDriver};
 
     fn core(dir: &std::path::Path) -> Arc<SinkCore> {
+        sink(dir).1.core()
+    }
+
+    fn sink(dir: &std::path::Path) -> (SinkSender, SinkService) {
         let mut storage = StorageConfig {
             driver: Some(StorageDriver::Sqlite),
             ..StorageConfig::default()
         };
         storage.sqlite.path = dir.join("m.db");
         let store = Store::open(&storage).unwrap();
-        let (_, service) = channel(
+        channel(
             store,
             SinkSettings {
                 channel_capacity: 8,
@@ -747,10 +788,31 @@ mod tests {
                 spool_fsync_interval: Duration::from_secs(1),
                 bodies: None,
                 memory_hold_max_bytes: 1 << 20,
+                channel_max_bytes: 1 << 20,
             },
         )
-        .unwrap();
-        service.core()
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_batchs_bytes_are_given_back_once_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, service) = sink(dir.path());
+        let core = service.core();
+        core.store.migrate().await.unwrap();
+        for _ in 0..3 {
+            tx.submit(RequestRecord {
+                id: uuid::Uuid::now_v7(),
+                ..RequestRecord::default()
+            });
+        }
+        assert!(tx.queued_bytes() > 0);
+        let mut rx = service.rx.lock().unwrap().take().unwrap();
+        let batch = core.next_batch(&mut rx).await.unwrap();
+        assert_eq!(batch.len(), 3);
+        core.write_queued(batch).await;
+        assert_eq!(tx.queued_bytes(), 0);
+        assert_eq!(SinkStats::get(&core.stats.written), 3);
     }
 
     #[test]
