@@ -342,8 +342,7 @@ pub struct LoggingConfig {
     pub body_storage: BodyStorage,
     pub store_request_body: bool,
     pub store_response_body: bool,
-    /// `max_body_size` is the reference gateway's name for it.
-    #[serde(alias = "max_body_size")]
+    /// `max_body_size` is the reference gateway's name for it ([`KEY_ALIASES`]).
     pub max_body_bytes: usize,
     /// `text` or `json` log lines on stderr.
     pub format: String,
@@ -418,8 +417,7 @@ pub struct PricingConfig {
     #[serde(deserialize_with = "de_duration")]
     pub refresh_interval: Duration,
     /// A local price table (our snapshot format or the llm-prices format);
-    /// `fallback_file` is the reference gateway's name for it.
-    #[serde(alias = "fallback_file")]
+    /// `fallback_file` is the reference gateway's name for it ([`KEY_ALIASES`]).
     pub file: Option<PathBuf>,
     /// Per-model prices (USD per million tokens) that win over every table.
     pub overrides: BTreeMap<String, PriceOverride>,
@@ -555,8 +553,9 @@ const ENV_KEYS: &[(&str, Kind)] = &[
     ("logging.body_storage", Kind::Str),
     ("logging.store_request_body", Kind::Bool),
     ("logging.store_response_body", Kind::Bool),
-    ("logging.max_body_bytes", Kind::Int),
+    // An alias before its key: when both variables are set, the key's wins.
     ("logging.max_body_size", Kind::Int),
+    ("logging.max_body_bytes", Kind::Int),
     ("logging.format", Kind::Str),
     ("logging.level", Kind::Str),
     ("s3.enabled", Kind::Bool),
@@ -568,8 +567,8 @@ const ENV_KEYS: &[(&str, Kind)] = &[
     ("s3.path_style", Kind::Bool),
     ("pricing.remote_url", Kind::Str),
     ("pricing.refresh_interval", Kind::Str),
-    ("pricing.file", Kind::Str),
     ("pricing.fallback_file", Kind::Str),
+    ("pricing.file", Kind::Str),
     ("sink.channel_capacity", Kind::Int),
     ("sink.channel_max_bytes", Kind::Int),
     ("sink.batch_max_events", Kind::Int),
@@ -583,6 +582,41 @@ const ENV_KEYS: &[(&str, Kind)] = &[
 ];
 
 /// The environment variable that overrides a key path.
+/// The reference gateway's names for keys majordomo names otherwise,
+/// (section, alias, key): read as the key, which wins when both are given.
+const KEY_ALIASES: &[(&str, &str, &str)] = &[
+    ("logging", "max_body_size", "max_body_bytes"),
+    ("pricing", "fallback_file", "file"),
+];
+
+/// The key an environment override of `key` sets (itself, or what it aliases).
+fn aliased_key(key: &str) -> String {
+    KEY_ALIASES
+        .iter()
+        .find(|(section, alias, _)| {
+            key.strip_prefix(section)
+                .and_then(|rest| rest.strip_prefix('.'))
+                == Some(alias)
+        })
+        .map(|(section, _, real)| format!("{section}.{real}"))
+        .unwrap_or_else(|| key.to_string())
+}
+
+/// Reads a file's aliased keys as their keys (a key given too wins).
+fn fold_aliases(root: &mut serde_norway::Value) {
+    for (section, alias, key) in KEY_ALIASES {
+        let Some(serde_norway::Value::Mapping(m)) = root.get_mut(*section) else {
+            continue;
+        };
+        if let Some(v) = m.remove(*alias) {
+            let key = serde_norway::Value::String((*key).to_string());
+            if !m.contains_key(&key) {
+                m.insert(key, v);
+            }
+        }
+    }
+}
+
 pub fn env_var_name(key: &str) -> String {
     let mut name = String::with_capacity(10 + key.len());
     name.push_str("MAJORDOMO_");
@@ -640,6 +674,7 @@ impl Config {
         if root.is_null() {
             root = serde_norway::Value::Mapping(Default::default());
         }
+        fold_aliases(&mut root);
         let mut overridden = false;
         for (key, kind) in ENV_KEYS {
             let var = env_var_name(key);
@@ -653,9 +688,11 @@ impl Config {
                         Kind::Bool => "true or false",
                     },
                 })?;
-                set_path(&mut root, key, value).map_err(|message| ConfigError::Parse {
-                    origin: origin.to_string(),
-                    message,
+                set_path(&mut root, &aliased_key(key), value).map_err(|message| {
+                    ConfigError::Parse {
+                        origin: origin.to_string(),
+                        message,
+                    }
                 })?;
                 overridden = true;
             }
@@ -1010,6 +1047,35 @@ pricing:
         let c = Config::from_yaml_and_env("pricing:\n  fallback_file: ./p.json\n", "t", &env(&[]))
             .unwrap();
         assert_eq!(c.pricing.file.as_deref(), Some(Path::new("./p.json")));
+        // Both names at once: majordomo's wins in the file, the environment
+        // wins over the file, and majordomo's variable over the alias's.
+        let both = "logging:\n  max_body_bytes: 100\n  max_body_size: 200\n";
+        let c = Config::from_yaml_and_env(both, "t", &env(&[])).unwrap();
+        assert_eq!(c.logging.max_body_bytes, 100);
+        let c = Config::from_yaml_and_env(
+            both,
+            "t",
+            &env(&[("MAJORDOMO_LOGGING_MAX_BODY_SIZE", "300")]),
+        )
+        .unwrap();
+        assert_eq!(c.logging.max_body_bytes, 300);
+        let c = Config::from_yaml_and_env(
+            both,
+            "t",
+            &env(&[
+                ("MAJORDOMO_LOGGING_MAX_BODY_SIZE", "300"),
+                ("MAJORDOMO_LOGGING_MAX_BODY_BYTES", "400"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.logging.max_body_bytes, 400);
+        let c = Config::from_yaml_and_env(
+            include_str!("../conf/majordomo.yaml"),
+            "example",
+            &env(&[("MAJORDOMO_PRICING_FALLBACK_FILE", "./q.json")]),
+        )
+        .unwrap();
+        assert_eq!(c.pricing.file.as_deref(), Some(Path::new("./q.json")));
     }
 
     #[test]
