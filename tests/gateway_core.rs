@@ -617,7 +617,12 @@ async fn a_database_the_reference_gateway_created_is_taken_over() {
              request_method, requested_at, responded_at, response_time_ms, input_tokens,
              output_tokens, input_cost, output_cost, total_cost, status_code)
          VALUES ('{OLD_KEY}', 'openai', 'gpt-4o', '/v1/chat/completions', 'POST', now(), now(),
-             120, 10, 5, 0.000025, 0.00005, 0.000075, 200);"
+             120, 10, 5, 0.000025, 0.00005, 0.000075, 200);
+         INSERT INTO llm_requests (majordomo_api_key_id, provider, model, request_path,
+             request_method, requested_at, responded_at, response_time_ms, input_tokens,
+             output_tokens, input_cost, output_cost, total_cost, status_code, model_alias_found)
+         VALUES ('{OLD_KEY}', 'openai', 'mystery-model', '/v1/chat/completions', 'POST', now(),
+             now(), 120, 10, 5, 0, 0, 0, 200, false);"
     ))
     .await
     .unwrap();
@@ -646,20 +651,36 @@ async fn a_database_the_reference_gateway_created_is_taken_over() {
     assert!(row.price_found && row.usage_complete, "{row:?}");
     assert!(row.input_tokens > 0, "{row:?}");
     let old = pg
-        .query_one(
-            "SELECT price_found, usage_complete, reasoning_tokens FROM llm_requests \
-             WHERE majordomo_api_key_id::text = $1",
+        .query(
+            "SELECT model, price_found, usage_complete, reasoning_tokens FROM llm_requests \
+             WHERE majordomo_api_key_id::text = $1 ORDER BY model",
             &[&OLD_KEY],
         )
         .await
         .unwrap();
+    let old: Vec<(String, bool, bool, i64)> = old
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
     assert_eq!(
-        (
-            old.get::<_, bool>(0),
-            old.get::<_, bool>(1),
-            old.get::<_, i64>(2)
-        ),
-        (true, true, 0)
+        old,
+        [
+            ("gpt-4o".to_string(), true, true, 0),
+            ("mystery-model".to_string(), false, true, 0),
+        ],
+        "an old row keeps whether the reference priced it"
+    );
+    let alias_found: bool = pg
+        .query_one(
+            "SELECT model_alias_found FROM llm_requests WHERE id::text = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        alias_found, row.price_found,
+        "model_alias_found follows price_found"
     );
     assert!(!gw.log().contains("rejected"), "{}", gw.log());
 }
