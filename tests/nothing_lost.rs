@@ -629,12 +629,13 @@ async fn a_poison_record_is_dead_lettered_without_blocking_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_record_stays_in_the_spool_while_the_dead_letter_file_cannot_be_written() {
     let env = TestEnv::new(Backend::Postgres).await;
-    let (key_id, _) = env.create_key("poison-kept");
+    let (key_id, key) = env.create_key("poison-kept");
     let key_uuid = uuid::Uuid::parse_str(&key_id).unwrap();
     let spool_dir = env.path().join("spool");
     let good = record(Some(key_uuid), "gpt-4o");
     let poison = record(Some(uuid::Uuid::now_v7()), "gpt-4o");
-    spool_left_by_a_crash(&spool_dir, &[&good, &poison]);
+    let good_after = record(Some(key_uuid), "gpt-4o");
+    spool_left_by_a_crash(&spool_dir, &[&good, &poison, &good_after]);
     let crashed: Vec<_> = std::fs::read_dir(&spool_dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -654,6 +655,14 @@ async fn a_poison_record_stays_in_the_spool_while_the_dead_letter_file_cannot_be
         crashed[0].exists(),
         "the segment holding the record was removed"
     );
+    // The database is up: the kept record holds back neither its
+    // neighbours nor the traffic logged meanwhile.
+    let live = load(&gw, &key, 10, 2).await;
+    let rows = env.wait_rows(12, Duration::from_secs(10)).await;
+    let ids: HashSet<String> = rows.iter().map(|r| r.id.clone()).collect();
+    assert!(ids.contains(&good.id.to_string()) && ids.contains(&good_after.id.to_string()));
+    assert!(live.iter().all(|id| ids.contains(id)), "{}", gw.log());
+    assert_eq!(rows.len(), 12);
 
     std::fs::remove_dir(&dead_letter).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -667,8 +676,8 @@ async fn a_poison_record_stays_in_the_spool_while_the_dead_letter_file_cannot_be
     }
     let lines = std::fs::read_to_string(&dead_letter).unwrap();
     assert!(lines.contains(&poison.id.to_string()), "{lines}");
-    let rows = env.wait_rows(1, Duration::from_secs(5)).await;
-    assert!(rows.iter().any(|r| r.id == good.id.to_string()));
+    let rows = env.rows().await;
+    assert_eq!(rows.len(), 12);
     assert!(rows.iter().all(|r| r.id != poison.id.to_string()));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!crashed[0].exists(), "the replayed segment is removed");

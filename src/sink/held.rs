@@ -88,6 +88,14 @@ impl HeldRecords {
         inner.bytes -= freed;
     }
 
+    /// Moves the `n` oldest held records behind the others (a chunk that
+    /// cannot go in yet must not keep the rest from being tried).
+    pub fn requeue_oldest(&self, n: usize) {
+        let mut inner = self.lock();
+        let n = n.min(inner.records.len());
+        inner.records.rotate_left(n);
+    }
+
     /// (records, bytes) held now.
     pub fn size(&self) -> (usize, usize) {
         let inner = self.lock();
@@ -146,5 +154,16 @@ mod tests {
         assert_eq!(hold.size(), (1, 100));
         hold.remove_oldest(5);
         assert_eq!(hold.size(), (0, 0));
+    }
+
+    #[test]
+    fn requeued_records_go_behind_the_others() {
+        let hold = HeldRecords::new(1000);
+        for id in 1..=4 {
+            hold.hold(held(id, 100)).unwrap();
+        }
+        hold.requeue_oldest(2);
+        assert_eq!(hold.size(), (4, 400));
+        assert_eq!(ids(&hold.take_all()), [3, 4, 1, 2]);
     }
 }

@@ -83,6 +83,13 @@ thread_local! {
     static ENCODE_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Records a write gave back, and why.
+struct Unwritten {
+    records: Vec<RequestRecord>,
+    /// The database failed (else a rejected record could not be dead-lettered).
+    database_down: bool,
+}
+
 /// The proxy's side of the sink.
 #[derive(Clone)]
 pub struct SinkSender {
@@ -358,7 +365,7 @@ impl SinkCore {
         } else {
             match self.write_records(records, false).await {
                 Ok(()) => self.ack(&segments),
-                Err(records) => self.leave_to_spool(records, &segments),
+                Err(unwritten) => self.leave_to_spool(unwritten.records, &segments),
             }
         }
         self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
@@ -388,18 +395,24 @@ impl SinkCore {
     /// false when records are still held because the database failed.
     async fn retry_held(&self) -> bool {
         self.respool_held();
-        loop {
+        // Each chunk held at the start is tried once per tick: one holding a
+        // record that can be neither stored nor dead-lettered goes to the
+        // back, and the rest still go in.
+        let (held, _) = self.held.size();
+        for _ in 0..held.div_ceil(self.settings.max_events.max(1)) {
             let chunk = self.held.oldest(self.settings.max_events);
             if chunk.is_empty() {
-                return true;
+                break;
             }
             let n = chunk.len();
             let records = chunk.into_iter().map(|h| h.record).collect();
-            if self.write_records(records, false).await.is_err() {
-                return false;
+            match self.write_records(records, false).await {
+                Ok(()) => self.held.remove_oldest(n),
+                Err(unwritten) if unwritten.database_down => return false,
+                Err(_) => self.held.requeue_oldest(n),
             }
-            self.held.remove_oldest(n);
         }
+        true
     }
 
     /// Appends held records to the spool, oldest first, until an append
@@ -444,12 +457,13 @@ impl SinkCore {
 
     /// One attempt to write records; a rejected batch is split to isolate
     /// (and dead-letter) the poison record. `Err` gives the records back
-    /// when the database is unavailable.
+    /// when the database is unavailable, or when a rejected record could not
+    /// be dead-lettered (the others went in; all are idempotent to rewrite).
     async fn write_records(
         &self,
         mut records: Vec<RequestRecord>,
         replay: bool,
-    ) -> Result<(), Vec<RequestRecord>> {
+    ) -> Result<(), Unwritten> {
         if let Some(bodies) = &self.settings.bodies {
             self.offload_bodies(bodies, &mut records).await;
         }
@@ -466,31 +480,39 @@ impl SinkCore {
                 self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
                 self.set_degraded();
                 log::warn!("request log write failed ({e}); {n} records left to the spool");
-                Err(Arc::try_unwrap(batch).unwrap_or_else(|b| (*b).clone()))
+                Err(Unwritten {
+                    records: Arc::try_unwrap(batch).unwrap_or_else(|b| (*b).clone()),
+                    database_down: true,
+                })
             }
             Err(e) => {
                 log::warn!("request log batch rejected ({e}); isolating the bad record");
+                let mut kept = false;
                 for record in batch.iter() {
                     let one = Arc::new(vec![record.clone()]);
                     match self.store.insert_requests(one).await {
                         Ok(written) => self.count_written(1, written, replay),
                         Err(e) if !e.blames_the_data() => {
                             self.set_degraded();
-                            return Err(batch.iter().cloned().collect());
+                            return Err(Unwritten {
+                                records: batch.iter().cloned().collect(),
+                                database_down: true,
+                            });
                         }
                         Err(e) => {
                             if let Err(why) =
                                 spool::dead_letter(&self.settings.spool_dir, record, &e.to_string())
                             {
                                 // Acknowledging it now would lose it: the
-                                // batch stays in the spool, tried again later.
+                                // batch is given back, tried again later. The
+                                // database is up: the others still go in.
                                 log::error!(
                                     "request log record {} rejected ({e}) and the dead-letter file \
-                                     cannot be written ({why}); kept in the spool",
+                                     cannot be written ({why}); kept",
                                     record.id
                                 );
-                                self.set_degraded();
-                                return Err(batch.iter().cloned().collect());
+                                kept = true;
+                                continue;
                             }
                             self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                             log::error!(
@@ -499,6 +521,12 @@ impl SinkCore {
                             );
                         }
                     }
+                }
+                if kept {
+                    return Err(Unwritten {
+                        records: batch.iter().cloned().collect(),
+                        database_down: false,
+                    });
                 }
                 Ok(())
             }
@@ -646,8 +674,11 @@ impl SinkCore {
             let chunk: Vec<_> = records.drain(..take).collect();
             let end = chunk.last().map(|(_, end)| *end).unwrap_or(0);
             let recs: Vec<RequestRecord> = chunk.into_iter().map(|(r, _)| r).collect();
-            if self.write_records(recs, true).await.is_err() {
-                return false;
+            if let Err(unwritten) = self.write_records(recs, true).await {
+                // A record that can be neither stored nor dead-lettered holds
+                // its segment back; while the database is up, the replay goes
+                // on with the next one.
+                return !unwritten.database_down;
             }
             if let Err(e) = spool::write_ack(path, end) {
                 log::warn!("spool ledger not written: {e}");
@@ -721,6 +752,16 @@ impl BackgroundService for SinkService {
                         _ = shutdown.changed(), if !shutdown_seen => {
                             shutdown_seen = true;
                             core.shutting_down.store(true, Ordering::Relaxed);
+                            // Pingora ends the process without running this
+                            // service's end: say now what memory alone holds.
+                            let (held, _) = core.held.size();
+                            if held > 0 {
+                                log::error!(
+                                    "{held} request log records are held in memory (neither the \
+                                     spool nor the database takes them): they are lost if the \
+                                     process ends before either does"
+                                );
+                            }
                         }
                     }
                     let spool = spool.clone();
@@ -749,6 +790,9 @@ impl BackgroundService for SinkService {
         while in_flight.join_next().await.is_some() {}
         background.abort();
         syncer.abort();
+        // The replayer may be inside a write of held records: let it stop
+        // before they are appended here.
+        let _ = background.await;
         let lost = core.respool_held();
         if lost > 0 {
             log::error!(
