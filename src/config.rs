@@ -727,6 +727,22 @@ impl Config {
                 *value = None;
             }
         }
+        if self
+            .server
+            .error_log
+            .as_deref()
+            .is_some_and(|v| v.trim().is_empty())
+        {
+            self.server.error_log = None;
+        }
+        if self
+            .pricing
+            .file
+            .as_deref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            self.pricing.file = None;
+        }
         if self.server.port == 0 {
             return Err(invalid("server.port", "must be between 1 and 65535"));
         }
@@ -1088,6 +1104,8 @@ pricing:
                 ("MAJORDOMO_S3_SECRET_ACCESS_KEY", " "),
                 ("MAJORDOMO_STORAGE_POSTGRES_URL", ""),
                 ("MAJORDOMO_PROVIDERS_GEMINI_BASE_URL", ""),
+                ("MAJORDOMO_PRICING_FILE", ""),
+                ("MAJORDOMO_SERVER_ERROR_LOG", ""),
             ]),
         )
         .unwrap();
@@ -1096,6 +1114,8 @@ pricing:
         assert_eq!(c.s3.secret_access_key, None);
         assert_eq!(c.storage.postgres.url, None);
         assert_eq!(c.providers.gemini.base_url, None);
+        assert_eq!(c.pricing.file, None);
+        assert_eq!(c.server.error_log, None);
         assert_eq!(
             c.storage.effective_driver(),
             StorageDriver::Sqlite,
