@@ -722,18 +722,11 @@ impl Config {
             &mut self.s3.endpoint,
             &mut self.s3.access_key_id,
             &mut self.s3.secret_access_key,
+            &mut self.server.error_log,
         ] {
             if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
                 *value = None;
             }
-        }
-        if self
-            .server
-            .error_log
-            .as_deref()
-            .is_some_and(|v| v.trim().is_empty())
-        {
-            self.server.error_log = None;
         }
         if self
             .pricing

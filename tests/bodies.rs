@@ -86,6 +86,20 @@ async fn s3_server(bucket: &str) -> S3Server {
     server
 }
 
+/// A gateway that stores bodies in the bucket `majordomo-logs` of `s3`.
+fn gateway_with_bodies_in<'a>(
+    env: &'a TestEnv,
+    mock: &MockUpstream,
+    s3: &S3Server,
+) -> GatewayBuilder<'a> {
+    env.gateway(mock)
+        .env("MAJORDOMO_LOGGING_BODY_STORAGE", "s3")
+        .env("MAJORDOMO_S3_BUCKET", "majordomo-logs")
+        .env("MAJORDOMO_S3_ENDPOINT", &s3.endpoint)
+        .env("MAJORDOMO_S3_ACCESS_KEY_ID", "test-access")
+        .env("MAJORDOMO_S3_SECRET_ACCESS_KEY", "test-secret")
+}
+
 async fn chat(gw: &GatewayProcess, key: &str, stream: bool) -> (String, String) {
     let r = client()
         .post(gw.url(&format!("/v1/chat/completions?key={GOOGLE_SECRET}")))
@@ -245,15 +259,7 @@ async fn bodies_go_to_s3_as_gzip_json_and_no_secret_is_written_anywhere(backend:
     let (key_id, key) = env.create_key("s3");
     let s3 = s3_server("majordomo-logs").await;
     let mock = MockUpstream::start().await;
-    let gw = env
-        .gateway(&mock)
-        .env("MAJORDOMO_LOGGING_BODY_STORAGE", "s3")
-        .env("MAJORDOMO_S3_BUCKET", "majordomo-logs")
-        .env("MAJORDOMO_S3_ENDPOINT", &s3.endpoint)
-        .env("MAJORDOMO_S3_ACCESS_KEY_ID", "test-access")
-        .env("MAJORDOMO_S3_SECRET_ACCESS_KEY", "test-secret")
-        .start()
-        .await;
+    let gw = gateway_with_bodies_in(&env, &mock, &s3).start().await;
     let mut objects = String::new();
     for stream in [false, true] {
         let (id, received) = chat(&gw, &key, stream).await;
@@ -298,15 +304,7 @@ async fn a_body_whose_upload_fails_stays_in_its_row(backend: Backend) {
     let (_, key) = env.create_key("s3-away");
     let mut s3 = s3_server("majordomo-logs").await;
     let mock = MockUpstream::start().await;
-    let gw = env
-        .gateway(&mock)
-        .env("MAJORDOMO_LOGGING_BODY_STORAGE", "s3")
-        .env("MAJORDOMO_S3_BUCKET", "majordomo-logs")
-        .env("MAJORDOMO_S3_ENDPOINT", &s3.endpoint)
-        .env("MAJORDOMO_S3_ACCESS_KEY_ID", "test-access")
-        .env("MAJORDOMO_S3_SECRET_ACCESS_KEY", "test-secret")
-        .start()
-        .await;
+    let gw = gateway_with_bodies_in(&env, &mock, &s3).start().await;
     let (id, _) = chat(&gw, &key, false).await;
     env.row(&id).await;
     assert!(bodies(&env, &id).await.2.is_some(), "S3 takes the first");
