@@ -665,15 +665,8 @@ async fn a_poison_record_stays_in_the_spool_while_the_dead_letter_file_cannot_be
     assert_eq!(rows.len(), 12);
 
     std::fs::remove_dir(&dead_letter).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while gw.metric(dead).await != Some(1.0) {
-        assert!(
-            Instant::now() < deadline,
-            "not dead-lettered:\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let dead_lettered = wait_metric(&gw, dead, Duration::from_secs(15), |v| v == 1.0).await;
+    assert_eq!(dead_lettered, 1.0, "not dead-lettered:\n{}", gw.log());
     let lines = std::fs::read_to_string(&dead_letter).unwrap();
     assert!(lines.contains(&poison.id.to_string()), "{lines}");
     let rows = env.rows().await;
