@@ -16,7 +16,11 @@
 # long the mock holds each stream before its last event), TARGET_MB (40), BASE_PORT (18280:
 # mock; +10 majordomo, +2 bare proxy), PGHOST/PGPORT/PGUSER, CARGO_TARGET_DIR, BENCH_SCRATCH,
 # RESULTS_DIR, GW_ENV (extra environment for majordomo, e.g. "MALLOC_ARENA_MAX=1"),
-# BARE (1: also hold the streams through examples/bare_proxy.rs, the framework's floor; 0: skip).
+# BARE (1: also hold the streams through examples/bare_proxy.rs, the framework's floor; 0: skip),
+# FAULTS (1: record every page fault of each gateway while the streams open, with `perf record
+# -e page-faults --call-graph dwarf`, and add a table of which code first touched the pages that
+# make up the RSS per stream (lib/faults.py); needs linux-perf and a high
+# kernel.perf_event_max_sample_rate, or the faults are sampled; the table says how many it saw).
 # Writes benches/load/results/streams-<UTC timestamp>.md. Exit 0 only when every stream
 # completed, every one was logged and the peak is within the target.
 set -uo pipefail
@@ -34,6 +38,7 @@ MOCK_PORT=$BASE_PORT
 MDM_PORT=$((BASE_PORT + 10))
 BARE_PORT=$((BASE_PORT + 2))
 BARE="${BARE:-1}"
+FAULTS="${FAULTS:-0}"
 GW_ENV="${GW_ENV:-}"
 PGHOST="${PGHOST:-127.0.0.1}"; PGPORT="${PGPORT:-5432}"; PGUSER="${PGUSER:-postgres}"
 TS="$(date -u +%Y%m%dT%H%M%SZ)"
@@ -45,6 +50,7 @@ mkdir -p "$RUN_DIR" "$RESULTS_DIR"
 log() { printf '[streams %s] %s\n' "$(date +%H:%M:%S)" "$*" | tee -a "$RUN_DIR/run.log" >&2; }
 die() { log "FATAL: $*"; exit 1; }
 for c in curl python3 psql ss; do command -v "$c" >/dev/null || die "missing $c (apt-get install -y curl python3 postgresql-client iproute2)"; done
+[[ "$FAULTS" == 1 ]] && { command -v perf >/dev/null || die "FAULTS=1 needs perf (apt-get install -y linux-perf)"; }
 ulimit -n 65536 2>/dev/null || true
 (( $(ulimit -n) > 2 * STREAMS + 100 )) || die "ulimit -n $(ulimit -n) is too low for $STREAMS streams"
 
@@ -62,7 +68,7 @@ cp "$MAJORDOMO_BIN" "$RUN_DIR/majordomo" && cp "$MOCK_BIN" "$RUN_DIR/mock_upstre
 if [[ "$BARE" == 1 ]]; then cp "$BARE_BIN" "$RUN_DIR/bare_proxy" || die "no bare_proxy binary at $BARE_BIN"; fi
 
 # ---------------------------------------------------------------- cleanup
-MOCK_PID=""; GW_PID=""; CLIENT_PID=""; DB_CREATED=0
+MOCK_PID=""; GW_PID=""; CLIENT_PID=""; PERF_PID=""; DB_CREATED=0
 stop_pid() {
   local pid=$1 sig=$2
   [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
@@ -74,12 +80,31 @@ stop_pid() {
 BARE_PID=""
 cleanup() {
   [[ -n "$CLIENT_PID" ]] && { kill "$CLIENT_PID" 2>/dev/null; wait "$CLIENT_PID" 2>/dev/null; }
+  [[ -n "$PERF_PID" ]] && { kill -INT "$PERF_PID" 2>/dev/null; wait "$PERF_PID" 2>/dev/null; }
   stop_pid "$GW_PID" TERM; stop_pid "$BARE_PID" INT; stop_pid "$MOCK_PID" INT
   (( DB_CREATED )) && psql -X -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
 }
 trap cleanup EXIT
 trap 'log interrupted; exit 130' INT TERM
 status_kb() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+# FAULTS=1: page faults of one gateway from before its streams open until they are all open.
+faults_start() {  # PID NAME
+  perf record -q -e page-faults -c 1 --call-graph dwarf,4096 -m 4096 -p "$1" -o "$RUN_DIR/faults-$2.data" \
+    > "$RUN_DIR/faults-$2.log" 2>&1 &
+  PERF_PID=$!
+  sleep 2  # perf attaches to every thread and maps its buffers before the first stream
+}
+faults_stop() {  # PID NAME RSS_BEFORE_KB RSS_HELD_KB
+  kill -INT "$PERF_PID" 2>/dev/null; wait "$PERF_PID" 2>/dev/null; PERF_PID=""
+  {
+    echo
+    echo "Page faults recorded while $2's streams opened; RSS grew $(( ($4 - $3) / 1024 )) MB"
+    echo "($(awk -v k="$(( $4 - $3 ))" -v n="$STREAMS" 'BEGIN { printf "%.1f", k * 1.024 / n }') kB per stream). $(grep -o 'lost [0-9.]*%' "$RUN_DIR/faults-$2.log" | head -1 | sed 's/^/perf /')"
+    echo
+    perf script -i "$RUN_DIR/faults-$2.data" -F comm,tid,event,ip,sym,dso 2>/dev/null |
+      python3 "$HERE/lib/faults.py" --streams "$STREAMS" --title "$2"
+  } >> "$RUN_DIR/faults.md"
+}
 rows_now() { psql -X -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d "$DB" -tAc 'SELECT count(*) FROM llm_requests' 2>/dev/null || echo -1; }
 
 # ---------------------------------------------------------------- mock + majordomo
@@ -125,6 +150,7 @@ idle_rss=$(status_kb "$GW_PID" VmRSS); idle_hwm=$(status_kb "$GW_PID" VmHWM)
 log "majordomo pid $GW_PID, $(ls /proc/$GW_PID/task | wc -l) threads; idle after warm-up: VmRSS ${idle_rss} kB, VmHWM ${idle_hwm} kB"
 
 # ---------------------------------------------------------------- the streams
+[[ "$FAULTS" == 1 ]] && faults_start "$GW_PID" majordomo
 python3 "$HERE/lib/httpclient.py" hold --url "$URL" --body "$RUN_DIR/body-sse.json" -n "$STREAMS" \
   --ready-file "$RUN_DIR/ready" --timeout $(( PAUSE_MS / 1000 + 60 )) "${HDRS[@]}" > "$RUN_DIR/client.json" 2>"$RUN_DIR/client.err" &
 CLIENT_PID=$!
@@ -139,6 +165,7 @@ for _ in $(seq 10); do   # sample while every stream is held (the mock pauses PA
   r=$(status_kb "$GW_PID" VmRSS); (( r > max_rss )) && max_rss=$r; sleep 0.2
 done
 held_hwm=$(status_kb "$GW_PID" VmHWM)
+[[ "$FAULTS" == 1 ]] && faults_stop "$GW_PID" majordomo "$idle_rss" "$max_rss"
 threads=$(ls /proc/$GW_PID/task | wc -l)
 log "held: VmRSS max ${max_rss} kB, VmHWM ${held_hwm} kB, $threads threads; waiting for the mock to finish the streams"
 wait "$CLIENT_PID"; crc=$?; CLIENT_PID=""
@@ -167,6 +194,7 @@ if [[ "$BARE" == 1 ]]; then
     -H "Authorization: Bearer sk-test" > /dev/null
   b_idle=$(status_kb "$BARE_PID" VmRSS)
   rm -f "$RUN_DIR/ready-bare"
+  [[ "$FAULTS" == 1 ]] && faults_start "$BARE_PID" bare
   python3 "$HERE/lib/httpclient.py" hold --url "$BURL" --body "$RUN_DIR/body-sse.json" -n "$STREAMS" \
     --ready-file "$RUN_DIR/ready-bare" --timeout $(( PAUSE_MS / 1000 + 60 )) -H "Authorization: Bearer sk-test" \
     > "$RUN_DIR/client-bare.json" 2>&1 &
@@ -175,6 +203,7 @@ if [[ "$BARE" == 1 ]]; then
   b_open=$(cat "$RUN_DIR/ready-bare" 2>/dev/null || echo 0)
   b_max=0
   for _ in $(seq 10); do r=$(status_kb "$BARE_PID" VmRSS); (( r > b_max )) && b_max=$r; sleep 0.2; done
+  [[ "$FAULTS" == 1 ]] && faults_stop "$BARE_PID" bare "$b_idle" "$b_max"
   wait "$CLIENT_PID"; CLIENT_PID=""
   b_hwm=$(status_kb "$BARE_PID" VmHWM)
   log "bare proxy: $b_open streams open; idle ${b_idle} kB, held max ${b_max} kB, VmHWM ${b_hwm} kB; $(cat "$RUN_DIR/client-bare.json")"
@@ -212,6 +241,11 @@ out="$RESULTS_DIR/streams-$TS.md"
   echo "| every stream open at once and completed ($client) | $(pf $ok_streams) |"
   echo "| one complete, priced row per request | $(pf $ok_rows) |"
   echo "| peak RSS ≤ $TARGET_MB MB | $(pf $ok_mem) |"
+  if [[ -s "$RUN_DIR/faults.md" ]]; then
+    echo
+    echo "### Where the RSS per stream comes from (FAULTS=1)"
+    cat "$RUN_DIR/faults.md"
+  fi
 } > "$out"
 cat "$out"
 log "saved $out; raw files in $RUN_DIR"
