@@ -942,6 +942,44 @@ async fn a_client_that_stalls_its_body_is_let_go_after_the_read_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
 
+/// A `Connection` header that names Host as hop-by-hop is refused (Pingora
+/// will not forward it) as the client's error, a 400 that says why, not a
+/// 500 that blames the gateway; the provider is never reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_header_naming_host_is_a_400_that_never_reaches_the_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let (_, key) = env.create_key("hop");
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let body = serde_json::to_vec(&chat_body()).unwrap();
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nConnection: close, Host\r\n\
+         X-Majordomo-Key: {key}\r\nAuthorization: Bearer sk-1\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+        .await
+        .expect("the gateway closed the connection")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}\n{}", gw.log());
+    let error: Value = serde_json::from_str(&answer[answer.find("\r\n\r\n").unwrap() + 4..])
+        .expect("a JSON error body");
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    assert_eq!(error["error"]["code"], "invalid_header");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("Connection"), "{message}");
+    assert_eq!(mock.request_count(), 0);
+}
+
 /// Every LLM call is a POST, which Pingora never retries by itself: a pooled
 /// connection the provider closed just as it was reused would be a 502.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

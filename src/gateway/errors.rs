@@ -21,6 +21,9 @@ pub enum GatewayError {
     BodyTooLarge { limit: u64 },
     /// Too many or too large `X-Majordomo-*` metadata headers.
     BadMetadata(String),
+    /// A request header the proxy refuses to forward (Pingora's reason), such
+    /// as a `Connection` header naming Host as hop-by-hop.
+    BadHeader(String),
     /// The upstream could not be reached.
     UpstreamUnreachable,
     /// The upstream did not answer in time.
@@ -34,7 +37,9 @@ impl GatewayError {
         match self {
             GatewayError::MissingKey | GatewayError::InvalidKey => 401,
             GatewayError::AuthUnavailable => 503,
-            GatewayError::UnknownProvider(_) | GatewayError::BadMetadata(_) => 400,
+            GatewayError::UnknownProvider(_)
+            | GatewayError::BadMetadata(_)
+            | GatewayError::BadHeader(_) => 400,
             GatewayError::BodyTooLarge { .. } => 413,
             GatewayError::UpstreamUnreachable => 502,
             GatewayError::UpstreamTimeout => 504,
@@ -59,6 +64,7 @@ impl GatewayError {
                 format!("Request body is larger than the gateway's limit of {limit} bytes")
             }
             GatewayError::BadMetadata(why) => format!("Invalid X-Majordomo-* metadata: {why}"),
+            GatewayError::BadHeader(why) => format!("Invalid request header: {}", truncate(why, 200)),
             GatewayError::UpstreamUnreachable => "majordomo could not connect to the upstream provider".into(),
             GatewayError::UpstreamTimeout => "The upstream provider did not respond in time".into(),
             GatewayError::Internal => "majordomo failed to process the request".into(),
@@ -121,6 +127,7 @@ impl GatewayError {
             GatewayError::UnknownProvider(_) => "unknown_provider",
             GatewayError::BodyTooLarge { .. } => "request_too_large",
             GatewayError::BadMetadata(_) => "invalid_metadata",
+            GatewayError::BadHeader(_) => "invalid_header",
             GatewayError::UpstreamUnreachable => "upstream_unreachable",
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::Internal => "internal_error",

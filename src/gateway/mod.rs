@@ -668,6 +668,9 @@ fn error_answer(e: &Error, max_body_bytes: u64) -> Option<GatewayError> {
                 ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout => {
                     return None
                 }
+                // The client's request, refused before it went upstream: its
+                // fault, not the gateway's (Pingora's own answer is a 500).
+                InvalidHTTPHeader => GatewayError::BadHeader(refusal_reason(e)),
                 _ => GatewayError::Internal,
             },
             ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
@@ -679,6 +682,26 @@ fn error_answer(e: &Error, max_body_bytes: u64) -> Option<GatewayError> {
         },
     };
     Some(answer)
+}
+
+/// Why Pingora refused a request header: the context of the error it
+/// raised, which it wraps in another naming the peer.
+fn refusal_reason(e: &Error) -> String {
+    let mut reason = e.context.as_ref();
+    let mut cause = e.cause.as_deref();
+    while let Some(inner) = cause.and_then(pingora_error_of) {
+        reason = inner.context.as_ref().or(reason);
+        cause = inner.cause.as_deref();
+    }
+    reason.map_or_else(|| "malformed header".into(), |c| c.as_str().to_string())
+}
+
+/// A cause that is Pingora's error; `more_context` boxes it once more.
+fn pingora_error_of<'a>(
+    c: &'a (dyn std::error::Error + Send + Sync + 'static),
+) -> Option<&'a Error> {
+    c.downcast_ref::<Error>()
+        .or_else(|| c.downcast_ref::<Box<Error>>().map(|b| &**b))
 }
 
 /// The row's message for a failed request. `status`: the upstream's, once
