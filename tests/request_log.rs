@@ -717,6 +717,70 @@ async fn burst_of_500_requests(backend: Backend, work_stealing: Option<bool>) {
     assert_eq!(info["request_count"], 500);
 }
 
+/// A GET retrieves a response an earlier POST made and was billed for
+/// (`/v1/responses/{id}`, `/v1/chat/completions/{id}`): logged, but its
+/// usage is not counted again, or every dashboard that re-reads a stored
+/// response would double its cost. A response made in background mode is
+/// the exception: its POST answered `queued`, and its usage is seen only
+/// when it is retrieved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retrieved_response_is_logged_unbilled_unless_it_ran_in_the_background() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let (_, key) = env.create_key("retrieve");
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let stored = |background: bool| {
+        json!({"id": "resp_1", "object": "response", "status": "completed",
+               "background": background, "model": "gpt-4o", "output": [],
+               "usage": {"input_tokens": 36, "output_tokens": 87, "total_tokens": 123}})
+    };
+    let get = |path: &'static str| {
+        client()
+            .get(gw.url(path))
+            .header("X-Majordomo-Key", &key)
+            .header("Authorization", "Bearer sk-provider-secret")
+            .send()
+    };
+
+    mock.push_response(ScriptedResponse::json(200, stored(false)));
+    let (status, id, _) = finish(get("/v1/responses/resp_1").await.unwrap()).await;
+    assert_eq!(status, 200);
+    let row = env.row(&id).await;
+    assert_eq!(
+        (row.request_method.as_str(), row.model.as_str()),
+        ("GET", "gpt-4o")
+    );
+    assert_eq!((row.input_tokens, row.output_tokens), (0, 0));
+    assert_eq!(row.total_cost, Decimal::ZERO);
+    assert!(!row.usage_complete);
+
+    let chat = json!({"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o",
+                      "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 5}});
+    mock.push_response(ScriptedResponse::json(200, chat));
+    let (_, id, _) = finish(get("/v1/chat/completions/chatcmpl-1").await.unwrap()).await;
+    let row = env.row(&id).await;
+    assert_eq!((row.input_tokens, row.total_cost), (0, Decimal::ZERO));
+
+    mock.push_response(ScriptedResponse::json(200, stored(true)));
+    let (_, id, _) = finish(get("/v1/responses/resp_1").await.unwrap()).await;
+    let row = env.row(&id).await;
+    assert_eq!((row.input_tokens, row.output_tokens), (36, 87));
+    assert!(row.usage_complete && row.price_found);
+    assert!(row.total_cost > Decimal::ZERO);
+
+    // The same object from a POST is billed.
+    mock.push_response(ScriptedResponse::json(200, stored(false)));
+    let (_, id, _) = send(
+        &gw,
+        &key,
+        "/v1/responses",
+        &json!({"model": "gpt-4o", "input": "hi"}),
+    )
+    .await;
+    let row = env.row(&id).await;
+    assert_eq!((row.input_tokens, row.output_tokens), (36, 87));
+}
+
 both_stores!(
     each_provider_and_mode_logs_an_exact_priced_row,
     an_injected_usage_chunk_is_hidden_from_the_client_and_still_logged,

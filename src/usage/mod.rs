@@ -198,6 +198,7 @@ pub struct ParsedResponse {
 /// Incremental usage parser for one response body. See the module docs.
 pub struct UsageParser {
     input: Decoder<Body>,
+    retrieval: bool,
 }
 
 /// Which stream events can be skipped unscanned (see the module docs).
@@ -445,10 +446,24 @@ impl UsageParser {
             extract: Extract::new(provider),
             findings: Findings::default(),
             no_usage,
+            retrieval: false,
         };
         UsageParser {
             input: Decoder::new(content_encoding, body),
+            retrieval: false,
         }
+    }
+
+    /// The response to a GET, which retrieves what an earlier request made
+    /// (`/v1/responses/{id}`, `/v1/chat/completions/{id}`, a batch): its
+    /// usage was billed then, so it is not billed again. Except an OpenAI
+    /// response created with `"background": true`: its POST answers
+    /// `queued`, and its usage is seen only when it is retrieved (polled, or
+    /// its stream resumed).
+    #[must_use]
+    pub fn retrieval(mut self) -> UsageParser {
+        self.retrieval = true;
+        self
     }
 
     /// Feeds a whole body and ends it.
@@ -467,7 +482,8 @@ impl UsageParser {
     /// far is returned, with `complete: false`.
     #[must_use]
     pub fn finish(self) -> ParsedResponse {
-        let (body, decode_error) = self.input.finish();
+        let (mut body, decode_error) = self.input.finish();
+        body.retrieval = self.retrieval;
         body.finish(decode_error.is_some())
     }
 }
@@ -482,6 +498,9 @@ mod slot {
     pub(super) const MESSAGE: usize = 4;
     /// Gemini `finishReason` / `blockReason`.
     pub(super) const FINISH: usize = 5;
+    /// OpenAI Responses' `background` flag: the one kind of retrieved
+    /// object whose usage is billed (see [`super::UsageParser::retrieval`]).
+    pub(super) const BACKGROUND: usize = 6;
 }
 
 /// Shorthand for target tables.
@@ -504,6 +523,8 @@ struct Findings {
     terminal: bool,
     /// Usage can no longer be trusted (cap, malformed input, bad encoding).
     unknown: bool,
+    /// An OpenAI response object created with `"background": true`.
+    background: bool,
 }
 
 impl Findings {
@@ -682,6 +703,8 @@ struct Body {
     findings: Findings,
     /// The endpoint reports tokens that are not billed (`count_tokens`).
     no_usage: bool,
+    /// The response to a GET: see [`UsageParser::retrieval`].
+    retrieval: bool,
 }
 
 impl Write for Body {
@@ -784,7 +807,8 @@ impl Body {
                 false
             }
         };
-        let usage = if findings.unknown || self.no_usage {
+        let billed = !self.no_usage && (!self.retrieval || findings.background);
+        let usage = if findings.unknown || !billed {
             None
         } else {
             self.extract.usage()

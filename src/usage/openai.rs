@@ -19,7 +19,7 @@
 
 use super::counts::{captured_counts, CountPaths, Counts};
 use super::scan::{Scanner, Seg::Item, Seg::Key, Targets};
-use super::slot::{ERROR, MESSAGE, MODEL, TYPE, USAGE};
+use super::slot::{BACKGROUND, ERROR, MESSAGE, MODEL, TYPE, USAGE};
 use super::{error_message, target, Findings, Usage};
 
 pub(super) static TARGETS: Targets = Targets::new(&[
@@ -33,6 +33,8 @@ pub(super) static TARGETS: Targets = Targets::new(&[
     target(&[Key("message")], MESSAGE),
     // Some OpenAI-compatible servers stream a bare array of chunks.
     target(&[Item, Key("usage")], USAGE),
+    target(&[Key("background")], BACKGROUND),
+    target(&[Key("response"), Key("background")], BACKGROUND),
 ]);
 
 #[derive(Debug, Default)]
@@ -52,6 +54,9 @@ impl OpenAiUsage {
             Err(()) => findings.unknown = true,
         }
         findings.note_model(doc.capture(MODEL));
+        if doc.capture(BACKGROUND).is_some_and(|c| c.bytes == b"true") {
+            findings.background = true;
+        }
         let mut failed = findings.note_error(error_message(doc.capture(ERROR)));
         match kind {
             kind if is_terminal_event(kind.as_bytes()) => findings.terminal = true,
@@ -356,6 +361,49 @@ pub(crate) mod tests {
                 complete: true,
             }
         );
+    }
+
+    /// A GET retrieves what an earlier request made and was billed for:
+    /// its usage is not billed again, unless the response was created in
+    /// background mode (its POST answered `queued`, without usage).
+    #[test]
+    fn a_retrieved_response_is_billed_only_when_made_in_the_background() {
+        let stored = |background: &str| {
+            format!(
+                r#"{{"id":"resp_1","object":"response","status":"completed","background":{background},"model":"o3-2025-04-16","output":[],"usage":{{"input_tokens":36,"output_tokens":87,"total_tokens":123}}}}"#
+            )
+        };
+        let req = Req::new(Provider::OpenAi, "/v1/responses/resp_1", "application/json");
+        let retrieve = |body: &str| {
+            let mut parser = req.parser().retrieval();
+            parser.push(body.as_bytes());
+            parser.finish()
+        };
+        let billed = retrieve(&stored("true"));
+        assert_eq!(billed.usage, Some(usage(36, 0, 0, 0, 87, 0)));
+        assert!(billed.complete);
+        for body in [stored("false"), stored("null"), CHAT_JSON.to_string()] {
+            let parsed = retrieve(&body);
+            assert_eq!(parsed.usage, None, "{body}");
+            assert!(parsed.model.is_some() && parsed.complete, "{body}");
+        }
+        // The same bodies from a POST are billed.
+        assert!(req.parse(stored("false").as_bytes()).usage.is_some());
+
+        // A background response's stream, resumed with a GET.
+        let stream = concat!(
+            "event: response.completed\n",
+            r#"data: {"type":"response.completed","response":{"id":"resp_1","status":"completed","background":true,"model":"gpt-4.1","usage":{"input_tokens":5,"output_tokens":7}}}"#,
+            "\n\n"
+        );
+        let req = Req::new(
+            Provider::OpenAi,
+            "/v1/responses/resp_1",
+            "text/event-stream",
+        );
+        let mut parser = req.parser().retrieval();
+        parser.push(stream.as_bytes());
+        assert_eq!(parser.finish().usage, Some(usage(5, 0, 0, 0, 7, 0)));
     }
 
     #[test]
