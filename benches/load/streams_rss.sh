@@ -99,10 +99,12 @@ faults_stop() {  # PID NAME RSS_BEFORE_KB RSS_HELD_KB
   {
     echo
     echo "Page faults recorded while $2's streams opened; RSS grew $(( ($4 - $3) / 1024 )) MB"
-    echo "($(awk -v k="$(( $4 - $3 ))" -v n="$STREAMS" 'BEGIN { printf "%.1f", k * 1.024 / n }') kB per stream). $(grep -o 'lost [0-9.]*%' "$RUN_DIR/faults-$2.log" | head -1 | sed 's/^/perf /')"
+    echo "($(awk -v k="$(( $4 - $3 ))" -v n="$STREAMS" 'BEGIN { printf "%.1f", k * 1.024 / n }') kB per stream); compare the faults seen below: fewer mean perf throttled or lost some."
     echo
-    perf script -i "$RUN_DIR/faults-$2.data" -F comm,tid,event,ip,sym,dso 2>/dev/null |
+    perf script -i "$RUN_DIR/faults-$2.data" -F comm,tid,event,ip,sym,dso 2>"$RUN_DIR/faults-$2.script.err" |
       python3 "$HERE/lib/faults.py" --streams "$STREAMS" --title "$2"
+    grep -ho 'lost [0-9.]*%\|[0-9]* lost\|THROTTLE[^ ]*' "$RUN_DIR/faults-$2.script.err" "$RUN_DIR/faults-$2.log" 2>/dev/null |
+      sort | uniq -c | sed 's/^ */perf: /'
   } >> "$RUN_DIR/faults.md"
 }
 rows_now() { psql -X -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d "$DB" -tAc 'SELECT count(*) FROM llm_requests' 2>/dev/null || echo -1; }

@@ -54,7 +54,8 @@ def samples(lines):
             continue
         if not line.startswith((" ", "\t")):
             continue  # the sample's header line
-        m = re.match(r"\s+[0-9a-f]+\s+(.*?)\s+\((.*)\)$", line)
+        # The dso is the last parenthesised part: a symbol may hold `, (A, B)`.
+        m = re.match(r"\s+[0-9a-f]+\s+(.*)\s+\(([^()]*)\)$", line)
         if not m:
             continue
         sym, dso = m.group(1), m.group(2)
@@ -90,10 +91,13 @@ def owner_of(frames, site):
     (a header it inserts grows Pingora's header map: its choice, its page);
     else the crate of the site."""
     for sym, dso in frames:
-        if "kernel" in dso or dso == "inlined":
+        if "kernel" in dso:
             continue
+        # Inlined frames count too: majordomo's code inlined into Pingora's.
         if sym.lstrip("<").startswith("majordomo::"):
             return "majordomo"
+        if dso == "inlined":
+            continue
         if sym.lstrip("<").startswith(("pingora_proxy", "pingora_core", "T as pingora_core")):
             break
     return crate_of(site) if site != "[no user frame]" else "other"
