@@ -696,15 +696,17 @@ fn error_answer(e: &Error, max_body_bytes: u64) -> Option<GatewayError> {
 }
 
 /// Why Pingora refused a request header: the context of the error it
-/// raised, which it wraps in another naming the peer.
+/// raised, innermost in the chain (it wraps it in others that name the
+/// upstream peer, which the client is not told).
 fn refusal_reason(e: &Error) -> String {
-    let mut reason = e.context.as_ref();
-    let mut cause = e.cause.as_deref();
-    while let Some(inner) = cause.and_then(pingora_error_of) {
-        reason = inner.context.as_ref().or(reason);
-        cause = inner.cause.as_deref();
+    let mut innermost = e;
+    while let Some(inner) = innermost.cause.as_deref().and_then(pingora_error_of) {
+        innermost = inner;
     }
-    reason.map_or_else(|| "malformed header".into(), |c| c.as_str().to_string())
+    innermost
+        .context
+        .as_ref()
+        .map_or_else(|| "malformed header".into(), |c| c.as_str().to_string())
 }
 
 /// A cause that is Pingora's error; `more_context` boxes it once more.
@@ -755,6 +757,21 @@ fn strip_gateway_headers(req: &mut RequestHeader) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The client hears Pingora's reason, never the wrapping context that
+    /// names the upstream peer.
+    #[test]
+    fn a_refused_header_is_explained_by_the_innermost_reason_only() {
+        let refused = || Error::explain(ErrorType::InvalidHTTPHeader, "protected header");
+        let peer = "Peer: addr: 10.0.0.7:443";
+        assert_eq!(refusal_reason(&refused()), "protected header");
+        assert_eq!(
+            refusal_reason(&refused().into_down().more_context(peer)),
+            "protected header"
+        );
+        let silent = Error::new(ErrorType::InvalidHTTPHeader).more_context(peer);
+        assert_eq!(refusal_reason(&silent), "malformed header");
+    }
 
     #[test]
     fn gateway_and_hop_by_hop_headers_are_stripped_and_credentials_kept() {
