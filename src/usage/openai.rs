@@ -404,6 +404,16 @@ pub(crate) mod tests {
         let mut parser = req.parser().retrieval();
         parser.push(stream.as_bytes());
         assert_eq!(parser.finish().usage, Some(usage(5, 0, 0, 0, 7, 0)));
+        // One that did not run in the background is not.
+        let mut parser = req.parser().retrieval();
+        parser.push(
+            stream
+                .replace(r#""background":true"#, r#""background":false"#)
+                .as_bytes(),
+        );
+        let parsed = parser.finish();
+        assert_eq!(parsed.usage, None);
+        assert!(parsed.complete);
     }
 
     #[test]
