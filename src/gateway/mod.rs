@@ -432,18 +432,18 @@ impl ProxyHttp for Gateway {
         let content_type = header(http::header::CONTENT_TYPE);
         let content_encoding = header(http::header::CONTENT_ENCODING);
         let req = session.req_header();
-        let parser = UsageParser::new(
+        let parser = if req.method == http::Method::GET {
+            UsageParser::for_retrieval
+        } else {
+            UsageParser::new
+        };
+        ctx.parser = Some(Box::new(parser(
             ctx.provider,
             req.uri.path(),
             req.uri.query(),
             content_type,
             content_encoding,
-        );
-        ctx.parser = Some(Box::new(if req.method == http::Method::GET {
-            parser.retrieval()
-        } else {
-            parser
-        }));
+        )));
         ctx.response_encoding = content_encoding
             .filter(|e| !e.eq_ignore_ascii_case("identity"))
             .map(str::to_string);

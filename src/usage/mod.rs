@@ -198,7 +198,6 @@ pub struct ParsedResponse {
 /// Incremental usage parser for one response body. See the module docs.
 pub struct UsageParser {
     input: Decoder<Body>,
-    retrieval: bool,
 }
 
 /// Which stream events can be skipped unscanned (see the module docs).
@@ -423,6 +422,33 @@ impl UsageParser {
             content_type,
             content_encoding,
             triage,
+            false,
+        )
+    }
+
+    /// For the response to a GET, which retrieves what an earlier request
+    /// made (`/v1/responses/{id}`, `/v1/chat/completions/{id}`, a batch):
+    /// its usage was billed then, so it is not billed again. Except an
+    /// OpenAI response created with `"background": true`: its POST answers
+    /// `queued`, and its usage is seen only when it is retrieved (polled, or
+    /// its stream resumed). Arguments as for [`UsageParser::new`].
+    #[must_use]
+    pub fn for_retrieval(
+        provider: Provider,
+        path: &str,
+        query: Option<&str>,
+        content_type: Option<&str>,
+        content_encoding: Option<&str>,
+    ) -> UsageParser {
+        let triage = Triage::for_request(answering_format(provider, path), path);
+        UsageParser::with_triage(
+            provider,
+            path,
+            query,
+            content_type,
+            content_encoding,
+            triage,
+            true,
         )
     }
 
@@ -433,11 +459,12 @@ impl UsageParser {
         content_type: Option<&str>,
         content_encoding: Option<&str>,
         triage: Triage,
+        retrieval: bool,
     ) -> UsageParser {
         let no_usage = provider == Provider::Anthropic && anthropic::is_count_tokens(path);
         let provider = answering_format(provider, path);
         let reader = match BodyFormat::detect(provider, path, query, content_type) {
-            Some(format) => Reader::for_format(provider, format, triage),
+            Some(format) => Reader::for_format(provider, format, triage, retrieval),
             None => Reader::Sniff(json_kind(provider, path, query), triage),
         };
         let body = Body {
@@ -446,24 +473,11 @@ impl UsageParser {
             extract: Extract::new(provider),
             findings: Findings::default(),
             no_usage,
-            retrieval: false,
+            retrieval,
         };
         UsageParser {
             input: Decoder::new(content_encoding, body),
-            retrieval: false,
         }
-    }
-
-    /// The response to a GET, which retrieves what an earlier request made
-    /// (`/v1/responses/{id}`, `/v1/chat/completions/{id}`, a batch): its
-    /// usage was billed then, so it is not billed again. Except an OpenAI
-    /// response created with `"background": true`: its POST answers
-    /// `queued`, and its usage is seen only when it is retrieved (polled, or
-    /// its stream resumed).
-    #[must_use]
-    pub fn retrieval(mut self) -> UsageParser {
-        self.retrieval = true;
-        self
     }
 
     /// Feeds a whole body and ends it.
@@ -482,8 +496,7 @@ impl UsageParser {
     /// far is returned, with `complete: false`.
     #[must_use]
     pub fn finish(self) -> ParsedResponse {
-        let (mut body, decode_error) = self.input.finish();
-        body.retrieval = self.retrieval;
+        let (body, decode_error) = self.input.finish();
         body.finish(decode_error.is_some())
     }
 }
@@ -499,7 +512,7 @@ mod slot {
     /// Gemini `finishReason` / `blockReason`.
     pub(super) const FINISH: usize = 5;
     /// OpenAI Responses' `background` flag: the one kind of retrieved
-    /// object whose usage is billed (see [`super::UsageParser::retrieval`]).
+    /// object whose usage is billed (see [`super::UsageParser::for_retrieval`]).
     pub(super) const BACKGROUND: usize = 6;
 }
 
@@ -581,8 +594,11 @@ impl Extract {
         }
     }
 
-    fn targets(provider: Provider) -> &'static Targets {
+    /// A retrieval's OpenAI targets add the `background` flag; only a
+    /// retrieval needs it, and every target costs the scan of every body.
+    fn targets(provider: Provider, retrieval: bool) -> &'static Targets {
         match provider {
+            Provider::OpenAi if retrieval => &openai::RETRIEVAL_TARGETS,
             Provider::OpenAi => &openai::TARGETS,
             Provider::Anthropic => &anthropic::TARGETS,
             Provider::Gemini => &gemini::TARGETS,
@@ -631,8 +647,14 @@ enum Reader {
 }
 
 impl Reader {
-    fn for_format(provider: Provider, format: BodyFormat, triage: Triage) -> Reader {
-        let targets = Extract::targets(provider);
+    /// `retrieval`: the response to a GET (see [`UsageParser::for_retrieval`]).
+    fn for_format(
+        provider: Provider,
+        format: BodyFormat,
+        triage: Triage,
+        retrieval: bool,
+    ) -> Reader {
+        let targets = Extract::targets(provider, retrieval);
         match format {
             BodyFormat::Json | BodyFormat::JsonArray => Reader::Json(Scanner::recycled(targets)),
             BodyFormat::Sse => {
@@ -703,7 +725,7 @@ struct Body {
     findings: Findings,
     /// The endpoint reports tokens that are not billed (`count_tokens`).
     no_usage: bool,
-    /// The response to a GET: see [`UsageParser::retrieval`].
+    /// The response to a GET: see [`UsageParser::for_retrieval`].
     retrieval: bool,
 }
 
@@ -731,7 +753,9 @@ impl Body {
                 _ => None,
             };
             self.reader = match (format, self.provider) {
-                (Some(format), Some(provider)) => Reader::for_format(provider, format, triage),
+                (Some(format), Some(provider)) => {
+                    Reader::for_format(provider, format, triage, self.retrieval)
+                }
                 _ => Reader::Unreadable,
             };
         }
@@ -1107,6 +1131,18 @@ pub(crate) mod testing {
                 self.content_type,
                 self.content_encoding,
                 Triage::None,
+                false,
+            )
+        }
+
+        /// The parser for the response to a GET.
+        pub(crate) fn retrieval_parser(&self) -> UsageParser {
+            UsageParser::for_retrieval(
+                self.provider,
+                self.path,
+                self.query,
+                self.content_type,
+                self.content_encoding,
             )
         }
 

@@ -18,11 +18,29 @@
 //! The last non-null `usage` wins.
 
 use super::counts::{captured_counts, CountPaths, Counts};
-use super::scan::{Scanner, Seg::Item, Seg::Key, Targets};
+use super::scan::{Scanner, Seg::Item, Seg::Key, Target, Targets};
 use super::slot::{BACKGROUND, ERROR, MESSAGE, MODEL, TYPE, USAGE};
 use super::{error_message, target, Findings, Usage};
 
-pub(super) static TARGETS: Targets = Targets::new(&[
+pub(super) static TARGETS: Targets = Targets::new(&BILLED);
+
+/// For the response to a GET: also the `background` flag, which says whether
+/// a retrieved response is billed (see `UsageParser::for_retrieval`).
+pub(super) static RETRIEVAL_TARGETS: Targets = Targets::new(&RETRIEVED);
+
+const RETRIEVED: [Target; BILLED.len() + 2] = {
+    let mut all = [BILLED[0]; BILLED.len() + 2];
+    let mut t = 0;
+    while t < BILLED.len() {
+        all[t] = BILLED[t];
+        t += 1;
+    }
+    all[t] = target(&[Key("background")], BACKGROUND);
+    all[t + 1] = target(&[Key("response"), Key("background")], BACKGROUND);
+    all
+};
+
+const BILLED: [Target; 9] = [
     target(&[Key("type")], TYPE),
     target(&[Key("usage")], USAGE),
     target(&[Key("response"), Key("usage")], USAGE),
@@ -33,9 +51,7 @@ pub(super) static TARGETS: Targets = Targets::new(&[
     target(&[Key("message")], MESSAGE),
     // Some OpenAI-compatible servers stream a bare array of chunks.
     target(&[Item, Key("usage")], USAGE),
-    target(&[Key("background")], BACKGROUND),
-    target(&[Key("response"), Key("background")], BACKGROUND),
-]);
+];
 
 #[derive(Debug, Default)]
 pub(super) struct OpenAiUsage {
@@ -375,7 +391,7 @@ pub(crate) mod tests {
         };
         let req = Req::new(Provider::OpenAi, "/v1/responses/resp_1", "application/json");
         let retrieve = |body: &str| {
-            let mut parser = req.parser().retrieval();
+            let mut parser = req.retrieval_parser();
             parser.push(body.as_bytes());
             parser.finish()
         };
@@ -401,11 +417,11 @@ pub(crate) mod tests {
             "/v1/responses/resp_1",
             "text/event-stream",
         );
-        let mut parser = req.parser().retrieval();
+        let mut parser = req.retrieval_parser();
         parser.push(stream.as_bytes());
         assert_eq!(parser.finish().usage, Some(usage(5, 0, 0, 0, 7, 0)));
         // One that did not run in the background is not.
-        let mut parser = req.parser().retrieval();
+        let mut parser = req.retrieval_parser();
         parser.push(
             stream
                 .replace(r#""background":true"#, r#""background":false"#)
