@@ -427,8 +427,8 @@ impl UsageParser {
     }
 
     /// For the response to a GET, which retrieves what an earlier request
-    /// made (`/v1/responses/{id}`, `/v1/chat/completions/{id}`, a batch):
-    /// its usage was billed then, so it is not billed again. Except an
+    /// made (`/v1/responses/{id}`, `/v1/chat/completions/{id}`): its usage
+    /// was billed then, so it is not billed again. Except an
     /// OpenAI response created with `"background": true`: its POST answers
     /// `queued`, and its usage is seen only when it is retrieved (polled, or
     /// its stream resumed). Arguments as for [`UsageParser::new`].
