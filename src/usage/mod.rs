@@ -414,14 +414,13 @@ impl UsageParser {
         content_type: Option<&str>,
         content_encoding: Option<&str>,
     ) -> UsageParser {
-        let triage = Triage::for_request(answering_format(provider, path), path);
-        UsageParser::with_triage(
+        UsageParser::build(
             provider,
             path,
             query,
             content_type,
             content_encoding,
-            triage,
+            None,
             false,
         )
     }
@@ -440,29 +439,31 @@ impl UsageParser {
         content_type: Option<&str>,
         content_encoding: Option<&str>,
     ) -> UsageParser {
-        let triage = Triage::for_request(answering_format(provider, path), path);
-        UsageParser::with_triage(
+        UsageParser::build(
             provider,
             path,
             query,
             content_type,
             content_encoding,
-            triage,
+            None,
             true,
         )
     }
 
-    fn with_triage(
+    /// `triage`: `None` for the request's own (tests ask for
+    /// [`Triage::None`]).
+    fn build(
         provider: Provider,
         path: &str,
         query: Option<&str>,
         content_type: Option<&str>,
         content_encoding: Option<&str>,
-        triage: Triage,
+        triage: Option<Triage>,
         retrieval: bool,
     ) -> UsageParser {
         let no_usage = provider == Provider::Anthropic && anthropic::is_count_tokens(path);
         let provider = answering_format(provider, path);
+        let triage = triage.unwrap_or_else(|| Triage::for_request(provider, path));
         let reader = match BodyFormat::detect(provider, path, query, content_type) {
             Some(format) => Reader::for_format(provider, format, triage, retrieval),
             None => Reader::Sniff(json_kind(provider, path, query), triage),
@@ -1124,13 +1125,13 @@ pub(crate) mod testing {
 
         /// A parser that scans every event, as if no [`Triage`] applied.
         pub(crate) fn untriaged_parser(&self) -> UsageParser {
-            UsageParser::with_triage(
+            UsageParser::build(
                 self.provider,
                 self.path,
                 self.query,
                 self.content_type,
                 self.content_encoding,
-                Triage::None,
+                Some(Triage::None),
                 false,
             )
         }
