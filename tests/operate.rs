@@ -275,3 +275,54 @@ async fn the_revocation_listener_reconnects_after_losing_the_database() {
 }
 
 both_stores!(a_revoked_key_fails_on_every_replica_within_a_second);
+
+/// `-d` forks after the stores are made. A SQLite connection that crossed
+/// the fork holds no locks in the daemon, so the next CLI run checkpointed
+/// and deleted the WAL it was writing to: every later row was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_on_sqlite_keeps_its_rows_while_the_cli_uses_the_same_file() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let (_, key) = env.create_key("before");
+    let mock = MockUpstream::start().await;
+    let log = env.path().join("daemon.log");
+    let gw = env
+        .gateway(&mock)
+        .env("MAJORDOMO_SERVER_ERROR_LOG", log.display())
+        .env("MAJORDOMO_SERVER_GRACE_PERIOD_SECS", 1)
+        .env("MAJORDOMO_SERVER_GRACEFUL_SHUTDOWN_TIMEOUT_SECS", 2)
+        .start_daemon()
+        .await;
+    let send = |key: String| {
+        let url = gw.url("/v1/chat/completions");
+        async move {
+            let r = client()
+                .post(url)
+                .header("X-Majordomo-Key", key)
+                .json(&json!({"model": "gpt-4o", "messages": []}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            r.bytes().await.unwrap();
+            status
+        }
+    };
+    assert_eq!(send(key.clone()).await, 200);
+    assert_eq!(env.wait_rows(1, Duration::from_secs(10)).await.len(), 1);
+    // The CLI opens and closes the file beside the daemon.
+    let (_, later) = env.create_key("after");
+    assert_eq!(send(later).await, 200, "a key made after the start works");
+    assert_eq!(send(key).await, 200);
+    let rows = env.wait_rows(3, Duration::from_secs(10)).await;
+    assert_eq!(
+        rows.len(),
+        3,
+        "rows written after the CLI ran are visible\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        gw.stop(Duration::from_secs(20)).await,
+        "the daemon ends on SIGTERM"
+    );
+    assert_eq!(env.rows().await.len(), 3, "and its rows outlive it");
+}

@@ -2,8 +2,15 @@
 //!
 //! One connection in WAL mode behind a mutex; every call runs on tokio's
 //! blocking pool so no proxy thread ever waits on the file.
+//!
+//! The connection is opened on first use, not by [`SqliteStore::open`]: the
+//! stores are made before Pingora forks for `-d`, and a connection must not
+//! cross a fork. SQLite's locks are POSIX record locks, which the daemon
+//! would not inherit: holding none, its WAL could be checkpointed and
+//! deleted under it by the next `majordomo keys …`, and every row it wrote
+//! after that would be lost.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -14,7 +21,10 @@ use super::migrations::{LEDGER_TABLE, MIGRATIONS};
 use super::{ApiKey, MetadataKey, NewKey, RequestRecord, StoreError};
 
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+    /// `None` until the first call (see the module's comment), and again
+    /// after a failed open, which the next call retries.
+    conn: Arc<Mutex<Option<Connection>>>,
 }
 
 fn err(e: rusqlite::Error) -> StoreError {
@@ -58,7 +68,23 @@ fn parse_ts(s: Option<String>) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(err)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(err)?;
+    Ok(conn)
+}
+
 impl SqliteStore {
+    /// Checks that the file opens (a clear error at start, not at the first
+    /// request), then closes it again: see the module's comment.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
@@ -67,18 +93,10 @@ impl SqliteStore {
                 })?;
             }
         }
-        let conn = Connection::open(path)
-            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(err)?;
+        drop(connect(path)?);
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+            conn: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -87,9 +105,14 @@ impl SqliteStore {
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let conn = self.conn.clone();
+        let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
+            let conn = match &mut *guard {
+                Some(conn) => conn,
+                empty => empty.insert(connect(&path)?),
+            };
+            f(conn)
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("sqlite task failed: {e}")))?

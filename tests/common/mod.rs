@@ -256,7 +256,8 @@ impl GatewayBuilder<'_> {
         self
     }
 
-    pub async fn start(self) -> GatewayProcess {
+    /// The command `start` runs, its port and its log file.
+    fn prepare(self) -> (Command, u16, PathBuf) {
         let port = free_port();
         let log_path = self.env.path().join(format!("gateway-{port}.log"));
         let log = std::fs::File::create(&log_path).expect("log file");
@@ -281,6 +282,11 @@ impl GatewayBuilder<'_> {
         } else {
             cmd.stdout(log.try_clone().unwrap()).stderr(log);
         }
+        (cmd, port, log_path)
+    }
+
+    pub async fn start(self) -> GatewayProcess {
+        let (mut cmd, port, log_path) = self.prepare();
         let child = cmd.spawn().expect("spawn majordomo");
         let mut gw = GatewayProcess {
             child,
@@ -289,6 +295,89 @@ impl GatewayBuilder<'_> {
         };
         gw.wait_ready(Duration::from_secs(30)).await;
         gw
+    }
+
+    /// Starts the gateway with `-d`: the command returns once it has forked,
+    /// and the daemon is found by its pid file.
+    pub async fn start_daemon(self) -> Daemon {
+        let pid_file = self.env.path().join("majordomo.pid");
+        let (mut cmd, port, log_path) = self.prepare();
+        let status = cmd.arg("-d").status().expect("run majordomo -d");
+        assert!(status.success(), "majordomo -d exited with {status}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let pid = loop {
+            let pid = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok());
+            if let Some(pid) = pid {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "no pid file from majordomo -d");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let daemon = Daemon {
+            pid,
+            port,
+            log_path,
+        };
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(r) = client.get(daemon.url("/health")).send().await {
+                if r.status() == 200 {
+                    return daemon;
+                }
+            }
+            assert!(Instant::now() < deadline, "majordomo -d never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A gateway started with `-d` (not our child); killed when dropped.
+pub struct Daemon {
+    pub pid: u32,
+    pub port: u16,
+    pub log_path: PathBuf,
+}
+
+impl Daemon {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// Running (a zombie nobody reaped has ended: a daemon's parent is
+    /// whatever reaper the machine has, or none).
+    pub fn alive(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|stat| {
+            // The state follows the command's closing parenthesis.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+        })
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the process to be gone.
+    pub async fn stop(&self, timeout: Duration) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.alive() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.alive() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.pid.to_string()])
+                .status();
+        }
     }
 }
 
