@@ -115,11 +115,17 @@ const USAGE_PATHS: CountPaths<10> = CountPaths::new([
     &["completion_tokens_details", "reasoning_tokens"],
 ]);
 
-/// Reads either usage shape; `None` when the object has neither.
+/// Reads either usage shape; `None` when the object has neither. Some
+/// OpenAI-compatible relays send both, one of them all zeros (new-api's chat
+/// usage carries `"input_tokens":0,"output_tokens":0`): the shape with counts
+/// wins, the Responses one when both have them.
 fn usage_from(counts: &Counts<10>) -> Option<Usage> {
     let [input, cached, cache_write, output, reasoning, prompt, prompt_cached, prompt_cache_write, completion, completion_reasoning] =
         counts.values;
-    if input.is_some() || output.is_some() {
+    let responses = input.is_some() || output.is_some();
+    let chat = prompt.is_some() || completion.is_some();
+    let counted = |a: Option<u64>, b: Option<u64>| a.unwrap_or(0) + b.unwrap_or(0) > 0;
+    if responses && (!chat || counted(input, output) || !counted(prompt, completion)) {
         Some(Usage {
             input_tokens: input.unwrap_or(0),
             cached_tokens: cached.unwrap_or(0),
@@ -128,7 +134,7 @@ fn usage_from(counts: &Counts<10>) -> Option<Usage> {
             output_tokens: output.unwrap_or(0),
             reasoning_tokens: reasoning.unwrap_or(0),
         })
-    } else if prompt.is_some() || completion.is_some() {
+    } else if chat {
         Some(Usage {
             input_tokens: prompt.unwrap_or(0),
             cached_tokens: prompt_cached.unwrap_or(0),
@@ -228,6 +234,52 @@ pub(crate) mod tests {
                 error: None,
                 complete: true,
             }
+        );
+    }
+
+    /// A relay that fills both shapes, one with zeros, is billed by the one
+    /// with counts, in JSON and in the stream's last chunk.
+    #[test]
+    fn a_usage_of_both_shapes_is_read_from_the_one_with_counts() {
+        let chat_with_zero_responses = r#"{"prompt_tokens":940,"completion_tokens":56,"total_tokens":996,"prompt_tokens_details":{"cached_tokens":12},"input_tokens":0,"output_tokens":0,"input_tokens_details":null}"#;
+        let responses_with_zero_chat = r#"{"input_tokens":940,"output_tokens":56,"input_tokens_details":{"cached_tokens":12},"prompt_tokens":0,"completion_tokens":0}"#;
+        let both_counted = r#"{"input_tokens":940,"output_tokens":56,"input_tokens_details":{"cached_tokens":12},"prompt_tokens":1,"completion_tokens":2}"#;
+        for usage_json in [
+            chat_with_zero_responses,
+            responses_with_zero_chat,
+            both_counted,
+        ] {
+            let body = format!(r#"{{"id":"c","model":"gpt-4o","usage":{usage_json}}}"#);
+            let req = Req::new(Provider::OpenAi, "/v1/chat/completions", "application/json");
+            let parsed = req.parse_everywhere(body.as_bytes());
+            assert_eq!(
+                parsed.usage,
+                Some(usage(940, 12, 0, 0, 56, 0)),
+                "{usage_json}"
+            );
+            let stream = lf(&[
+                r#"data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"stop"}],"usage":null}"#,
+                "",
+                &format!(
+                    r#"data: {{"id":"c","object":"chat.completion.chunk","model":"gpt-4o","choices":[],"usage":{usage_json}}}"#
+                ),
+                "",
+                "data: [DONE]",
+                "",
+            ]);
+            let parsed = chat_sse().parse_everywhere(&stream);
+            assert_eq!(
+                parsed.usage,
+                Some(usage(940, 12, 0, 0, 56, 0)),
+                "{usage_json}"
+            );
+        }
+        // All zeros is a usage of zero, not none.
+        let body = r#"{"id":"c","model":"gpt-4o","usage":{"prompt_tokens":0,"completion_tokens":0,"input_tokens":0,"output_tokens":0}}"#;
+        let req = Req::new(Provider::OpenAi, "/v1/chat/completions", "application/json");
+        assert_eq!(
+            req.parse_everywhere(body.as_bytes()).usage,
+            Some(usage(0, 0, 0, 0, 0, 0))
         );
     }
 
