@@ -1090,3 +1090,112 @@ async fn sequential_requests_reuse_one_upstream_connection_on_a_shared_runtime()
 async fn sequential_requests_reuse_one_upstream_connection_on_one_own_runtime() {
     sequential_requests_reuse_one_upstream_connection(1).await;
 }
+
+/// A `100 Continue` (the provider's answer to a client's `Expect`) is not
+/// the request's answer: when the provider then fails, the client still
+/// gets the gateway's 502 and the row says 502, not 100.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_fails_after_100_continue_is_still_answered_with_a_502() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let (_, key) = env.create_key("continue");
+    let mock = MockUpstream::start().await;
+    // A provider that says 100 Continue, reads the body, and closes.
+    let provider = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let provider_port = provider.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = provider.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+                let _ = tokio::time::timeout(Duration::from_millis(300), conn.read(&mut buf)).await;
+            });
+        }
+    });
+    let gw = env
+        .gateway(&mock)
+        .env(
+            "MAJORDOMO_PROVIDERS_OPENAI_BASE_URL",
+            format!("http://127.0.0.1:{provider_port}"),
+        )
+        .start()
+        .await;
+    let body = serde_json::to_vec(&chat_body()).unwrap();
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\n\
+         X-Majordomo-Key: {key}\r\nAuthorization: Bearer sk-1\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut answer))
+        .await
+        .expect("the gateway closed the connection")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let last = answer.rfind("HTTP/1.1 ").expect("a response");
+    assert!(
+        answer[last..].starts_with("HTTP/1.1 502"),
+        "{answer}\n{}",
+        gw.log()
+    );
+    assert!(answer[last..].contains("upstream_unreachable"), "{answer}");
+    let rows = env.wait_rows(1, Duration::from_secs(10)).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status_code, 502, "{:?}", rows[0]);
+}
+
+/// A chunked body that cannot be read is the client's 400, neither the
+/// gateway's 500 nor an upstream error on the dashboards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_chunked_body_is_a_400_and_not_an_upstream_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let (_, key) = env.create_key("chunks");
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n\
+         X-Majordomo-Key: {key}\r\nAuthorization: Bearer sk-1\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
+         zz\r\n{{\"model\":\"gpt-4o\"}}\r\n0\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+        .await
+        .expect("the gateway closed the connection")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}\n{}", gw.log());
+    assert!(answer.contains("malformed_request"), "{answer}");
+    let rows = env.wait_rows(1, Duration::from_secs(10)).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status_code, 400);
+    // A series appears at the first error counted.
+    assert_eq!(
+        gw.metric(r#"majordomo_upstream_errors_total{provider="openai"}"#)
+            .await,
+        None
+    );
+    assert_eq!(
+        gw.metric(r#"majordomo_requests_total{model="unpriced",provider="openai",status="400"}"#)
+            .await,
+        Some(1.0)
+    );
+}

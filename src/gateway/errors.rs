@@ -24,6 +24,9 @@ pub enum GatewayError {
     /// A request header the proxy refuses to forward (Pingora's reason), such
     /// as a `Connection` header naming Host as hop-by-hop.
     BadHeader(String),
+    /// The client's request could not be read as HTTP (Pingora's reason),
+    /// such as a malformed chunk of a chunked body.
+    BadRequest(String),
     /// The upstream could not be reached.
     UpstreamUnreachable,
     /// The upstream did not answer in time.
@@ -39,7 +42,8 @@ impl GatewayError {
             GatewayError::AuthUnavailable => 503,
             GatewayError::UnknownProvider(_)
             | GatewayError::BadMetadata(_)
-            | GatewayError::BadHeader(_) => 400,
+            | GatewayError::BadHeader(_)
+            | GatewayError::BadRequest(_) => 400,
             GatewayError::BodyTooLarge { .. } => 413,
             GatewayError::UpstreamUnreachable => 502,
             GatewayError::UpstreamTimeout => 504,
@@ -65,6 +69,7 @@ impl GatewayError {
             }
             GatewayError::BadMetadata(why) => format!("Invalid X-Majordomo-* metadata: {why}"),
             GatewayError::BadHeader(why) => format!("Invalid request header: {}", truncate(why, 200)),
+            GatewayError::BadRequest(why) => format!("Malformed request: {}", truncate(why, 200)),
             GatewayError::UpstreamUnreachable => "majordomo could not connect to the upstream provider".into(),
             GatewayError::UpstreamTimeout => "The upstream provider did not respond in time".into(),
             GatewayError::Internal => "majordomo failed to process the request".into(),
@@ -128,6 +133,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => "request_too_large",
             GatewayError::BadMetadata(_) => "invalid_metadata",
             GatewayError::BadHeader(_) => "invalid_header",
+            GatewayError::BadRequest(_) => "malformed_request",
             GatewayError::UpstreamUnreachable => "upstream_unreachable",
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::Internal => "internal_error",

@@ -264,10 +264,15 @@ async fn respond(
     header.insert_header(REQUEST_ID_HEADER, &ctx.request_id_text()[..])?;
     ctx.status = status;
     ctx.local_response = true;
+    // A failed write is the client gone (a 499), not the gateway's error.
     session
         .write_response_header(Box::new(header), false)
-        .await?;
-    session.write_response_body(Some(body), true).await?;
+        .await
+        .map_err(|e| e.into_down())?;
+    session
+        .write_response_body(Some(body), true)
+        .await
+        .map_err(|e| e.into_down())?;
     Ok(())
 }
 
@@ -421,6 +426,11 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // An informational answer (`100 Continue` to a client's `Expect`)
+        // goes through as is: the request's answer is the one that follows.
+        if upstream_response.status.is_informational() {
+            return Ok(());
+        }
         ctx.status = upstream_response.status.as_u16();
         upstream_response.insert_header(REQUEST_ID_HEADER, &ctx.request_id_text()[..])?;
         let header = |name: http::header::HeaderName| {
@@ -515,7 +525,12 @@ impl ProxyHttp for Gateway {
         };
         let status = err.status();
         ctx.error_message = Some(failure_message(e, &err, ctx.status));
-        if session.response_written().is_none() {
+        // Only an informational answer (`100 Continue`) went out: the
+        // client still waits for one.
+        if session
+            .response_written()
+            .is_none_or(|r| r.status.is_informational())
+        {
             session.set_keepalive(None);
             if let Err(write_err) = respond(
                 session,
@@ -578,6 +593,11 @@ impl ProxyHttp for Gateway {
             Some(e) => match error_answer(e, self.config.server.max_body_bytes) {
                 None => Ending::ClientGone,
                 Some(answer) => {
+                    let upstream = e.esource() == &ErrorSource::Upstream
+                        || matches!(
+                            answer,
+                            GatewayError::UpstreamUnreachable | GatewayError::UpstreamTimeout
+                        );
                     if ctx.error_message.is_none() {
                         let what = failure_message(e, &answer, ctx.status);
                         ctx.error_message = Some(format!("{what} ({})", e.etype().as_str()));
@@ -585,7 +605,13 @@ impl ProxyHttp for Gateway {
                     if ctx.status == 0 {
                         ctx.status = answer.status();
                     }
-                    Ending::UpstreamFailed
+                    // A request the gateway refused is not the provider's
+                    // failure (`majordomo_upstream_errors_total`).
+                    if upstream {
+                        Ending::UpstreamFailed
+                    } else {
+                        Ending::Delivered
+                    }
                 }
             },
         };
@@ -682,7 +708,9 @@ fn error_answer(e: &Error, max_body_bytes: u64) -> Option<GatewayError> {
                 // The client's request, refused before it went upstream: its
                 // fault, not the gateway's (Pingora's own answer is a 500).
                 InvalidHTTPHeader => GatewayError::BadHeader(refusal_reason(e)),
-                _ => GatewayError::Internal,
+                // Anything else the client's side raised is its request that
+                // could not be read (a malformed chunk, say).
+                _ => GatewayError::BadRequest(refusal_reason(e)),
             },
             ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
                 ConnectNoRoute | ConnectRefused | ConnectError | ConnectTimedout => {
