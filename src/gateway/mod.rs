@@ -283,14 +283,24 @@ fn has_body(req: &RequestHeader, length: Option<u64>) -> bool {
     req.headers.contains_key(http::header::TRANSFER_ENCODING) || length.is_some_and(|n| n > 0)
 }
 
+/// The body's length as Pingora frames the request: unknown when it has a
+/// Transfer-Encoding (which wins over Content-Length), and repeated equal
+/// values (`40, 40`, or two headers), which Pingora accepts, are one.
 fn content_length(req: &RequestHeader) -> Option<u64> {
-    req.headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return None;
+    }
+    let mut length = None;
+    for value in req.headers.get_all(http::header::CONTENT_LENGTH) {
+        for item in value.to_str().ok()?.split(',') {
+            let n: u64 = item.trim().parse().ok()?;
+            if length.is_some_and(|l| l != n) {
+                return None;
+            }
+            length = Some(n);
+        }
+    }
+    length
 }
 
 #[async_trait]
@@ -788,6 +798,35 @@ mod tests {
 
     /// The client hears Pingora's reason, never the wrapping context that
     /// names the upstream peer.
+    #[test]
+    fn the_body_length_is_read_as_pingora_frames_the_request() {
+        let with = |headers: &[(&str, &str)]| {
+            let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+            for (name, value) in headers {
+                req.append_header(name.to_string(), *value).unwrap();
+            }
+            content_length(&req)
+        };
+        assert_eq!(with(&[("content-length", "42")]), Some(42));
+        assert_eq!(with(&[("content-length", " 42 ")]), Some(42));
+        assert_eq!(
+            with(&[("content-length", "40000000, 40000000")]),
+            Some(40_000_000)
+        );
+        assert_eq!(
+            with(&[("content-length", "7"), ("content-length", "7")]),
+            Some(7)
+        );
+        assert_eq!(with(&[("content-length", "7, 8")]), None);
+        assert_eq!(with(&[("content-length", "x")]), None);
+        assert_eq!(
+            with(&[("transfer-encoding", "chunked"), ("content-length", "10")]),
+            None,
+            "the chunked body's length is unknown"
+        );
+        assert_eq!(with(&[]), None);
+    }
+
     #[test]
     fn a_refused_header_is_explained_by_the_innermost_reason_only() {
         let refused = || Error::explain(ErrorType::InvalidHTTPHeader, "protected header");
