@@ -412,8 +412,11 @@ if "production" in target:
 # Service ports and scrape annotations; PDB selects the pods.
 ports = {p["port"] for s in svcs for p in s["spec"]["ports"]}
 need({7680, 9091} <= ports, f"Service ports 7680 and 9091 (got {sorted(ports)})")
-ann = svcs[0]["metadata"].get("annotations", {}) if svcs else {}
-need(ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/port") == "9091", "prometheus annotations on the Service")
+# Scraped through the pods' annotations only: annotating the Service too has
+# the usual pod and endpoint jobs scrape each pod twice (every sum doubled).
+ann = dep["spec"]["template"]["metadata"].get("annotations", {})
+need(ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/port") == "9091", "prometheus annotations on the pods")
+need(not any(k.startswith("prometheus.io/") for s in svcs for k in s["metadata"].get("annotations", {})), "no prometheus annotations on the Service")
 labels = dep["spec"]["template"]["metadata"]["labels"]
 for kind, objs in (("Service", svcs), ("PodDisruptionBudget", pdbs)):
     need(objs, f"a {kind}")

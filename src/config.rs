@@ -702,11 +702,20 @@ impl Config {
         } else {
             origin.to_string()
         };
-        let config: Config =
-            serde_path_to_error::deserialize(root).map_err(|e| ConfigError::Parse {
+        let config: Config = serde_path_to_error::deserialize(root).map_err(|e| {
+            let key = e.path().to_string();
+            // serde quotes a wrongly typed value in more than one way
+            // (`integer `12345678``): a secret's message is never its own.
+            let message = if SECRET_KEYS.contains(&key.as_str()) {
+                "expected a string (quote the value; it is not shown here)".to_string()
+            } else {
+                redact(e.inner().to_string())
+            };
+            ConfigError::Parse {
                 origin: origin.clone(),
-                message: format!("key `{}`: {}", e.path(), redact(e.inner().to_string())),
-            })?;
+                message: format!("key `{key}`: {message}"),
+            }
+        })?;
         config.validate()
     }
 
@@ -813,6 +822,18 @@ impl Config {
         if self.sink.channel_capacity == 0 {
             return Err(invalid("sink.channel_capacity", "must be at least 1"));
         }
+        if self.metrics.port == self.server.port {
+            return Err(invalid(
+                "metrics.port",
+                "must differ from server.port (0 serves /metrics on the main port only)",
+            ));
+        }
+        if self.pricing.refresh_interval.is_zero() {
+            return Err(invalid(
+                "pricing.refresh_interval",
+                "must be greater than 0 (an empty pricing.remote_url turns refreshing off)",
+            ));
+        }
         if self.auth.cache_ttl_secs == 0 {
             return Err(invalid("auth.cache_ttl_secs", "must be at least 1"));
         }
@@ -836,6 +857,14 @@ fn absolute(p: &Path) -> PathBuf {
         Err(_) => p.to_path_buf(),
     }
 }
+
+/// The keys whose values are never printed.
+const SECRET_KEYS: [&str; 4] = [
+    "storage.postgres.password",
+    "storage.postgres.url",
+    "s3.access_key_id",
+    "s3.secret_access_key",
+];
 
 /// serde's messages quote the offending value; a wrongly typed secret must not be echoed.
 fn redact(message: String) -> String {
@@ -898,20 +927,40 @@ fn set_path(
 }
 
 /// Accepts `250ms`, `30s`, `5m`, `1h`, `1d`, or a bare number of seconds.
+/// A duration as Go's `time.ParseDuration` reads it (the reference gateway's
+/// syntax: `90s`, `1h30m`, `1.5h`, `250ms`), plus `d` for days and a bare
+/// number of seconds.
 fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let secs = |m: u64| n.checked_mul(m).map(Duration::from_secs);
-    match unit.trim() {
-        "" | "s" => secs(1),
-        "ms" => Some(Duration::from_millis(n)),
-        "m" => secs(60),
-        "h" => secs(3600),
-        "d" => secs(86_400),
-        _ => None,
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().ok().map(Duration::from_secs);
     }
+    let mut rest = s;
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&i| i > 0)?;
+        let (number, tail) = rest.split_at(number_end);
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_end);
+        let seconds_per_unit = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86_400.0,
+            _ => return None,
+        };
+        let n: f64 = number.parse().ok()?;
+        total = total.checked_add(Duration::try_from_secs_f64(n * seconds_per_unit).ok()?)?;
+        rest = tail;
+    }
+    (!s.is_empty()).then_some(total)
 }
 
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -924,7 +973,7 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Er
     match Raw::deserialize(d)? {
         Raw::Secs(n) => Ok(Duration::from_secs(n)),
         Raw::Text(t) => parse_duration(&t).ok_or_else(|| {
-            serde::de::Error::custom("expected a duration such as 30s, 5m, 1h or 250ms")
+            serde::de::Error::custom("expected a duration such as 30s, 5m, 1h30m or 250ms")
         }),
     }
 }
@@ -1144,6 +1193,78 @@ pricing:
         .to_string();
         assert!(err.contains("storage.postgres.password"), "{err}");
         assert!(!err.contains("hunter2secret"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_never_echoed() {
+        for yaml in [
+            "storage:\n  postgres:\n    password: 12345678\n",
+            "storage:\n  postgres:\n    url: 87654321\n",
+            "s3:\n  secret_access_key: 1234.5678\n",
+            "s3:\n  access_key_id: {id: \"AKIAsecretish\"}\n",
+        ] {
+            let err = Config::from_yaml_and_env(yaml, "t", &env(&[]))
+                .unwrap_err()
+                .to_string();
+            for secret in ["12345678", "87654321", "1234.5678", "AKIAsecretish"] {
+                assert!(!err.contains(secret), "{err}");
+            }
+            assert!(err.contains("quote the value"), "{err}");
+        }
+    }
+
+    #[test]
+    fn durations_are_read_as_the_reference_gateway_writes_them() {
+        for (text, secs) in [
+            ("30", 30.0),
+            ("30s", 30.0),
+            ("5m", 300.0),
+            ("1h30m", 5400.0),
+            ("1.5h", 5400.0),
+            ("2m30s", 150.0),
+            ("1h0m0s", 3600.0),
+            ("250ms", 0.25),
+            ("1500us", 0.0015),
+            ("1d", 86_400.0),
+            (" 2m ", 120.0),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Some(Duration::from_secs_f64(secs)),
+                "{text}"
+            );
+        }
+        for text in ["", "h", "5x", "1h30", ".", "-1s", "1 h", "s30", "1e3s"] {
+            assert_eq!(parse_duration(text), None, "{text:?}");
+        }
+        let c = Config::from_yaml_and_env(
+            "server:\n  write_timeout: 2m30s\npricing:\n  refresh_interval: 1.5h\n",
+            "t",
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.server.write_timeout, Duration::from_secs(150));
+        assert_eq!(c.pricing.refresh_interval, Duration::from_secs(5400));
+    }
+
+    #[test]
+    fn the_metrics_port_and_the_refresh_interval_are_checked() {
+        let err = Config::from_yaml_and_env("metrics:\n  port: 7680\n", "t", &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metrics.port"), "{err}");
+        let err = Config::from_yaml_and_env(
+            "server:\n  port: 9000\n",
+            "t",
+            &env(&[("MAJORDOMO_METRICS_PORT", "9000")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("metrics.port"), "{err}");
+        let err = Config::from_yaml_and_env("pricing:\n  refresh_interval: 0\n", "t", &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pricing.refresh_interval"), "{err}");
     }
 
     #[test]

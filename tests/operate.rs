@@ -8,7 +8,7 @@ use common::*;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_metrics_are_served_on_the_metrics_port_and_the_main_port() {
+async fn prometheus_metrics_are_served_on_the_metrics_port_and_not_on_the_main_one() {
     let env = TestEnv::new(Backend::Sqlite).await;
     let (_, key) = env.create_key("metrics");
     let mock = MockUpstream::start().await;
@@ -64,8 +64,15 @@ async fn prometheus_metrics_are_served_on_the_metrics_port_and_the_main_port() {
     assert!(m("majordomo_pricing_models").unwrap() > 100.0);
     assert!(m(r#"majordomo_key_cache_requests_total{result="hit"}"#).unwrap() >= 1.0);
     assert!(m(r#"majordomo_cost_usd_total{provider="openai"}"#).unwrap() > 0.0);
-    // Same exposition on the main port.
-    assert!(gw.metric(r#"majordomo_sink_queue_depth"#).await.is_some());
+    // With a port of its own, /metrics is not on the clients' port: there it
+    // is a request like any other, refused without a key.
+    let main = client().get(gw.url("/metrics")).send().await.unwrap();
+    assert_eq!(main.status(), 401);
+    assert!(!main
+        .text()
+        .await
+        .unwrap()
+        .contains("majordomo_sink_queue_depth"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -321,7 +321,11 @@ impl ProxyHttp for Gateway {
         // hold the larger futures of a readiness check and a response
         // write, so they are boxed apart and a proxied request carries only
         // the admission check's.
-        if let Some(answer) = health::route(session.req_header()) {
+        // `/metrics` is on the main port only when it has no port of its own:
+        // a separate port is how an operator keeps it off the clients' network.
+        if let Some(answer) = health::route(session.req_header())
+            .filter(|r| *r != health::HealthRoute::Metrics || self.config.metrics.port == 0)
+        {
             return Box::pin(async move {
                 let (status, content_type, body) = answer.respond(&self.store, &self.metrics).await;
                 respond(session, ctx, status, content_type, body).await?;
