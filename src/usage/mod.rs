@@ -275,10 +275,11 @@ impl Triage {
             Triage::None => Verdict::Scan,
             Triage::OpenAiChat => {
                 // Most chunks end with the `"usage":null` the upstream adds
-                // when usage is asked for: the last `usage` member, so any
+                // when usage is asked for (or with it just before OpenAI's
+                // `"obfuscation"` padding): the last `usage` member, so any
                 // earlier one is replaced (as in a document) and is not
                 // searched for.
-                let usage = strip::trailing_null_usage(data).is_none() && has_usage_object(data);
+                let usage = strip::null_usage_member(data).is_none() && has_usage_object(data);
                 if usage || has_error_value(data) {
                     Verdict::Scan
                 } else {

@@ -320,7 +320,7 @@ fn kept_of_event(event: &[u8], single: Option<(usize, usize)>, mut keep: impl Fn
     // `"usage":null`: the last `usage` member of a one-line object, so not
     // the usage event.
     if let Some((start, end)) = single {
-        if let Some((comma, close)) = trailing_null_usage(&event[start..end]) {
+        if let Some((comma, close)) = null_usage_member(&event[start..end]) {
             keep(0, start + comma);
             keep(start + close, event.len());
             return;
@@ -338,7 +338,7 @@ fn kept_ranges(event: &[u8], mut keep: impl FnMut(usize, usize)) -> bool {
     let mut from = 0;
     for (line_start, line) in lines(event) {
         if line.starts_with(b"data:") {
-            if let Some((comma, close)) = trailing_null_usage(line) {
+            if let Some((comma, close)) = null_usage_member(line) {
                 keep(from, line_start + comma);
                 from = line_start + close;
             }
@@ -359,6 +359,36 @@ fn lines(event: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
             start = end + 1;
             (line_start, &event[line_start..end])
         })
+}
+
+/// The range of the upstream's `"usage":null` member in a data line, to cut:
+/// the object's last member ([`trailing_null_usage`]), or the one just
+/// before OpenAI's `"obfuscation"` padding, which it sends last by default
+/// (and which stays: the client would get it without usage too).
+pub(super) fn null_usage_member(line: &[u8]) -> Option<(usize, usize)> {
+    trailing_null_usage(line).or_else(|| null_usage_before_obfuscation(line))
+}
+
+/// In a line ending `…,"usage":null,"obfuscation":"…"}` (OpenAI's compact
+/// spelling), the range from the usage's comma to the padding's. Both are
+/// members of the top-level object: the padding's closes it. Its value is
+/// letters and digits; the last quote but one opens it, since an escaped
+/// quote would follow a backslash, not `:`.
+fn null_usage_before_obfuscation(line: &[u8]) -> Option<(usize, usize)> {
+    const USAGE: &[u8] = b",\"usage\":null";
+    const PADDING: &[u8] = b",\"obfuscation\":\"";
+    let value_end = line
+        .len()
+        .checked_sub(2)
+        .filter(|&i| &line[i..] == b"\"}")?;
+    let value_start = memchr::memrchr(b'"', &line[..value_end])? + 1;
+    let padding = value_start
+        .checked_sub(PADDING.len())
+        .filter(|&i| &line[i..value_start] == PADDING)?;
+    let comma = padding
+        .checked_sub(USAGE.len())
+        .filter(|&i| &line[i..padding] == USAGE)?;
+    Some((comma, padding))
 }
 
 /// In a line ending `…, "usage" : null }` (whitespace allowed), the range
@@ -477,6 +507,57 @@ mod tests {
         }
         out.extend_from_slice(&stripper.finish());
         out
+    }
+
+    /// OpenAI's chunks carry `"obfuscation"` padding after `"usage":null`
+    /// (by default since 2025): the null usage goes, the padding stays, at
+    /// every split point.
+    #[test]
+    fn a_null_usage_before_the_obfuscation_padding_is_removed_and_the_padding_kept() {
+        let (upstream, client) = streams("\n");
+        let pad = |s: Vec<u8>, with_usage: bool| {
+            let s = String::from_utf8(s).unwrap();
+            let mut out = String::new();
+            for (i, line) in s.split_inclusive('\n').enumerate() {
+                let usage_chunk = line.contains("\"choices\":[]");
+                match line.strip_suffix("}\n") {
+                    Some(object) if line.starts_with("data: {") && !usage_chunk => {
+                        let object = if with_usage {
+                            object.to_string()
+                        } else {
+                            object.replace(",\"usage\":null", "")
+                        };
+                        out.push_str(&format!("{object},\"obfuscation\":\"Rm{i}YFV8a\"}}\n"));
+                    }
+                    _ => out.push_str(line),
+                }
+            }
+            out.into_bytes()
+        };
+        let upstream = pad(upstream, true);
+        let client = pad(client, false);
+        assert!(String::from_utf8_lossy(&upstream).contains(",\"usage\":null,\"obfuscation\":\""));
+        for at in 0..=upstream.len() {
+            assert_eq!(run(&upstream, &[at]), client, "split at {at}");
+        }
+        // Only that spelling: anything else after the null usage stays as is.
+        for line in [
+            &b"data: {\"a\":1,\"usage\":null,\"obfuscation\":\"x\\\"\"}"[..],
+            b"data: {\"a\":1,\"usage\":null,\"other\":\"x\"}",
+            b"data: {\"a\":{\"usage\":0},\"obfuscation\":\"x\"}",
+            b"data: {\"obfuscation\":\"x\"}",
+        ] {
+            assert_eq!(
+                null_usage_member(line),
+                None,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        assert_eq!(
+            null_usage_member(b"{\"a\":1,\"usage\":null,\"obfuscation\":\"\"}"),
+            Some((6, 19))
+        );
     }
 
     #[test]
