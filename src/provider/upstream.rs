@@ -145,7 +145,9 @@ impl Upstream {
 
     /// The address to connect to, resolving (without blocking a thread) when
     /// the cached one is older than the TTL. A failed refresh keeps using the
-    /// last good address.
+    /// last good address, and is tried again [`RESOLVE_RETRY`] later, not on
+    /// every request: during a resolver outage each would wait out its
+    /// timeout.
     pub async fn address(&self) -> std::io::Result<SocketAddr> {
         let cached = *self.resolved.read().unwrap_or_else(|p| p.into_inner());
         if let Some((addr, at)) = cached {
@@ -160,17 +162,58 @@ impl Upstream {
                     Some((addr, Instant::now()));
                 Ok(addr)
             }
-            Ok(None) => cached.map(|(a, _)| a).ok_or_else(|| {
+            Ok(None) => self.keep_stale(cached).ok_or_else(|| {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "upstream host has no address")
             }),
-            Err(e) => cached.map(|(a, _)| a).ok_or(e),
+            Err(e) => self.keep_stale(cached).ok_or(e),
         }
     }
+
+    /// After a failed refresh: the last good address, dated so that the
+    /// next refresh comes [`RESOLVE_RETRY`] from now (or the TTL, if shorter).
+    fn keep_stale(&self, cached: Option<(SocketAddr, Instant)>) -> Option<SocketAddr> {
+        let (addr, _) = cached?;
+        let now = Instant::now();
+        let dated = now
+            .checked_sub(self.dns_ttl.saturating_sub(RESOLVE_RETRY))
+            .unwrap_or(now);
+        *self.resolved.write().unwrap_or_else(|p| p.into_inner()) = Some((addr, dated));
+        Some(addr)
+    }
 }
+
+/// How long a failed refresh of an upstream's address is not tried again.
+pub const RESOLVE_RETRY: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_refresh_keeps_the_last_address_and_waits_before_the_next() {
+        let base = BaseUrl::parse("https://no-such-host.invalid").unwrap();
+        let upstream = Upstream::new(base, Duration::from_secs(60));
+        let last_good: SocketAddr = "192.0.2.7:443".parse().unwrap();
+        let long_ago = Instant::now()
+            .checked_sub(Duration::from_secs(120))
+            .unwrap_or_else(Instant::now);
+        *upstream.resolved.write().unwrap() = Some((last_good, long_ago));
+        assert_eq!(upstream.address().await.unwrap(), last_good);
+        let (addr, at) = upstream.resolved.read().unwrap().unwrap();
+        assert_eq!(addr, last_good);
+        // Dated so that it is due again RESOLVE_RETRY from now, not at once.
+        let due_in = Duration::from_secs(60).saturating_sub(at.elapsed());
+        assert!(
+            due_in > Duration::from_secs(3) && due_in <= RESOLVE_RETRY,
+            "due in {due_in:?}"
+        );
+        // Never resolved: the lookup's error.
+        let fresh = Upstream::new(
+            BaseUrl::parse("https://no-such-host.invalid").unwrap(),
+            Duration::from_secs(60),
+        );
+        assert!(fresh.address().await.is_err());
+    }
 
     #[test]
     fn https_default_port_and_no_prefix() {
