@@ -333,3 +333,55 @@ async fn a_daemon_on_sqlite_keeps_its_rows_while_the_cli_uses_the_same_file() {
     );
     assert_eq!(env.rows().await.len(), 3, "and its rows outlive it");
 }
+
+/// A listener connection that dies without a word (a NAT or load balancer
+/// forgetting it) is noticed and replaced: a listener that only waited
+/// would miss every revocation until the cache TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_revocation_listener_replaces_a_connection_that_went_silent() {
+    let env = TestEnv::new(Backend::Postgres).await;
+    let relay = TcpRelay::start((PG_HOST, PG_PORT)).await;
+    let mock = MockUpstream::start().await;
+    let mut builder = env.gateway(&mock);
+    for (k, v) in env.via_relay(&relay) {
+        builder = builder.env(&k, v);
+    }
+    let gw = builder.start().await;
+    let listening = || gw.log().matches("listening for key revocations").count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while listening() < 1 {
+        assert!(Instant::now() < deadline, "never listened:\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relay.silence();
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while listening() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the silent connection was never replaced:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        gw.log().contains("the database stopped answering"),
+        "{}",
+        gw.log()
+    );
+    // The new connection hears revocations.
+    let (id, key) = env.create_key("after");
+    let send = || {
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("X-Majordomo-Key", &key)
+            .json(&json!({"model": "gpt-4o", "messages": []}))
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 200);
+    env.cli_ok(&["keys", "revoke", &id]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while send().await.unwrap().status() != 401 {
+        assert!(Instant::now() < deadline, "revocation not heard");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

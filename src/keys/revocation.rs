@@ -6,7 +6,9 @@
 //! dedicated connection and evicts the key from the local cache. When that
 //! connection is lost the listener reconnects with backoff, and on every
 //! (re)connect drops the whole cache: notifications sent meanwhile may have
-//! been missed, so every key is validated again. While the database is away
+//! been missed, so every key is validated again. The connection must answer a
+//! query every 5 s: one that died silently is replaced within ~10 s. While
+//! the database is away
 //! the cache keeps serving (a revocation needs the database too); the cache
 //! TTL bounds the worst case.
 //! SQLite (one machine, possibly several processes during an upgrade): the
@@ -33,6 +35,10 @@ pub struct RevocationListener {
 }
 
 const POLL_EVERY: Duration = Duration::from_millis(250);
+
+/// How often the PostgreSQL listener's connection must answer a query (and
+/// how long it has to), or be replaced.
+const LISTENER_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 #[async_trait]
 impl BackgroundService for RevocationListener {
@@ -79,14 +85,33 @@ impl RevocationListener {
                         // Anything revoked while we were not listening.
                         self.keys.invalidate_all();
                         log::info!("listening for key revocations");
-                        while let Some(msg) = rx.recv().await {
-                            match msg {
-                                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                                    self.keys.invalidate_hash(n.payload()).await;
-                                    log::info!("key revoked elsewhere: evicted from the cache");
+                        let mut check = tokio::time::interval(LISTENER_CHECK_EVERY);
+                        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        check.tick().await;
+                        loop {
+                            tokio::select! {
+                                msg = rx.recv() => match msg {
+                                    Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                                        self.keys.invalidate_hash(n.payload()).await;
+                                        log::info!("key revoked elsewhere: evicted from the cache");
+                                    }
+                                    Some(Ok(_)) => {}
+                                    Some(Err(_)) | None => break,
+                                },
+                                // A connection can die without a word (a NAT or load
+                                // balancer forgetting it): a listener that only waits
+                                // would never know, and miss every revocation.
+                                _ = check.tick() => {
+                                    let answered = tokio::time::timeout(
+                                        LISTENER_CHECK_EVERY,
+                                        client.simple_query("SELECT 1"),
+                                    )
+                                    .await;
+                                    if !matches!(answered, Ok(Ok(_))) {
+                                        log::warn!("key revocation listener: the database stopped answering");
+                                        break;
+                                    }
                                 }
-                                Ok(_) => {}
-                                Err(_) => break,
                             }
                         }
                     }

@@ -616,11 +616,14 @@ impl TestEnv {
 }
 
 /// A TCP relay in front of a server (PostgreSQL), which a test can cut
-/// (every open connection dropped, new ones closed at once) and restore.
+/// (every open connection dropped, new ones closed at once) and restore, or
+/// silence.
 pub struct TcpRelay {
     pub port: u16,
     cut: Arc<std::sync::atomic::AtomicBool>,
     conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// Bumped by [`TcpRelay::silence`]: connections opened before go quiet.
+    generation: tokio::sync::watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -632,7 +635,8 @@ impl TcpRelay {
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Default::default();
-        let (c, cs) = (cut.clone(), conns.clone());
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let (c, cs, gen) = (cut.clone(), conns.clone(), generation.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
@@ -642,9 +646,17 @@ impl TcpRelay {
                     drop(inbound);
                     continue;
                 }
+                let mut silenced = gen.subscribe();
+                let born = *silenced.borrow_and_update();
                 let handle = tokio::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = async { silenced.wait_for(|g| *g > born).await.map(|_| ()) } => {
+                                // Silent: the sockets stay open, nothing moves.
+                                std::future::pending::<()>().await;
+                            }
+                        }
                     }
                 });
                 cs.lock().unwrap().push(handle);
@@ -654,6 +666,7 @@ impl TcpRelay {
             port,
             cut,
             conns,
+            generation,
             task,
         }
     }
@@ -668,6 +681,13 @@ impl TcpRelay {
 
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// The open connections go silent, as when a NAT or a load balancer
+    /// forgets them: nothing is forwarded on them any more and nothing says
+    /// so (no FIN, no RST). New connections work.
+    pub fn silence(&self) {
+        self.generation.send_modify(|g| *g += 1);
     }
 }
 
