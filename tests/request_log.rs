@@ -296,6 +296,41 @@ async fn an_injected_usage_chunk_is_hidden_from_the_client_and_still_logged(back
     assert_tokens(&row, &canned::OPENAI_CHAT, "stream_options edited");
     assert!(row.usage_complete && row.price_found);
 
+    // OpenAI's chunks end with "obfuscation" padding after "usage":null, and
+    // an SDK that writes every unset field sends "stream_options": null: the
+    // upstream is asked for usage all the same, and the client gets neither
+    // the usage chunk nor a "usage":null, but keeps the padding.
+    let padded = all.replace(
+        ",\"usage\":null}",
+        ",\"usage\":null,\"obfuscation\":\"Zq3v\"}",
+    );
+    let padded_expected = [events[0].clone(), events[1].clone(), events[3].clone()]
+        .concat()
+        .replace(",\"usage\":null}", ",\"obfuscation\":\"Zq3v\"}");
+    mock.push_response(
+        ScriptedResponse::new(200)
+            .with_header("content-type", "text/event-stream")
+            .with_chunks(
+                padded
+                    .as_bytes()
+                    .chunks(7)
+                    .map(Bytes::copy_from_slice)
+                    .collect(),
+            ),
+    );
+    let with_null = json!({"model": "gpt-4o", "stream": true, "stream_options": null,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let (status, id, got) = send(&gw, &key, "/v1/chat/completions", &with_null).await;
+    assert_eq!(status, 200);
+    assert_eq!(String::from_utf8(got.to_vec()).unwrap(), padded_expected);
+    assert_eq!(
+        mock.last_request().unwrap().json()["stream_options"],
+        json!({"include_usage": true})
+    );
+    let row = env.row(&id).await;
+    assert_tokens(&row, &canned::OPENAI_CHAT, "null stream_options");
+    assert!(row.usage_complete && row.price_found);
+
     // With injection turned off the request goes upstream untouched.
     drop(gw);
     let gw = env

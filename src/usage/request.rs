@@ -303,8 +303,13 @@ mod tests {
 /// a longer one passes unchanged) so the member is only added where it is
 /// missing (no duplicate key, which strict JSON readers refuse) and with a
 /// comma only when the object has other members. Only the first such object
-/// is edited. An `include_usage` the client set, true or false, is left as it
-/// is; so is a `stream_options` that is not an object. The injection is
+/// is edited. A `"stream_options": null` (an SDK that writes every unset
+/// field) is no options: it becomes `{"include_usage":true}` when
+/// `"stream": true` came before it (a request that does not stream must not
+/// get options, and this one has gone out by the time a later `stream` is
+/// read). An
+/// `include_usage` the client set, true or false, is left as it is; so is a
+/// `stream_options` that is neither an object nor null. The injection is
 /// reported only if the request streams.
 #[derive(Debug, Default)]
 pub struct StreamingUsageInjector {
@@ -329,6 +334,9 @@ pub struct StreamingUsageInjector {
 /// before the object's other members.
 const INCLUDE_USAGE_MEMBER: &[u8] = br#""include_usage":true"#;
 const INCLUDE_USAGE_MEMBER_FIRST: &[u8] = br#""include_usage":true,"#;
+
+/// What a `"stream_options": null` becomes.
+const NULL_OPTIONS_REPLACEMENT: &[u8] = br#"{"include_usage":true}"#;
 
 /// Longest `stream_options` object held back to add `include_usage`.
 pub const OPTIONS_HOLD_CAP: usize = 4096;
@@ -430,8 +438,8 @@ impl StreamingUsageInjector {
                     return chunk;
                 };
                 let at = (start - base) as usize;
-                if chunk.get(at) != Some(&b'{') {
-                    // `null` or another non-object: left as it is.
+                if !matches!(chunk.get(at), Some(b'{' | b'n')) {
+                    // Not an object, nor `null`: left as it is.
                     return chunk;
                 }
                 (start, chunk, at)
@@ -441,6 +449,21 @@ impl StreamingUsageInjector {
             .capture(STREAM_OPTIONS)
             .filter(|options| options.start == start);
         match ended {
+            // `null` is no options at all: the object with the member instead.
+            // Only when `"stream": true` came before it: OpenAI refuses
+            // `stream_options` on a request that does not stream.
+            Some(options) if data[at] == b'n' => {
+                self.options_done = true;
+                if options.bytes != b"null" || !is_true(scanner.capture(STREAM)) {
+                    return data;
+                }
+                self.added = NULL_OPTIONS_REPLACEMENT.len() - options.bytes.len();
+                let mut out = Vec::with_capacity(data.len() + self.added);
+                out.extend_from_slice(&data[..at]);
+                out.extend_from_slice(NULL_OPTIONS_REPLACEMENT);
+                out.extend_from_slice(&data[at + options.bytes.len()..]);
+                bytes::Bytes::from(out)
+            }
             // Copied only if edited.
             Some(options) => match options_member(scanner, options, &data[at..]) {
                 Some(member) => {
@@ -639,7 +662,7 @@ mod streaming_injector_tests {
             &br#"{"model":"gpt-4o","messages":[]}"#[..],
             br#"{"stream":true,"stream_options":{"include_usage":true}}"#,
             br#"{"stream":true,"stream_options":{"include_obfuscation":true,"include_usage":false}}"#,
-            br#"{"stream":true,"stream_options":null}"#,
+            br#"{"stream":true,"stream_options":"none"}"#,
             br#"{"stream":false}"#,
             br#"[{"stream":true}]"#,
             br#"{"stream":true"#,
@@ -650,6 +673,54 @@ mod streaming_injector_tests {
                 let (_, injected, out) = run(body, split);
                 assert!(!injected, "{}", String::from_utf8_lossy(body));
                 assert_eq!(out, body);
+            }
+        }
+    }
+
+    /// `"stream_options": null` (an SDK that writes every unset field) is no
+    /// options: the stream is asked for its usage, at any split, and a
+    /// fixed-length injector still adds exactly its length.
+    #[test]
+    fn a_null_stream_options_becomes_the_object_with_include_usage() {
+        let body = br#"{"model":"gpt-4o","stream":true,"stream_options": null ,"messages":[]}"#;
+        let want = br#"{"model":"gpt-4o","stream":true,"stream_options": {"include_usage":true} ,"messages":[]}"#;
+        for split in 0..=body.len() {
+            let (info, injected, out) = run(body, split);
+            assert!(injected, "split at {split}");
+            assert!(!info.include_usage);
+            assert_eq!(out, want, "split at {split}");
+            let (injected, out) = run_fixed(body, split);
+            assert!(injected);
+            assert_eq!(out.len(), body.len() + INJECTION_LEN);
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(
+                v["stream_options"],
+                serde_json::json!({"include_usage": true})
+            );
+        }
+        // Unless `"stream": true` is known by then, the null stays: OpenAI
+        // refuses `stream_options` on a request that does not stream.
+        for body in [
+            &br#"{"stream":false,"stream_options":null}"#[..],
+            br#"{"stream_options":null}"#,
+        ] {
+            for split in 0..=body.len() {
+                let (_, injected, out) = run(body, split);
+                assert!(!injected, "{} at {split}", String::from_utf8_lossy(body));
+                assert_eq!(out, body);
+            }
+        }
+        // `stream` after it: replaced only if it arrived with the null's
+        // chunk, else left (and not reported).
+        let body = br#"{"stream_options":null,"stream":true}"#;
+        let replaced = br#"{"stream_options":{"include_usage":true},"stream":true}"#;
+        for split in 0..=body.len() {
+            let (_, injected, out) = run(body, split);
+            let want: &[u8] = if injected { replaced } else { body };
+            assert_eq!(out, want, "split at {split}");
+            if split <= 18 {
+                // `{"stream_options":` is 18 bytes: the null and `stream` came together.
+                assert!(injected, "split at {split}");
             }
         }
     }
