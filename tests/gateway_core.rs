@@ -1199,3 +1199,74 @@ async fn a_malformed_chunked_body_is_a_400_and_not_an_upstream_error() {
         Some(1.0)
     );
 }
+
+/// A path SPEC §2's table does not name goes where its credentials belong:
+/// a Gemini `:countTokens` never reaches OpenAI with the Google key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_outside_the_table_goes_to_the_provider_its_credentials_belong_to() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let (_, key) = env.create_key("detect");
+    let others = MockUpstream::start().await;
+    let openai = MockUpstream::start().await;
+    let gw = env
+        .gateway(&others)
+        .env("MAJORDOMO_PROVIDERS_OPENAI_BASE_URL", openai.base_url())
+        .start()
+        .await;
+    let c = client();
+    let r = c
+        .post(gw.url("/v1beta/models/gemini-2.5-flash:countTokens"))
+        .header("X-Majordomo-Key", &key)
+        .header("x-goog-api-key", "AIza-google-key")
+        .json(&json!({"contents": [{"parts": [{"text": "hi"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-majordomo-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    r.bytes().await.unwrap();
+    assert_eq!(
+        openai.request_count(),
+        0,
+        "the Google key never goes to OpenAI"
+    );
+    assert_eq!(
+        others.last_request().unwrap().header("x-goog-api-key"),
+        Some("AIza-google-key")
+    );
+    assert_eq!(env.row(&id).await.provider, "gemini");
+
+    let r = c
+        .get(gw.url("/v1/models"))
+        .header("X-Majordomo-Key", &key)
+        .header("x-api-key", "sk-ant-key")
+        .header("anthropic-version", "2023-06-01")
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-majordomo-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    r.bytes().await.unwrap();
+    assert_eq!(openai.request_count(), 0);
+    assert_eq!(env.row(&id).await.provider, "anthropic");
+
+    // Nothing of another vendor's: OpenAI's, as the reference does.
+    let r = c
+        .get(gw.url("/v1/models"))
+        .header("X-Majordomo-Key", &key)
+        .header("Authorization", "Bearer sk-openai")
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-majordomo-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    r.bytes().await.unwrap();
+    assert_eq!(openai.request_count(), 1);
+    assert_eq!(env.row(&id).await.provider, "openai");
+}

@@ -150,7 +150,9 @@ impl Gateway {
     /// Provider, key, metadata and size checks; `Err` is the answer to send.
     async fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
         let req = session.req_header();
-        ctx.provider = provider::detect_from_path(req.uri.path());
+        ctx.provider = provider::detect(req.uri.path(), req.uri.query(), |name| {
+            req.headers.contains_key(name)
+        });
         if let Some(forced) = req.headers.get(&metadata::PROVIDER_HEADER_NAME) {
             let name = String::from_utf8_lossy(forced.as_bytes());
             ctx.provider = Provider::from_name(&name)
