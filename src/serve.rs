@@ -49,6 +49,14 @@ pub fn migrate_blocking(config: &Config, attempts: u32) -> anyhow::Result<Vec<i6
     })
 }
 
+/// The spool directory exists (or can be made) and takes a file.
+fn spool_is_writable(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(format!(".majordomo-t-{}", std::process::id()));
+    std::fs::File::create(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
 fn server_conf(config: &Config, flags: &ServeFlags) -> ServerConf {
     let s = &config.server;
     let threads = if s.threads == 0 {
@@ -77,8 +85,18 @@ fn server_conf(config: &Config, flags: &ServeFlags) -> ServerConf {
 pub fn run(config: Config, flags: ServeFlags) -> anyhow::Result<()> {
     let config = Arc::new(config);
     if flags.test {
-        // Config already validated; also prove the store opens.
+        // Config already validated; also prove that what a start opens from
+        // it opens (the database is not asked: it may not be reachable from
+        // where the configuration is checked).
         Store::open(&config.storage).context("opening the store")?;
+        LivePrices::from_config(&config.pricing)
+            .map_err(anyhow::Error::msg)
+            .context("loading the prices")?;
+        if matches!(config.logging.body_storage, BodyStorage::S3) {
+            BodyStore::from_config(&config.s3).map_err(anyhow::Error::msg)?;
+        }
+        spool_is_writable(&config.sink.spool_dir)
+            .with_context(|| format!("sink.spool_dir {}", config.sink.spool_dir.display()))?;
         println!("majordomo: configuration OK");
         return Ok(());
     }

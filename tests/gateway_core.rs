@@ -785,6 +785,20 @@ fn bad_config_is_a_clear_error_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.yaml"));
 
+    // -t also opens what a start opens from the configuration.
+    let out = run(
+        &["-t"],
+        &[("MAJORDOMO_PRICING_FILE", "no-such-prices.json")],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-prices.json"), "{err}");
+    std::fs::write(dir.path().join("a-file"), "").unwrap();
+    let out = run(&["-t"], &[("MAJORDOMO_SINK_SPOOL_DIR", "a-file/spool")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sink.spool_dir"), "{err}");
+
     let out = run(&["-t"], &[]);
     assert!(
         out.status.success(),
