@@ -1284,3 +1284,32 @@ async fn a_path_outside_the_table_goes_to_the_provider_its_credentials_belong_to
     assert_eq!(openai.request_count(), 1);
     assert_eq!(env.row(&id).await.provider, "openai");
 }
+
+/// A refused client that sent `Expect: 100-continue` holds its body back:
+/// it is answered at once (and the connection closed), not after waiting
+/// for a body that never comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_that_expects_100_continue_is_answered_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let mock = MockUpstream::start().await;
+    let gw = env.gateway(&mock).start().await;
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    conn.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\n\
+          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer))
+        .await
+        .expect("answered without the body, and the connection closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.contains("missing_majordomo_key"), "{answer}");
+    assert_eq!(mock.request_count(), 0);
+}

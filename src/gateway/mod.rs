@@ -130,10 +130,14 @@ impl Gateway {
         ctx.error_message = Some(err.message());
         // Keep the connection for the client's next request when the unread
         // body is small enough to discard; never drain one refused for its size.
-        let length = content_length(session.req_header());
-        let small_body = matches!(length, Some(n) if n <= DRAIN_LIMIT)
-            || !has_body(session.req_header(), length);
-        if status == 413 || !small_body || session.drain_request_body().await.is_err() {
+        // A client that sent `Expect: 100-continue` holds its body back
+        // until told to go on: a drain would wait for it, so the connection
+        // closes after the answer instead.
+        let req = session.req_header();
+        let length = content_length(req);
+        let small_body = matches!(length, Some(n) if n <= DRAIN_LIMIT) || !has_body(req, length);
+        let withheld = req.headers.contains_key(http::header::EXPECT);
+        if status == 413 || !small_body || withheld || session.drain_request_body().await.is_err() {
             session.set_keepalive(None);
         }
         respond(
