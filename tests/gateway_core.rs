@@ -816,7 +816,7 @@ type ReadBodies = std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
 /// provider just as the gateway reuses it), or, with `reset_first`, resets
 /// every connection at its first request. Keeps the body of every request
 /// it read (each attempt of a retried one).
-async fn resetting_upstream(reset_first: bool) -> (String, ReadBodies) {
+async fn resetting_upstream(reset_first: bool, delay: Duration) -> (String, ReadBodies) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -842,6 +842,7 @@ async fn resetting_upstream(reset_first: bool) -> (String, ReadBodies) {
                     nth += 1;
                     counter.lock().unwrap().push(request[body_at..].to_vec());
                     if nth == 2 || reset_first {
+                        tokio::time::sleep(delay).await;
                         conn.set_zero_linger().unwrap();
                         return; // dropped with SO_LINGER 0: a reset
                     }
@@ -884,10 +885,15 @@ struct ResetCase {
 
 impl ResetCase {
     async fn start(reset_first: bool) -> ResetCase {
+        Self::start_with_delay(reset_first, Duration::ZERO).await
+    }
+
+    /// The reset comes `delay` after the request was read.
+    async fn start_with_delay(reset_first: bool, delay: Duration) -> ResetCase {
         let env = TestEnv::new(Backend::Sqlite).await;
         let (_, key) = env.create_key("reset");
         let mock = MockUpstream::start().await;
-        let (url, seen) = resetting_upstream(reset_first).await;
+        let (url, seen) = resetting_upstream(reset_first, delay).await;
         let gw = env
             .gateway(&mock)
             .env("MAJORDOMO_PROVIDERS_OPENAI_BASE_URL", &url)
@@ -992,6 +998,23 @@ async fn a_connection_header_naming_host_is_a_400_that_never_reaches_the_upstrea
     let message = error["error"]["message"].as_str().unwrap();
     assert!(message.contains("Connection"), "{message}");
     assert_eq!(mock.request_count(), 0);
+}
+
+/// A reused connection that fails long after the request went out is not
+/// a stale one: the provider may have been generating (and billing) the
+/// answer, so the request is not sent again; the client gets the 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_whose_reused_connection_fails_late_is_not_sent_again() {
+    let case = ResetCase::start_with_delay(false, Duration::from_millis(1500)).await;
+    let c = client();
+    let r = case.post(&c).await;
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    let r = case.post(&c).await;
+    assert_eq!(r.status(), 502, "{}", case.gw.log());
+    assert_eq!(case.seen(), 2, "the second request went out once");
+    let rows = case.env.wait_rows(2, Duration::from_secs(10)).await;
+    assert_eq!(rows.iter().filter(|r| r.status_code == 502).count(), 1);
 }
 
 /// Every LLM call is a POST, which Pingora never retries by itself: a pooled

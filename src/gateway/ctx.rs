@@ -42,6 +42,8 @@ pub struct RequestCtx {
     /// Upstream connections tried so far (Pingora retries a request whose
     /// pooled connection the provider had closed).
     pub upstream_attempts: u8,
+    /// When this attempt's request body had all gone upstream.
+    pub request_sent_at: Option<Instant>,
     /// The status sent to the client.
     pub status: u16,
     /// When the first response body byte reached the client.
@@ -76,6 +78,7 @@ impl Default for RequestCtx {
             local_response: false,
             request_body_bytes: 0,
             upstream_attempts: 0,
+            request_sent_at: None,
             status: 0,
             first_byte_at: None,
             error_message: None,

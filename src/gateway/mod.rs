@@ -13,7 +13,7 @@ pub mod metadata;
 pub mod record;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -208,6 +208,7 @@ impl Gateway {
     /// body's watch, its stored copy and its byte count start over too.
     fn restart_request_body(&self, req: &RequestHeader, ctx: &mut RequestCtx) {
         ctx.request_body_bytes = 0;
+        ctx.request_sent_at = None;
         ctx.injected_usage = false;
         ctx.body_watch = self.body_watch(req, ctx.provider, content_length(req));
         if ctx.request_capture.is_some() {
@@ -281,6 +282,10 @@ async fn respond(
         .map_err(|e| e.into_down())?;
     Ok(())
 }
+
+/// How soon after the request went out a failure on a reused connection
+/// may be retried (see `error_while_proxy`).
+const RETRY_WINDOW: Duration = Duration::from_secs(1);
 
 /// Largest unread request body discarded to keep a rejected client's connection.
 const DRAIN_LIMIT: u64 = 64 * 1024;
@@ -366,6 +371,9 @@ impl ProxyHttp for Gateway {
             capture.push(chunk);
         }
         watch_request_body(ctx, body, end_of_stream);
+        if end_of_stream {
+            ctx.request_sent_at = Some(Instant::now());
+        }
         Ok(())
     }
 
@@ -578,9 +586,10 @@ impl ProxyHttp for Gateway {
     /// and every LLM call is a POST: a 502 for nothing. This lets such a
     /// failure be retried (on another connection, within Pingora's retry
     /// limit) when the connection was reused, no response header arrived
-    /// and the whole body is still in Pingora's replay buffer. Timeouts and
-    /// failures on a new connection are never retried (the provider may be
-    /// working on the request).
+    /// and the whole body is still in Pingora's replay buffer. Timeouts,
+    /// failures on a new connection, and failures more than
+    /// [`RETRY_WINDOW`] after the whole request went out are never retried:
+    /// the provider may be working on the request, and would bill it twice.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -591,8 +600,12 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
         let replayable = !session.as_ref().retry_buffer_truncated();
+        // A connection the provider had closed fails within a round trip.
+        let at_once = ctx
+            .request_sent_at
+            .is_none_or(|sent| sent.elapsed() < RETRY_WINDOW);
         e.retry
-            .decide_reuse(client_reused && ctx.status == 0 && replayable);
+            .decide_reuse(client_reused && ctx.status == 0 && replayable && at_once);
         e
     }
 
