@@ -828,7 +828,7 @@ impl Config {
                 "must differ from server.port (0 serves /metrics on the main port only)",
             ));
         }
-        if self.pricing.refresh_interval.is_zero() {
+        if self.pricing.refresh_interval.is_zero() && !self.pricing.remote_url.trim().is_empty() {
             return Err(invalid(
                 "pricing.refresh_interval",
                 "must be greater than 0 (an empty pricing.remote_url turns refreshing off)",
@@ -926,12 +926,12 @@ fn set_path(
     Ok(())
 }
 
-/// Accepts `250ms`, `30s`, `5m`, `1h`, `1d`, or a bare number of seconds.
 /// A duration as Go's `time.ParseDuration` reads it (the reference gateway's
-/// syntax: `90s`, `1h30m`, `1.5h`, `250ms`), plus `d` for days and a bare
-/// number of seconds.
+/// syntax: `90s`, `1h30m`, `1.5h`, `250ms`), plus `d` for days, a bare number
+/// of seconds, and spaces anywhere (`30 s`, which earlier builds took).
 fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
+    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    let s = s.as_str();
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         return s.parse().ok().map(Duration::from_secs);
     }
@@ -1227,6 +1227,8 @@ pricing:
             ("1500us", 0.0015),
             ("1d", 86_400.0),
             (" 2m ", 120.0),
+            ("30 s", 30.0),
+            ("1 h 30 m", 5400.0),
         ] {
             assert_eq!(
                 parse_duration(text),
@@ -1234,7 +1236,7 @@ pricing:
                 "{text}"
             );
         }
-        for text in ["", "h", "5x", "1h30", ".", "-1s", "1 h", "s30", "1e3s"] {
+        for text in ["", " ", "h", "5x", "1h30", ".", "-1s", "s30", "1e3s"] {
             assert_eq!(parse_duration(text), None, "{text:?}");
         }
         let c = Config::from_yaml_and_env(
@@ -1265,6 +1267,13 @@ pricing:
             .unwrap_err()
             .to_string();
         assert!(err.contains("pricing.refresh_interval"), "{err}");
+        // Harmless with refreshing off.
+        assert!(Config::from_yaml_and_env(
+            "pricing:\n  refresh_interval: 0\n  remote_url: \"\"\n",
+            "t",
+            &env(&[])
+        )
+        .is_ok());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! by other modules (sink stats, cache hits) are read at scrape time. The
 //! `model` label is the matched price id, or `unpriced`, so client-chosen
 //! model names cannot grow the series without bound. Served at `/metrics` on
-//! the main port and on `metrics.port`.
+//! `metrics.port`, or on the main port when that is 0.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;

@@ -130,14 +130,24 @@ impl Gateway {
         ctx.error_message = Some(err.message());
         // Keep the connection for the client's next request when the unread
         // body is small enough to discard; never drain one refused for its size.
-        // A client that sent `Expect: 100-continue` holds its body back
-        // until told to go on: a drain would wait for it, so the connection
-        // closes after the answer instead.
+        // A client that sent `Expect: 100-continue` may hold its body back
+        // until told to go on (curl does for a second): the drain waits for
+        // it only that long, then the connection closes after the answer.
+        // (Closing with its body unread at once could reset the connection
+        // before the client read the answer.)
         let req = session.req_header();
         let length = content_length(req);
         let small_body = matches!(length, Some(n) if n <= DRAIN_LIMIT) || !has_body(req, length);
-        let withheld = req.headers.contains_key(http::header::EXPECT);
-        if status == 413 || !small_body || withheld || session.drain_request_body().await.is_err() {
+        let drain = status != 413 && small_body;
+        let drained = drain
+            && if req.headers.contains_key(http::header::EXPECT) {
+                tokio::time::timeout(EXPECT_DRAIN_WAIT, session.drain_request_body())
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+            } else {
+                session.drain_request_body().await.is_ok()
+            };
+        if !drained {
             session.set_keepalive(None);
         }
         respond(
@@ -286,6 +296,9 @@ async fn respond(
 /// How soon after the request went out a failure on a reused connection
 /// may be retried (see `error_while_proxy`).
 const RETRY_WINDOW: Duration = Duration::from_secs(1);
+
+/// How long a refusal waits for the body of a client that sent `Expect`.
+const EXPECT_DRAIN_WAIT: Duration = Duration::from_secs(1);
 
 /// Largest unread request body discarded to keep a rejected client's connection.
 const DRAIN_LIMIT: u64 = 64 * 1024;

@@ -75,8 +75,9 @@ const GEMINI_METHODS: [&str; 3] = [":counttokens", ":embedcontent", ":batchembed
 /// such path to OpenAI, so a Gemini `:countTokens` or an Anthropic
 /// `/v1/models` went to api.openai.com with the other vendor's key. A Gemini
 /// key (`x-goog-api-key`, `?key=`), a `/v1beta/` path or a Gemini method means
-/// Gemini; Anthropic's headers (`anthropic-version`, `x-api-key`) mean
-/// Anthropic; anything else is still OpenAI's. `has_header` takes a
+/// Gemini; `anthropic-version` (which Anthropic requires on every request;
+/// `x-api-key` alone is also how some OpenAI-compatible servers authenticate)
+/// means Anthropic; anything else is still OpenAI's. `has_header` takes a
 /// lowercase name.
 pub fn detect(path: &str, query: Option<&str>, has_header: impl Fn(&str) -> bool) -> Provider {
     if contains_ignore_ascii_case(path, "generatecontent") {
@@ -98,7 +99,7 @@ pub fn detect(path: &str, query: Option<&str>, has_header: impl Fn(&str) -> bool
             .any(|m| contains_ignore_ascii_case(path, m))
     {
         Provider::Gemini
-    } else if has_header("anthropic-version") || has_header("x-api-key") {
+    } else if has_header("anthropic-version") {
         Provider::Anthropic
     } else {
         Provider::OpenAi
@@ -157,14 +158,15 @@ mod tests {
             detect("/v1/models", None, with("x-goog-api-key")),
             Provider::Gemini
         );
-        // Anthropic: its version header or key header.
+        // Anthropic: the version header it requires; a key header alone is
+        // also how some OpenAI-compatible servers authenticate.
         assert_eq!(
             detect("/v1/models", None, with("anthropic-version")),
             Provider::Anthropic
         );
         assert_eq!(
             detect("/v1/files", None, with("x-api-key")),
-            Provider::Anthropic
+            Provider::OpenAi
         );
         // Else OpenAI's, as before; and the table's rows never look further.
         assert_eq!(detect("/v1/models", None, none), Provider::OpenAi);

@@ -120,6 +120,7 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 #[derive(Debug)]
 pub struct Upstream {
     pub base: BaseUrl,
+    /// The address in use, and when to look it up again.
     resolved: RwLock<Option<(SocketAddr, Instant)>>,
     dns_ttl: Duration,
 }
@@ -144,42 +145,50 @@ impl Upstream {
     }
 
     /// The address to connect to, resolving (without blocking a thread) when
-    /// the cached one is older than the TTL. A failed refresh keeps using the
-    /// last good address, and is tried again [`RESOLVE_RETRY`] later, not on
-    /// every request: during a resolver outage each would wait out its
-    /// timeout.
+    /// the cached one is due. One request looks it up: the others go on with
+    /// the last good address meanwhile, and after a failed lookup for
+    /// [`RESOLVE_RETRY`] (during a resolver outage each would otherwise wait
+    /// out the lookup's timeout).
     pub async fn address(&self) -> std::io::Result<SocketAddr> {
-        let cached = *self.resolved.read().unwrap_or_else(|p| p.into_inner());
-        if let Some((addr, at)) = cached {
-            if self.is_literal() || at.elapsed() < self.dns_ttl {
+        let now = Instant::now();
+        if let Some((addr, due)) = *self.resolved.read().unwrap_or_else(|p| p.into_inner()) {
+            if self.is_literal() || now < due {
                 return Ok(addr);
             }
         }
+        let stale = {
+            let mut resolved = self.resolved.write().unwrap_or_else(|p| p.into_inner());
+            // Checked again: another request may have claimed it meanwhile.
+            match *resolved {
+                Some((addr, due)) if self.is_literal() || now < due => return Ok(addr),
+                // Due: this request refreshes it; the others keep it till then.
+                Some((addr, _)) => {
+                    *resolved = Some((addr, later(now, RESOLVE_RETRY)));
+                    Some(addr)
+                }
+                None => None,
+            }
+        };
         let lookup = tokio::net::lookup_host((self.base.host.as_str(), self.base.port)).await;
         match lookup.map(|mut addrs| addrs.next()) {
             Ok(Some(addr)) => {
                 *self.resolved.write().unwrap_or_else(|p| p.into_inner()) =
-                    Some((addr, Instant::now()));
+                    Some((addr, later(Instant::now(), self.dns_ttl)));
                 Ok(addr)
             }
-            Ok(None) => self.keep_stale(cached).ok_or_else(|| {
+            // The stale address stays, due again RESOLVE_RETRY from the claim.
+            Ok(None) => stale.ok_or_else(|| {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "upstream host has no address")
             }),
-            Err(e) => self.keep_stale(cached).ok_or(e),
+            Err(e) => stale.ok_or(e),
         }
     }
+}
 
-    /// After a failed refresh: the last good address, dated so that the
-    /// next refresh comes [`RESOLVE_RETRY`] from now (or the TTL, if shorter).
-    fn keep_stale(&self, cached: Option<(SocketAddr, Instant)>) -> Option<SocketAddr> {
-        let (addr, _) = cached?;
-        let now = Instant::now();
-        let dated = now
-            .checked_sub(self.dns_ttl.saturating_sub(RESOLVE_RETRY))
-            .unwrap_or(now);
-        *self.resolved.write().unwrap_or_else(|p| p.into_inner()) = Some((addr, dated));
-        Some(addr)
-    }
+/// `at + d`, or far enough for a `d` too large to add.
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .unwrap_or_else(|| at + Duration::from_secs(365 * 86_400))
 }
 
 /// How long a failed refresh of an upstream's address is not tried again.
@@ -191,28 +200,49 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_refresh_keeps_the_last_address_and_waits_before_the_next() {
-        let base = BaseUrl::parse("https://no-such-host.invalid").unwrap();
-        let upstream = Upstream::new(base, Duration::from_secs(60));
-        let last_good: SocketAddr = "192.0.2.7:443".parse().unwrap();
-        let long_ago = Instant::now()
-            .checked_sub(Duration::from_secs(120))
-            .unwrap_or_else(Instant::now);
-        *upstream.resolved.write().unwrap() = Some((last_good, long_ago));
-        assert_eq!(upstream.address().await.unwrap(), last_good);
-        let (addr, at) = upstream.resolved.read().unwrap().unwrap();
-        assert_eq!(addr, last_good);
-        // Dated so that it is due again RESOLVE_RETRY from now, not at once.
-        let due_in = Duration::from_secs(60).saturating_sub(at.elapsed());
-        assert!(
-            due_in > Duration::from_secs(3) && due_in <= RESOLVE_RETRY,
-            "due in {due_in:?}"
-        );
+        for ttl in [Duration::from_secs(60), Duration::ZERO] {
+            let base = BaseUrl::parse("https://no-such-host.invalid").unwrap();
+            let upstream = Upstream::new(base, ttl);
+            let last_good: SocketAddr = "192.0.2.7:443".parse().unwrap();
+            *upstream.resolved.write().unwrap() = Some((last_good, Instant::now()));
+            assert_eq!(upstream.address().await.unwrap(), last_good);
+            let (addr, due) = upstream.resolved.read().unwrap().unwrap();
+            assert_eq!(addr, last_good);
+            // Due again RESOLVE_RETRY from now, not at once (even with no TTL).
+            let due_in = due.saturating_duration_since(Instant::now());
+            assert!(
+                due_in > Duration::from_secs(3) && due_in <= RESOLVE_RETRY,
+                "ttl {ttl:?}: due in {due_in:?}"
+            );
+        }
         // Never resolved: the lookup's error.
         let fresh = Upstream::new(
             BaseUrl::parse("https://no-such-host.invalid").unwrap(),
             Duration::from_secs(60),
         );
         assert!(fresh.address().await.is_err());
+    }
+
+    /// While one request looks the address up, the others do not: they go
+    /// on with the last good one.
+    #[tokio::test]
+    async fn a_due_address_is_looked_up_by_one_request_at_a_time() {
+        let upstream = Upstream::new(
+            BaseUrl::parse("https://no-such-host.invalid").unwrap(),
+            Duration::from_secs(60),
+        );
+        let last_good: SocketAddr = "192.0.2.7:443".parse().unwrap();
+        *upstream.resolved.write().unwrap() = Some((last_good, Instant::now()));
+        // Start the refresh, stop it at its lookup: the entry is claimed.
+        let mut refresh = Box::pin(upstream.address());
+        use std::future::Future;
+        let waker = futures_util::task::noop_waker();
+        let _ = refresh
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker));
+        let (_, due) = upstream.resolved.read().unwrap().unwrap();
+        assert!(due > Instant::now(), "claimed: not due for the others");
+        drop(refresh);
     }
 
     #[test]
