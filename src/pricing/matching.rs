@@ -76,7 +76,7 @@ pub(crate) fn tier_suffix(id: &str) -> Option<(&str, u64)> {
 }
 
 /// Removes the wrappers around a model name that are not part of it.
-fn strip_decorations(name: &str) -> &str {
+pub(crate) fn strip_decorations(name: &str) -> &str {
     let mut s = name;
     if let Some((_, after)) = s.rsplit_once('/') {
         s = after;
@@ -85,6 +85,12 @@ fn strip_decorations(name: &str) -> &str {
         s = before;
     }
     s
+}
+
+/// Whether an id is one dated (or `-latest`) snapshot of a model, such as
+/// `gpt-4o-2024-05-13`.
+pub(crate) fn names_a_snapshot(id: &str) -> bool {
+    strip_version_suffix(&strip_decorations(id).to_ascii_lowercase()).is_some()
 }
 
 /// One trailing tag that does not change the price, if `s` ends with one.

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::RwLock;
 
-use super::matching::{canonical, tier_suffix};
+use super::matching::{canonical, names_a_snapshot, strip_decorations, tier_suffix};
 use super::parse::{self, Parsed};
 use super::{MatchKind, Price, PriceMatch, PricingError};
 
@@ -296,6 +296,15 @@ impl PriceTable {
         if let Some((id, _)) = self.entries.get_key_value(model) {
             return Some((id.as_str(), MatchKind::Exact));
         }
+        // A router's prefix or another case around an exact id is still that
+        // id: `openai/gpt-4o-2024-05-13` is priced as itself, not as the
+        // `gpt-4o` its normal form would find.
+        let bare = strip_decorations(model);
+        if bare.len() != model.len() || bare.bytes().any(|b| b.is_ascii_uppercase()) {
+            if let Some((id, _)) = self.entries.get_key_value(&bare.to_ascii_lowercase()) {
+                return Some((id.as_str(), MatchKind::Normalized));
+            }
+        }
         let key = canonical(model);
         if let Some(target) = self.by_canonical.get(&key) {
             let how = if target.via_alias {
@@ -439,14 +448,24 @@ impl PriceTable {
 }
 
 /// Whether `challenger` should take a normalised key from `held`
-/// (`held` came first in sorted order).
+/// (`held` came first in sorted order): the higher layer, then the id in
+/// normal form. But one dated snapshot never takes the name from the id
+/// that is the name (`gpt-4o-2024-05-13` from `gpt-4o`), from whichever
+/// layer: an override of one snapshot prices that snapshot only, never
+/// every other one of the model.
 fn beats(challenger: (&str, &Entry), held: (&str, &Entry)) -> bool {
     let (c_id, c) = challenger;
     let (h_id, h) = held;
+    let in_normal_form = |id: &str, e: &Entry| id.eq_ignore_ascii_case(&e.canonical);
+    if names_a_snapshot(c_id) && in_normal_form(h_id, h) {
+        return false;
+    }
+    if names_a_snapshot(h_id) && in_normal_form(c_id, c) {
+        return true;
+    }
     if c.layer != h.layer {
         return c.layer > h.layer;
     }
-    let in_normal_form = |id: &str, e: &Entry| id.eq_ignore_ascii_case(&e.canonical);
     in_normal_form(c_id, c) && !in_normal_form(h_id, h)
 }
 
@@ -940,6 +959,48 @@ mod tests {
         assert_eq!(long.id, "claude-sonnet-4-5");
         assert!(t.lookup("my-local-model", 0).is_some());
         assert!(t.source().ends_with("with 3 config override(s)"));
+    }
+
+    /// An override of one dated snapshot prices that snapshot only; the
+    /// model's other snapshots keep the model's price.
+    #[test]
+    fn an_override_of_a_dated_snapshot_prices_only_that_snapshot() {
+        let base = PriceTable::bundled();
+        let gpt_4o = base.lookup("gpt-4o", 0).expect("gpt-4o").price;
+        let t = base.with_overrides(&[("gpt-4o-2024-05-13".into(), price("5", "15", None))]);
+        assert_eq!(
+            t.lookup("gpt-4o-2024-05-13", 0).map(|m| m.price),
+            Some(price("5", "15", None))
+        );
+        for other in ["gpt-4o", "gpt-4o-2024-08-06", "gpt-4o-2024-11-20"] {
+            assert_eq!(
+                t.lookup(other, 0).map(|m| m.price),
+                Some(gpt_4o.clone()),
+                "{other}"
+            );
+        }
+    }
+
+    /// A router's prefix or another case around an exact id keeps that id's
+    /// price, not its normal form's.
+    #[test]
+    fn a_decorated_exact_id_is_priced_as_itself() {
+        let t = PriceTable::bundled();
+        let dated = t.lookup("gpt-4o-2024-05-13", 0).expect("dated");
+        assert_eq!(dated.id, "gpt-4o-2024-05-13");
+        for name in [
+            "openai/gpt-4o-2024-05-13",
+            "GPT-4o-2024-05-13",
+            "openai/GPT-4O-2024-05-13",
+        ] {
+            let m = t.lookup(name, 0).expect(name);
+            assert_eq!(
+                (m.id.as_str(), m.price),
+                (dated.id.as_str(), dated.price.clone()),
+                "{name}"
+            );
+        }
+        assert_eq!(t.lookup("openai/gpt-4o", 0).expect("gpt-4o").id, "gpt-4o");
     }
 
     #[test]
