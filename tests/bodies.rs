@@ -106,6 +106,8 @@ async fn chat(gw: &GatewayProcess, key: &str, stream: bool) -> (String, String) 
         .header("X-Majordomo-Key", key)
         .header("Authorization", format!("Bearer {PROVIDER_SECRET}"))
         .header("X-Majordomo-User-Id", "user-body")
+        // As the SDKs (httpx) ask.
+        .header("Accept-Encoding", "gzip, deflate")
         .json(&json!({"model": "gpt-4o", "stream": stream, "messages": [{"role": "user", "content": "Grüße 👋"}]}))
         .send()
         .await
@@ -225,6 +227,12 @@ async fn bodies_are_stored_in_the_database_as_the_client_sent_and_received_them(
     assert!(req.unwrap().contains("Grüße 👋"));
     assert_eq!(resp.unwrap(), received);
     assert!(s3.is_none());
+    // A stored body is text: the provider is asked for it uncompressed
+    // (an encoded one would be kept only as a placeholder).
+    assert_eq!(
+        mock.last_request().unwrap().header("accept-encoding"),
+        Some("identity")
+    );
 
     // A stream is stored as the text the client received (injected usage chunk removed).
     let (id, received) = chat(&gw, &key, true).await;

@@ -457,6 +457,10 @@ impl ProxyHttp for Gateway {
                 }
             }
             upstream_request.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+        } else if ctx.response_capture.is_some() {
+            // A stored body is text: ask for it uncompressed (the capture
+            // keeps only a placeholder for an encoded one).
+            upstream_request.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
         }
         Ok(())
     }
