@@ -834,6 +834,11 @@ impl Config {
                 "must be greater than 0 (an empty pricing.remote_url turns refreshing off)",
             ));
         }
+        // The stores' metadata name column is VARCHAR(255): a longer name
+        // would be refused with the row it came in.
+        if self.metadata.max_key_bytes > 255 {
+            return Err(invalid("metadata.max_key_bytes", "must be at most 255"));
+        }
         if self.auth.cache_ttl_secs == 0 {
             return Err(invalid("auth.cache_ttl_secs", "must be at least 1"));
         }
@@ -1267,6 +1272,10 @@ pricing:
             .unwrap_err()
             .to_string();
         assert!(err.contains("pricing.refresh_interval"), "{err}");
+        let err = Config::from_yaml_and_env("metadata:\n  max_key_bytes: 256\n", "t", &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metadata.max_key_bytes"), "{err}");
         // Harmless with refreshing off.
         assert!(Config::from_yaml_and_env(
             "pricing:\n  refresh_interval: 0\n  remote_url: \"\"\n",

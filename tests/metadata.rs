@@ -94,6 +94,14 @@ async fn metadata_keys_are_counted_per_api_key_and_chosen_ones_indexed(backend: 
     env.row(&id).await;
     assert_eq!(indexed_metadata(&env, &id).await, json!({}));
 
+    // The header's full name is the same name.
+    env.cli_ok(&["metadata", "activate", &key_id, "X-Majordomo-User-Id"]);
+    let id = send(&gw, &key, "u6").await;
+    env.row(&id).await;
+    assert_eq!(indexed_metadata(&env, &id).await, json!({"user-id": "u6"}));
+    env.cli_ok(&["metadata", "deactivate", &key_id, "X-MAJORDOMO-USER-ID"]);
+    assert_eq!(stat(&stats(&env, &key_id), "user-id")["is_active"], false);
+
     let out = env.cli(&[
         "metadata",
         "activate",

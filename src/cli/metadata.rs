@@ -25,6 +25,16 @@ pub enum MetadataCommand {
     Deactivate { api_key: String, name: String },
 }
 
+/// The name as rows carry it: lowercase, without the header's
+/// `X-Majordomo-` prefix (`X-Majordomo-User-Id` and `user-id` are one name).
+fn metadata_name(name: &str) -> String {
+    let name = name.trim().to_ascii_lowercase();
+    match name.strip_prefix(crate::gateway::metadata::HEADER_PREFIX) {
+        Some(rest) if !rest.is_empty() => rest.to_string(),
+        _ => name,
+    }
+}
+
 fn parse_id(id: &str) -> anyhow::Result<Uuid> {
     Uuid::parse_str(id.trim())
         .map_err(|_| anyhow!("{id:?} is not a key id (see `majordomo keys list`)"))
@@ -75,7 +85,7 @@ pub async fn run(store: &Store, cmd: MetadataCommand, out: &mut dyn Write) -> an
         }
         MetadataCommand::Activate { api_key, name } => {
             let id = parse_id(&api_key)?;
-            let name = name.trim().to_ascii_lowercase();
+            let name = metadata_name(&name);
             if !store.set_metadata_active(id, &name, true).await? {
                 return Err(anyhow!("no key with id {id}"));
             }
@@ -86,7 +96,7 @@ pub async fn run(store: &Store, cmd: MetadataCommand, out: &mut dyn Write) -> an
         }
         MetadataCommand::Deactivate { api_key, name } => {
             let id = parse_id(&api_key)?;
-            let name = name.trim().to_ascii_lowercase();
+            let name = metadata_name(&name);
             if !store.set_metadata_active(id, &name, false).await? {
                 return Err(anyhow!("no key with id {id}"));
             }
