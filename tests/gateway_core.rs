@@ -629,12 +629,20 @@ async fn a_database_the_reference_gateway_created_is_taken_over() {
 
     let migrated = env.cli_ok(&["migrate"]);
     assert!(
-        migrated.contains("applied migrations: [1, 2]"),
+        migrated.contains("applied migrations: [1, 2, 3]"),
         "{migrated}"
     );
-    let (_, key) = env.create_key("new");
+    let (new_id, key) = env.create_key("new");
     let listed = env.cli_ok(&["keys", "list"]);
     assert!(listed.contains("old") && listed.contains("new"), "{listed}");
+    // A distinct-value sketch in the reference's own format (not ours).
+    pg.batch_execute(&format!(
+        "INSERT INTO llm_requests_metadata_keys (majordomo_api_key_id, key_name, request_count,
+             hll_state, approx_cardinality)
+         VALUES ('{new_id}', 'user-id', 9000, decode(repeat('0a1b', 37), 'hex'), 5000);"
+    ))
+    .await
+    .unwrap();
     let mock = MockUpstream::start().await;
     let gw = env.gateway(&mock).start().await;
     let r = client()
@@ -683,12 +691,50 @@ async fn a_database_the_reference_gateway_created_is_taken_over() {
         "model_alias_found follows price_found"
     );
     assert!(!gw.log().contains("rejected"), "{}", gw.log());
+    // The reference's NUMERIC(12, 8) costs are v1's NUMERIC(20, 10), and the
+    // old rows kept their values.
+    let scales: Vec<i32> = pg
+        .query(
+            "SELECT numeric_scale FROM information_schema.columns \
+             WHERE table_name = 'llm_requests' AND column_name LIKE '%\\_cost' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(scales, [10, 10, 10]);
+    let old_total: String = pg
+        .query_one(
+            "SELECT total_cost::text FROM llm_requests WHERE model = 'gpt-4o' \
+             AND majordomo_api_key_id::text = $1",
+            &[&OLD_KEY],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(old_total, "0.0000750000");
+    // The reference's sketch cannot be merged: its count stays as a floor
+    // rather than dropping to this one request's.
+    let (count, distinct): (i64, i32) = {
+        let r = pg
+            .query_one(
+                "SELECT request_count, approx_cardinality FROM llm_requests_metadata_keys \
+                 WHERE majordomo_api_key_id::text = $1 AND key_name = 'user-id'",
+                &[&new_id],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((count, distinct), (9001, 5000));
 }
 
 async fn migrate_applies_the_schema_once(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let first = env.cli_ok(&["migrate"]);
-    assert!(first.contains("applied migrations: [1, 2]"), "{first}");
+    assert!(first.contains("applied migrations: [1, 2, 3]"), "{first}");
     let second = env.cli_ok(&["migrate"]);
     assert!(second.contains("up to date"), "{second}");
 }

@@ -25,6 +25,12 @@ pub const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0002_reference_columns.sql"),
         sqlite: include_str!("../../migrations/sqlite/0002_reference_columns.sql"),
     },
+    Migration {
+        version: 3,
+        name: "reference_costs",
+        postgres: include_str!("../../migrations/postgres/0003_reference_costs.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0003_reference_costs.sql"),
+    },
 ];
 
 pub const LEDGER_TABLE: &str = "majordomo_schema_migrations";

@@ -554,10 +554,13 @@ async fn add_to_metadata_stats<'a>(
         estimates.push(i32::try_from(sketch.estimate()).unwrap_or(i32::MAX));
         states.push(sketch.as_bytes().to_vec());
     }
+    // The count never goes down: a sketch in another format (the reference
+    // gateway's) reads as empty, and its count stays as a floor instead of
+    // dropping to the new values'.
     tx.execute(
         "UPDATE llm_requests_metadata_keys m SET request_count = m.request_count + u.c,
                 last_seen_at = GREATEST(m.last_seen_at, u.t), hll_state = u.s,
-                approx_cardinality = u.e, hll_updated_at = now()
+                approx_cardinality = GREATEST(m.approx_cardinality, u.e), hll_updated_at = now()
          FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::timestamptz[], $5::bytea[], $6::int4[])
               AS u(k, n, c, t, s, e)
          WHERE m.majordomo_api_key_id = u.k AND m.key_name = u.n",

@@ -1,0 +1,3 @@
+-- majordomo schema v3: PostgreSQL only (the reference gateway's cost
+-- columns are widened there); the reference had no SQLite store, so there
+-- is nothing to do here.
