@@ -299,9 +299,13 @@ impl PriceTable {
         // A router's prefix or another case around an exact id is still that
         // id: `openai/gpt-4o-2024-05-13` is priced as itself, not as the
         // `gpt-4o` its normal form would find.
+        // (Not a long-context tier's id: that is priced through its base.)
         let bare = strip_decorations(model);
         if bare.len() != model.len() || bare.bytes().any(|b| b.is_ascii_uppercase()) {
-            if let Some((id, _)) = self.entries.get_key_value(&bare.to_ascii_lowercase()) {
+            let lower = bare.to_ascii_lowercase();
+            let is_tier =
+                tier_suffix(&lower).is_some_and(|(base, _)| self.tiers_of(base).is_some());
+            if let Some((id, _)) = self.entries.get_key_value(&lower).filter(|_| !is_tier) {
                 return Some((id.as_str(), MatchKind::Normalized));
             }
         }
@@ -447,26 +451,22 @@ impl PriceTable {
     }
 }
 
-/// Whether `challenger` should take a normalised key from `held`
-/// (`held` came first in sorted order): the higher layer, then the id in
-/// normal form. But one dated snapshot never takes the name from the id
-/// that is the name (`gpt-4o-2024-05-13` from `gpt-4o`), from whichever
-/// layer: an override of one snapshot prices that snapshot only, never
-/// every other one of the model.
+/// Whether `challenger` should take a normalised key from `held` (`held`
+/// came first in sorted order, and keeps it on a tie). Every id is ranked
+/// by one key, so the winner never depends on the order: an id that is not
+/// one dated snapshot first (an override of `gpt-4o-2024-05-13` or of
+/// `claude-3-5-sonnet-20240620` prices that snapshot only, never every
+/// other one of the model), then the higher layer, then the id in normal
+/// form.
 fn beats(challenger: (&str, &Entry), held: (&str, &Entry)) -> bool {
-    let (c_id, c) = challenger;
-    let (h_id, h) = held;
-    let in_normal_form = |id: &str, e: &Entry| id.eq_ignore_ascii_case(&e.canonical);
-    if names_a_snapshot(c_id) && in_normal_form(h_id, h) {
-        return false;
-    }
-    if names_a_snapshot(h_id) && in_normal_form(c_id, c) {
-        return true;
-    }
-    if c.layer != h.layer {
-        return c.layer > h.layer;
-    }
-    in_normal_form(c_id, c) && !in_normal_form(h_id, h)
+    let rank = |(id, e): (&str, &Entry)| {
+        (
+            !names_a_snapshot(id),
+            e.layer,
+            id.eq_ignore_ascii_case(&e.canonical),
+        )
+    };
+    rank(challenger) > rank(held)
 }
 
 #[cfg(test)]
@@ -979,6 +979,25 @@ mod tests {
                 "{other}"
             );
         }
+        // Claude's dated names, whose model names are not in normal form.
+        let base = PriceTable::bundled();
+        let sonnet = base
+            .lookup("claude-3-5-sonnet-20241022", 0)
+            .expect("sonnet")
+            .price;
+        let t =
+            base.with_overrides(&[("claude-3-5-sonnet-20240620".into(), price("9", "9", None))]);
+        assert_eq!(
+            t.lookup("claude-3-5-sonnet-20240620", 0).map(|m| m.price),
+            Some(price("9", "9", None))
+        );
+        for other in ["claude-3-5-sonnet-20241022", "claude-3-5-sonnet-latest"] {
+            assert_eq!(
+                t.lookup(other, 0).map(|m| m.price),
+                Some(sonnet.clone()),
+                "{other}"
+            );
+        }
     }
 
     /// A router's prefix or another case around an exact id keeps that id's
@@ -1001,6 +1020,11 @@ mod tests {
             );
         }
         assert_eq!(t.lookup("openai/gpt-4o", 0).expect("gpt-4o").id, "gpt-4o");
+        // A long-context tier's id is still priced through its base.
+        assert_eq!(
+            t.lookup("models/Gemini-2.5-Pro-200K", 0).map(|m| m.id),
+            t.lookup("gemini-2.5-pro", 0).map(|m| m.id)
+        );
     }
 
     #[test]

@@ -379,7 +379,7 @@ impl SqliteStore {
                             request_count = request_count + excluded.request_count,
                             last_seen_at = max(coalesce(last_seen_at, ''), excluded.last_seen_at),
                             hll_state = excluded.hll_state,
-                            approx_cardinality = excluded.approx_cardinality,
+                            approx_cardinality = max(approx_cardinality, excluded.approx_cardinality),
                             hll_updated_at = excluded.hll_updated_at",
                         params![
                             key,
