@@ -1008,34 +1008,45 @@ async fn a_client_that_stalls_its_body_is_let_go_after_the_read_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
 
+/// Writes `request` on a new connection to the gateway and reads until the
+/// gateway closes it, within `timeout` (else panics with `what`).
+async fn raw_exchange(port: u16, request: &[u8], timeout: Duration, what: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    conn.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(timeout, conn.read_to_end(&mut answer))
+        .await
+        .expect(what)
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// A `Connection` header that names Host as hop-by-hop is refused (Pingora
 /// will not forward it) as the client's error, a 400 that says why, not a
 /// 500 that blames the gateway; the provider is never reached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_header_naming_host_is_a_400_that_never_reaches_the_upstream() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let env = TestEnv::new(Backend::Sqlite).await;
     let (_, key) = env.create_key("hop");
     let mock = MockUpstream::start().await;
     let gw = env.gateway(&mock).start().await;
-    let body = serde_json::to_vec(&chat_body()).unwrap();
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
-        .await
-        .unwrap();
-    let head = format!(
+    let body = serde_json::to_string(&chat_body()).unwrap();
+    let request = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nConnection: close, Host\r\n\
          X-Majordomo-Key: {key}\r\nAuthorization: Bearer sk-1\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    conn.write_all(head.as_bytes()).await.unwrap();
-    conn.write_all(&body).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
-        .await
-        .expect("the gateway closed the connection")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = raw_exchange(
+        gw.port,
+        request.as_bytes(),
+        Duration::from_secs(10),
+        "the gateway closed the connection",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}\n{}", gw.log());
     let error: Value = serde_json::from_str(&answer[answer.find("\r\n\r\n").unwrap() + 4..])
         .expect("a JSON error body");
@@ -1210,24 +1221,20 @@ async fn an_upstream_that_fails_after_100_continue_is_still_answered_with_a_502(
         )
         .start()
         .await;
-    let body = serde_json::to_vec(&chat_body()).unwrap();
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
-        .await
-        .unwrap();
-    let head = format!(
+    let body = serde_json::to_string(&chat_body()).unwrap();
+    let request = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\n\
          X-Majordomo-Key: {key}\r\nAuthorization: Bearer sk-1\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    conn.write_all(head.as_bytes()).await.unwrap();
-    conn.write_all(&body).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut answer))
-        .await
-        .expect("the gateway closed the connection")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = raw_exchange(
+        gw.port,
+        request.as_bytes(),
+        Duration::from_secs(20),
+        "the gateway closed the connection",
+    )
+    .await;
     let last = answer.rfind("HTTP/1.1 ").expect("a response");
     assert!(
         answer[last..].starts_with("HTTP/1.1 502"),
@@ -1244,27 +1251,23 @@ async fn an_upstream_that_fails_after_100_continue_is_still_answered_with_a_502(
 /// gateway's 500 nor an upstream error on the dashboards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_chunked_body_is_a_400_and_not_an_upstream_error() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let env = TestEnv::new(Backend::Sqlite).await;
     let (_, key) = env.create_key("chunks");
     let mock = MockUpstream::start().await;
     let gw = env.gateway(&mock).start().await;
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
-        .await
-        .unwrap();
-    let head = format!(
+    let request = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n\
          X-Majordomo-Key: {key}\r\nAuthorization: Bearer sk-1\r\n\
          Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
          zz\r\n{{\"model\":\"gpt-4o\"}}\r\n0\r\n\r\n"
     );
-    conn.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
-        .await
-        .expect("the gateway closed the connection")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = raw_exchange(
+        gw.port,
+        request.as_bytes(),
+        Duration::from_secs(10),
+        "the gateway closed the connection",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}\n{}", gw.log());
     assert!(answer.contains("malformed_request"), "{answer}");
     let rows = env.wait_rows(1, Duration::from_secs(10)).await;
@@ -1359,25 +1362,17 @@ async fn a_path_outside_the_table_goes_to_the_provider_its_credentials_belong_to
 /// not after waiting out the read timeout for a body that never comes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_request_that_expects_100_continue_is_answered_at_once() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let env = TestEnv::new(Backend::Sqlite).await;
     let mock = MockUpstream::start().await;
     let gw = env.gateway(&mock).start().await;
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
-        .await
-        .unwrap();
-    conn.write_all(
+    let answer = raw_exchange(
+        gw.port,
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\n\
           Content-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+        Duration::from_secs(5),
+        "answered without the body, and the connection closed",
     )
-    .await
-    .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer))
-        .await
-        .expect("answered without the body, and the connection closed")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    .await;
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     assert!(answer.contains("missing_majordomo_key"), "{answer}");
     assert!(
