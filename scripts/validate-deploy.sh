@@ -409,7 +409,7 @@ need(pw is not None, "MAJORDOMO_STORAGE_POSTGRES_PASSWORD from a Secret")
 secrets = [d["metadata"]["name"] for d in by.get("Secret", [])]
 if "production" in target:
     need(pw and pw["name"] not in secrets, "the production overlay must not ship the example Secret")
-# Service ports and scrape annotations; PDB selects the pods.
+# Service ports, the pods' scrape annotations (none on the Service); PDB selects the pods.
 ports = {p["port"] for s in svcs for p in s["spec"]["ports"]}
 need({7680, 9091} <= ports, f"Service ports 7680 and 9091 (got {sorted(ports)})")
 # Scraped through the pods' annotations only: annotating the Service too has
@@ -437,7 +437,7 @@ with open(env_out, "w") as f:
 print(f"  {target}: replicas {spec['replicas']} (HPA {hpas[0]['spec']['minReplicas']}-{hpas[0]['spec']['maxReplicas']}), "
       f"terminationGracePeriodSeconds {tgps} > preStop {pre_s} + grace {grace} + shutdown {shutdown}, image {c['image']}")
 PY
-  ok "$t: ≥2 replicas + HPA, maxUnavailable 0, /readyz + /health probes, preStop, grace arithmetic, non-root read-only rootfs, writable spool + /tmp, Secret, Service 7680/9091 + scrape annotations, PDB"
+  ok "$t: ≥2 replicas + HPA, maxUnavailable 0, /readyz + /health probes, preStop, grace arithmetic, non-root read-only rootfs, writable spool + /tmp, Secret, Service 7680/9091, scrape annotations on the pods only, PDB"
 done
 
 # ----------------------------------------------------------------- binary
