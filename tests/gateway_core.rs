@@ -1308,11 +1308,7 @@ async fn a_path_outside_the_table_goes_to_the_provider_its_credentials_belong_to
         .send()
         .await
         .unwrap();
-    let id = r.headers()["x-majordomo-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    r.bytes().await.unwrap();
+    let (_, id, _) = finish(r).await;
     assert_eq!(
         openai.request_count(),
         0,
@@ -1332,11 +1328,7 @@ async fn a_path_outside_the_table_goes_to_the_provider_its_credentials_belong_to
         .send()
         .await
         .unwrap();
-    let id = r.headers()["x-majordomo-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    r.bytes().await.unwrap();
+    let (_, id, _) = finish(r).await;
     assert_eq!(openai.request_count(), 0);
     assert_eq!(env.row(&id).await.provider, "anthropic");
 
@@ -1348,11 +1340,7 @@ async fn a_path_outside_the_table_goes_to_the_provider_its_credentials_belong_to
         .send()
         .await
         .unwrap();
-    let id = r.headers()["x-majordomo-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    r.bytes().await.unwrap();
+    let (_, id, _) = finish(r).await;
     assert_eq!(openai.request_count(), 1);
     assert_eq!(env.row(&id).await.provider, "openai");
 }

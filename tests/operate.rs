@@ -238,47 +238,71 @@ async fn a_revoked_key_fails_on_every_replica_within_a_second(backend: Backend) 
     assert!(took < Duration::from_secs(1), "took {took:?}");
 }
 
+/// A gateway on PostgreSQL whose every connection to it goes through `relay`.
+async fn gateway_via(env: &TestEnv, mock: &MockUpstream, relay: &TcpRelay) -> GatewayProcess {
+    let mut builder = env.gateway(mock);
+    for (k, v) in env.via_relay(relay) {
+        builder = builder.env(&k, v);
+    }
+    builder.start().await
+}
+
+/// Waits until the revocation listener has connected `times` times.
+async fn wait_for_listener(gw: &GatewayProcess, times: usize, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while gw.log().matches("listening for key revocations").count() < times {
+        assert!(Instant::now() < deadline, "{what}:\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `key` works (and is cached); revoked with the CLI (which goes to the
+/// database directly), it is refused within 3 s: the listener heard it.
+async fn revocation_is_heard(env: &TestEnv, gw: &GatewayProcess, id: &str, key: &str) {
+    let send = || {
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("X-Majordomo-Key", key)
+            .json(&json!({"model": "gpt-4o", "messages": []}))
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 200);
+    env.cli_ok(&["keys", "revoke", id]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while send().await.unwrap().status() != 401 {
+        assert!(Instant::now() < deadline, "revocation not heard");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_revocation_listener_reconnects_after_losing_the_database() {
     let env = TestEnv::new(Backend::Postgres).await;
     let (id, key) = env.create_key("reconnect");
     let relay = TcpRelay::start((PG_HOST, PG_PORT)).await;
     let mock = MockUpstream::start().await;
-    let mut builder = env.gateway(&mock);
-    for (k, v) in env.via_relay(&relay) {
-        builder = builder.env(&k, v);
-    }
-    let gw = builder.start().await;
-    let send = || {
-        client()
-            .post(gw.url("/v1/chat/completions"))
-            .header("X-Majordomo-Key", &key)
-            .json(&json!({"model": "gpt-4o", "messages": []}))
-            .send()
-    };
-    assert_eq!(send().await.unwrap().status(), 200);
+    let gw = gateway_via(&env, &mock, &relay).await;
+    wait_for_listener(&gw, 1, Duration::from_secs(10), "never listened").await;
+    // The key in the cache and the pools connected before the database goes.
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("X-Majordomo-Key", &key)
+        .json(&json!({"model": "gpt-4o", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     relay.cut();
     tokio::time::sleep(Duration::from_millis(300)).await;
     relay.restore();
-    // Wait for the listener to be back, then revoke (the CLI goes direct).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while gw.log().matches("listening for key revocations").count() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "listener never reconnected:\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    env.cli_ok(&["keys", "revoke", &id]);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while send().await.unwrap().status() != 401 {
-        assert!(
-            Instant::now() < deadline,
-            "revocation not seen after reconnect"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_listener(
+        &gw,
+        2,
+        Duration::from_secs(15),
+        "listener never reconnected",
+    )
+    .await;
+    revocation_is_heard(&env, &gw, &id, &key).await;
 }
 
 both_stores!(a_revoked_key_fails_on_every_replica_within_a_second);
@@ -342,46 +366,23 @@ async fn the_revocation_listener_replaces_a_connection_that_went_silent() {
     let env = TestEnv::new(Backend::Postgres).await;
     let relay = TcpRelay::start((PG_HOST, PG_PORT)).await;
     let mock = MockUpstream::start().await;
-    let mut builder = env.gateway(&mock);
-    for (k, v) in env.via_relay(&relay) {
-        builder = builder.env(&k, v);
-    }
-    let gw = builder.start().await;
-    let listening = || gw.log().matches("listening for key revocations").count();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while listening() < 1 {
-        assert!(Instant::now() < deadline, "never listened:\n{}", gw.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let gw = gateway_via(&env, &mock, &relay).await;
+    wait_for_listener(&gw, 1, Duration::from_secs(10), "never listened").await;
     relay.silence();
-    let deadline = Instant::now() + Duration::from_secs(25);
-    while listening() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the silent connection was never replaced:\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_listener(
+        &gw,
+        2,
+        Duration::from_secs(25),
+        "the silent connection was never replaced",
+    )
+    .await;
     assert!(
         gw.log().contains("the database stopped answering"),
         "{}",
         gw.log()
     );
-    // The new connection hears revocations.
+    // The new connection hears revocations (the key made now, so no pool
+    // connection predates the silence).
     let (id, key) = env.create_key("after");
-    let send = || {
-        client()
-            .post(gw.url("/v1/chat/completions"))
-            .header("X-Majordomo-Key", &key)
-            .json(&json!({"model": "gpt-4o", "messages": []}))
-            .send()
-    };
-    assert_eq!(send().await.unwrap().status(), 200);
-    env.cli_ok(&["keys", "revoke", &id]);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while send().await.unwrap().status() != 401 {
-        assert!(Instant::now() < deadline, "revocation not heard");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    revocation_is_heard(&env, &gw, &id, &key).await;
 }
