@@ -440,15 +440,11 @@ impl ProxyHttp for Gateway {
         // benches/README.md, "Where the RSS per stream comes from").
         strip_gateway_headers(upstream_request);
         upstream_request.insert_header(http::header::HOST, up.base.host_header.as_str())?;
-        if matches!(ctx.body_watch, BodyWatch::Inject(_)) {
+        let injecting = matches!(ctx.body_watch, BodyWatch::Inject(_));
+        if let BodyWatch::Inject(injector) = &ctx.body_watch {
             // The body grows by the injected field (or as much whitespace);
-            // without a client length it may grow: send it chunked. Ask for
-            // an uncompressed answer so the usage chunk can be removed.
-            let fixed = match &ctx.body_watch {
-                BodyWatch::Inject(injector) => injector.is_fixed_length(),
-                _ => false,
-            };
-            match content_length(upstream_request).filter(|_| fixed) {
+            // without a client length it may grow: send it chunked.
+            match content_length(upstream_request).filter(|_| injector.is_fixed_length()) {
                 Some(len) => upstream_request
                     .insert_header(http::header::CONTENT_LENGTH, len + INJECTION_LEN as u64)?,
                 None => {
@@ -456,10 +452,11 @@ impl ProxyHttp for Gateway {
                     upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
                 }
             }
-            upstream_request.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
-        } else if ctx.response_capture.is_some() {
-            // A stored body is text: ask for it uncompressed (the capture
-            // keeps only a placeholder for an encoded one).
+        }
+        // An uncompressed answer: the injected usage chunk is removed from
+        // it, and a stored body is text (the capture keeps only a
+        // placeholder for an encoded one).
+        if injecting || ctx.response_capture.is_some() {
             upstream_request.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
         }
         Ok(())
