@@ -21,6 +21,19 @@ if ! pg_up; then
   exit 1
 fi
 
+# nss_wrapper gives the gateway under test a host name with several
+# addresses (the connection failover tests), without /etc/hosts or DNS.
+if ! compgen -G "/usr/lib*/libnss_wrapper.so" >/dev/null && ! compgen -G "/usr/lib/*/libnss_wrapper.so" >/dev/null; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing libnss-wrapper" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnss-wrapper >/dev/null
+  else
+    echo "test.sh: the failover tests need nss_wrapper (e.g. sudo apt-get install libnss-wrapper)" >&2
+    exit 1
+  fi
+fi
+
 # The S3-compatible server the body-storage tests use (moto, pinned, from PyPI).
 MAJORDOMO_TEST_MOTO_SERVER=$(./scripts/install-s3-server.sh)
 export MAJORDOMO_TEST_MOTO_SERVER

@@ -1369,3 +1369,92 @@ async fn a_refused_request_that_expects_100_continue_is_answered_at_once() {
     );
     assert_eq!(mock.request_count(), 0);
 }
+
+/// A gateway whose OpenAI host resolves (through `hosts` lines) to `dead`
+/// addresses, where nothing listens on the mock's port, then the mock's.
+async fn gateway_for_a_host_with(
+    env: &TestEnv,
+    mock: &MockUpstream,
+    dead: &[&str],
+    live: bool,
+) -> GatewayProcess {
+    let mut hosts: Vec<String> = dead
+        .iter()
+        .map(|a| format!("{a} api.failover.test"))
+        .collect();
+    if live {
+        hosts.push("127.0.0.1 api.failover.test".into());
+    }
+    let file = env.path().join("hosts");
+    std::fs::write(&file, hosts.join("\n") + "\n").unwrap();
+    let mut gw = env.gateway(mock).env(
+        "MAJORDOMO_PROVIDERS_OPENAI_BASE_URL",
+        format!("http://api.failover.test:{}", mock.port()),
+    );
+    for (k, v) in resolving_from(&file) {
+        gw = gw.env(&k, v);
+    }
+    gw.start().await
+}
+
+const NEXT_ADDRESS: &str = "trying the host's next address";
+
+/// A host name with a dead address first (an IPv6 one on a network without
+/// IPv6, one machine of several down): the request goes to the next address,
+/// and so do the requests after it, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_goes_to_the_hosts_next_address_and_later_requests_start_there() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let (_, key) = env.create_key("failover");
+    let mock = MockUpstream::start().await;
+    let gw = gateway_for_a_host_with(&env, &mock, &["127.0.0.2"], true).await;
+    for _ in 0..3 {
+        let r = client()
+            .post(gw.url(OPENAI_CHAT))
+            .header("X-Majordomo-Key", &key)
+            .json(&chat_body())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", gw.log());
+    }
+    assert_eq!(mock.request_count(), 3);
+    let log = gw.log();
+    assert_eq!(log.matches(NEXT_ADDRESS).count(), 1, "{log}");
+    assert!(log.contains("connecting to 127.0.0.2:"), "{log}");
+    let rows = env.wait_rows(3, Duration::from_secs(10)).await;
+    assert!(
+        rows.iter()
+            .all(|r| r.status_code == 200 && r.input_tokens > 0),
+        "{rows:?}"
+    );
+}
+
+/// With every address dead, a request tries three of them, not all, and is
+/// a 502 with its row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_addresses_all_refuse_is_a_502_after_three_connections() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let (_, key) = env.create_key("failover");
+    let mock = MockUpstream::start().await;
+    let dead = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"];
+    let gw = gateway_for_a_host_with(&env, &mock, &dead, false).await;
+    let r = client()
+        .post(gw.url(OPENAI_CHAT))
+        .header("X-Majordomo-Key", &key)
+        .json(&chat_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "upstream_unreachable", "{v}");
+    let log = gw.log();
+    assert_eq!(log.matches(NEXT_ADDRESS).count(), 2, "{log}");
+    for tried in ["127.0.0.2:", "127.0.0.3:"] {
+        assert!(log.contains(&format!("connecting to {tried}")), "{log}");
+    }
+    let rows = env.wait_rows(1, Duration::from_secs(10)).await;
+    assert_eq!(rows[0].status_code, 502, "{rows:?}");
+    assert_eq!(mock.request_count(), 0);
+}

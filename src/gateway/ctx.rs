@@ -1,5 +1,6 @@
 //! Per-request state, created empty by `new_ctx` and filled in phase order.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -42,6 +43,12 @@ pub struct RequestCtx {
     /// Upstream connections tried so far (Pingora retries a request whose
     /// pooled connection the provider had closed).
     pub upstream_attempts: u8,
+    /// Connections that failed to open, each to another of the host's
+    /// addresses (see `Upstream::address`), and the last one's address.
+    pub connect_failures: u8,
+    pub failed_address: Option<SocketAddr>,
+    /// How many addresses the upstream host had for this request.
+    pub upstream_addresses: u8,
     /// When this attempt's request body had all gone upstream.
     pub request_sent_at: Option<Instant>,
     /// The status sent to the client.
@@ -78,6 +85,9 @@ impl Default for RequestCtx {
             local_response: false,
             request_body_bytes: 0,
             upstream_attempts: 0,
+            connect_failures: 0,
+            failed_address: None,
+            upstream_addresses: 0,
             request_sent_at: None,
             status: 0,
             first_byte_at: None,

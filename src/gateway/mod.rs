@@ -20,13 +20,14 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::config::Config;
 use crate::keys::cache::{KeyCache, KeyCacheSettings, KeyCheck};
 use crate::metrics::Metrics;
 use crate::pricing::live::LivePrices;
-use crate::provider::upstream::{BaseUrl, Upstream};
+use crate::provider::upstream::{BaseUrl, Upstream, MAX_CONNECT_ATTEMPTS};
 use crate::provider::{self, Provider};
 use crate::sink::SinkSender;
 use crate::store::Store;
@@ -400,10 +401,11 @@ impl ProxyHttp for Gateway {
         }
         ctx.upstream_attempts = ctx.upstream_attempts.saturating_add(1);
         let up = self.upstream(ctx.provider);
-        let addr = up.address().await.map_err(|e| {
+        let connect = up.address(ctx.failed_address).await.map_err(|e| {
             Error::because(ErrorType::ConnectNoRoute, "resolving the upstream host", e)
         })?;
-        let mut peer = HttpPeer::new(addr, up.base.tls, up.base.host.clone());
+        ctx.upstream_addresses = u8::try_from(connect.addresses).unwrap_or(u8::MAX);
+        let mut peer = HttpPeer::new(connect.addr, up.base.tls, up.base.host.clone());
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.total_connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.read_timeout);
@@ -604,6 +606,38 @@ impl ProxyHttp for Gateway {
     /// failures on a new connection, and failures more than
     /// [`RETRY_WINDOW`] after the whole request went out are never retried:
     /// the provider may be working on the request, and would bill it twice.
+    /// A connection that could not be opened (refused, unreachable, timed
+    /// out) sent nothing: the request goes to the host's next address, up to
+    /// [`MAX_CONNECT_ATTEMPTS`] connections (a host whose first address
+    /// is IPv6 on a network without it, one dead address among several).
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if !opening_failed(e.etype()) {
+            return e;
+        }
+        let Some(&addr) = peer.address().as_inet() else {
+            return e;
+        };
+        self.upstream(ctx.provider).connect_failed(addr);
+        let tried = usize::from(ctx.connect_failures) + 1;
+        if tried < usize::from(ctx.upstream_addresses).min(MAX_CONNECT_ATTEMPTS) {
+            ctx.connect_failures += 1;
+            ctx.failed_address = Some(addr);
+            log::warn!(
+                "request {}: connecting to {addr} failed ({}); trying the host's next address",
+                ctx.request_id,
+                e.etype().as_str()
+            );
+            e.set_retry(true);
+        }
+        e
+    }
+
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -730,6 +764,16 @@ fn concat(first: Option<Bytes>, second: Bytes) -> Bytes {
         }
         _ => second,
     }
+}
+
+/// A connection that failed before anything was sent on it, for a reason
+/// another address of the host may not share (a certificate would).
+fn opening_failed(e: &ErrorType) -> bool {
+    use ErrorType::*;
+    matches!(
+        e,
+        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeTimedout
+    )
 }
 
 /// What to answer for a proxy failure; `None` when the client itself failed.

@@ -1,9 +1,11 @@
-//! Where a provider's requests go: a parsed base URL and its resolved address.
+//! Where a provider's requests go: a parsed base URL and its resolved addresses.
 //!
 //! Pingora's `HttpPeer::new` resolves host names synchronously and panics when
-//! resolution fails, so the address is resolved here, asynchronously, cached
+//! resolution fails, so the addresses are resolved here, asynchronously, cached
 //! for `upstream.dns_ttl_secs`, and handed to Pingora as a socket address with
-//! the SNI passed separately.
+//! the SNI passed separately. Requests use one address (so they share its
+//! pooled connections); a connection to it that cannot be opened moves them
+//! to the next one the lookup gave.
 
 use std::net::SocketAddr;
 use std::sync::RwLock;
@@ -116,13 +118,91 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     head.eq_ignore_ascii_case(prefix.as_bytes()).then_some(tail)
 }
 
-/// One provider's upstream: its base URL and a cached resolved address.
+/// One provider's upstream: its base URL and its cached resolved addresses.
 #[derive(Debug)]
 pub struct Upstream {
     pub base: BaseUrl,
-    /// The address in use, and when to look it up again.
-    resolved: RwLock<Option<(SocketAddr, Instant)>>,
+    /// The addresses in use, and when to look them up again.
+    resolved: RwLock<Option<Resolved>>,
     dns_ttl: Duration,
+}
+
+/// Most addresses of a host kept from one lookup, in the resolver's order of
+/// preference.
+pub const MAX_ADDRESSES: usize = 8;
+
+/// Most connections one request tries (to as many addresses) before it
+/// fails: each can take `upstream.connect_timeout_secs`.
+pub const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+/// A lookup's addresses, held without allocating.
+#[derive(Debug, Clone, Copy)]
+struct Resolved {
+    list: [SocketAddr; MAX_ADDRESSES],
+    len: usize,
+    /// Where requests start: moves on when a connection to it fails.
+    preferred: usize,
+    due: Instant,
+}
+
+impl Resolved {
+    fn new(addrs: impl IntoIterator<Item = SocketAddr>, due: Instant) -> Option<Resolved> {
+        let mut addrs = addrs.into_iter();
+        let first = addrs.next()?;
+        let mut list = [first; MAX_ADDRESSES];
+        let mut len = 1;
+        for addr in addrs {
+            if len == MAX_ADDRESSES {
+                break;
+            }
+            // getaddrinfo lists an address once per socket type asked for.
+            if !list[..len].contains(&addr) {
+                list[len] = addr;
+                len += 1;
+            }
+        }
+        Some(Resolved {
+            list,
+            len,
+            preferred: 0,
+            due,
+        })
+    }
+
+    fn addresses(&self) -> &[SocketAddr] {
+        &self.list[..self.len]
+    }
+
+    /// An address that took over from a failed one stays preferred,
+    /// wherever the new lookup lists it.
+    fn keep_preferred(&mut self, old: &Resolved) {
+        let preferred = old.list[old.preferred];
+        self.preferred = self
+            .addresses()
+            .iter()
+            .position(|&a| a == preferred)
+            .unwrap_or(0);
+    }
+
+    /// The preferred address, or the one after `failed` (a request's last
+    /// failed connection).
+    fn pick(&self, failed: Option<SocketAddr>) -> Connect {
+        let at = failed
+            .and_then(|f| self.addresses().iter().position(|&a| a == f))
+            .map_or(self.preferred, |i| (i + 1) % self.len);
+        Connect {
+            addr: self.list[at],
+            addresses: self.len,
+        }
+    }
+}
+
+/// Where one connection goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connect {
+    pub addr: SocketAddr,
+    /// How many addresses the host has (those a request may try in turn).
+    pub addresses: usize,
 }
 
 impl Upstream {
@@ -132,7 +212,7 @@ impl Upstream {
             .host
             .parse::<std::net::IpAddr>()
             .ok()
-            .map(|ip| (SocketAddr::new(ip, base.port), Instant::now()));
+            .and_then(|ip| Resolved::new([SocketAddr::new(ip, base.port)], Instant::now()));
         Upstream {
             base,
             resolved: RwLock::new(literal),
@@ -144,43 +224,62 @@ impl Upstream {
         self.base.host.parse::<std::net::IpAddr>().is_ok()
     }
 
-    /// The address to connect to, resolving (without blocking a thread) when
-    /// the cached one is due. One request looks it up: the others go on with
-    /// the last good address meanwhile, and after a failed lookup for
-    /// [`RESOLVE_RETRY`] (during a resolver outage each would otherwise wait
-    /// out the lookup's timeout).
-    pub async fn address(&self) -> std::io::Result<SocketAddr> {
+    /// Where a request's connection goes: the preferred address, or after a
+    /// connection to `failed` failed, the host's next address.
+    ///
+    /// Resolves (without blocking a thread) when the cached addresses are
+    /// due. One request looks them up: the others go on with the last good
+    /// ones meanwhile, and after a failed lookup for [`RESOLVE_RETRY`]
+    /// (during a resolver outage each would otherwise wait out the lookup's
+    /// timeout).
+    pub async fn address(&self, failed: Option<SocketAddr>) -> std::io::Result<Connect> {
         let now = Instant::now();
-        if let Some((addr, due)) = *self.resolved.read().unwrap_or_else(|p| p.into_inner()) {
-            if self.is_literal() || now < due {
-                return Ok(addr);
+        if let Some(resolved) = *self.resolved.read().unwrap_or_else(|p| p.into_inner()) {
+            if self.is_literal() || now < resolved.due {
+                return Ok(resolved.pick(failed));
             }
         }
         let stale = {
             let mut resolved = self.resolved.write().unwrap_or_else(|p| p.into_inner());
             // Checked again: another request may have claimed it meanwhile.
-            match *resolved {
-                Some((addr, due)) if self.is_literal() || now < due => return Ok(addr),
+            match &mut *resolved {
+                Some(r) if self.is_literal() || now < r.due => return Ok(r.pick(failed)),
                 // Due: this request refreshes it; the others keep it till then.
-                Some((addr, _)) => {
-                    *resolved = Some((addr, later(now, RESOLVE_RETRY)));
-                    Some(addr)
+                Some(r) => {
+                    r.due = later(now, RESOLVE_RETRY);
+                    Some(r.pick(failed))
                 }
                 None => None,
             }
         };
         let lookup = tokio::net::lookup_host((self.base.host.as_str(), self.base.port)).await;
-        match lookup.map(|mut addrs| addrs.next()) {
-            Ok(Some(addr)) => {
-                *self.resolved.write().unwrap_or_else(|p| p.into_inner()) =
-                    Some((addr, later(Instant::now(), self.dns_ttl)));
-                Ok(addr)
+        let fresh = lookup.map(|addrs| Resolved::new(addrs, later(Instant::now(), self.dns_ttl)));
+        match fresh {
+            Ok(Some(mut fresh)) => {
+                let mut resolved = self.resolved.write().unwrap_or_else(|p| p.into_inner());
+                if let Some(old) = &*resolved {
+                    fresh.keep_preferred(old);
+                }
+                *resolved = Some(fresh);
+                Ok(fresh.pick(failed))
             }
-            // The stale address stays, due again RESOLVE_RETRY from the claim.
+            // The stale addresses stay, due again RESOLVE_RETRY from the claim.
             Ok(None) => stale.ok_or_else(|| {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "upstream host has no address")
             }),
             Err(e) => stale.ok_or(e),
+        }
+    }
+
+    /// A connection to `addr` failed: if it was the preferred address, the
+    /// next one is preferred from now on, so later requests do not wait on
+    /// the failing one first.
+    pub fn connect_failed(&self, addr: SocketAddr) {
+        let mut resolved = self.resolved.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = &mut *resolved {
+            if r.list[r.preferred] == addr {
+                r.preferred = (r.preferred + 1) % r.len;
+            }
         }
     }
 }
@@ -198,51 +297,160 @@ pub const RESOLVE_RETRY: Duration = Duration::from_secs(5);
 mod tests {
     use super::*;
 
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// Sets `upstream`'s addresses, due at `due`.
+    fn preset(upstream: &Upstream, addrs: &[&str], due: Instant) {
+        *upstream.resolved.write().unwrap() = Resolved::new(addrs.iter().map(|a| addr(a)), due);
+    }
+
+    fn unresolvable(ttl: Duration) -> Upstream {
+        Upstream::new(BaseUrl::parse("https://no-such-host.invalid").unwrap(), ttl)
+    }
+
     #[tokio::test]
     async fn a_failed_refresh_keeps_the_last_address_and_waits_before_the_next() {
         for ttl in [Duration::from_secs(60), Duration::ZERO] {
-            let base = BaseUrl::parse("https://no-such-host.invalid").unwrap();
-            let upstream = Upstream::new(base, ttl);
-            let last_good: SocketAddr = "192.0.2.7:443".parse().unwrap();
-            *upstream.resolved.write().unwrap() = Some((last_good, Instant::now()));
-            assert_eq!(upstream.address().await.unwrap(), last_good);
-            let (addr, due) = upstream.resolved.read().unwrap().unwrap();
-            assert_eq!(addr, last_good);
+            let upstream = unresolvable(ttl);
+            let last_good = addr("192.0.2.7:443");
+            preset(&upstream, &["192.0.2.7:443"], Instant::now());
+            assert_eq!(upstream.address(None).await.unwrap().addr, last_good);
+            let r = upstream.resolved.read().unwrap().unwrap();
+            assert_eq!(r.addresses(), [last_good]);
             // Due again RESOLVE_RETRY from now, not at once (even with no TTL).
-            let due_in = due.saturating_duration_since(Instant::now());
+            let due_in = r.due.saturating_duration_since(Instant::now());
             assert!(
                 due_in > Duration::from_secs(3) && due_in <= RESOLVE_RETRY,
                 "ttl {ttl:?}: due in {due_in:?}"
             );
         }
         // Never resolved: the lookup's error.
-        let fresh = Upstream::new(
-            BaseUrl::parse("https://no-such-host.invalid").unwrap(),
-            Duration::from_secs(60),
-        );
-        assert!(fresh.address().await.is_err());
+        let fresh = unresolvable(Duration::from_secs(60));
+        assert!(fresh.address(None).await.is_err());
     }
 
     /// While one request looks the address up, the others do not: they go
     /// on with the last good one.
     #[tokio::test]
     async fn a_due_address_is_looked_up_by_one_request_at_a_time() {
-        let upstream = Upstream::new(
-            BaseUrl::parse("https://no-such-host.invalid").unwrap(),
-            Duration::from_secs(60),
-        );
-        let last_good: SocketAddr = "192.0.2.7:443".parse().unwrap();
-        *upstream.resolved.write().unwrap() = Some((last_good, Instant::now()));
+        let upstream = unresolvable(Duration::from_secs(60));
+        preset(&upstream, &["192.0.2.7:443"], Instant::now());
         // Start the refresh, stop it at its lookup: the entry is claimed.
-        let mut refresh = Box::pin(upstream.address());
+        let mut refresh = Box::pin(upstream.address(None));
         use std::future::Future;
         let waker = futures_util::task::noop_waker();
         let _ = refresh
             .as_mut()
             .poll(&mut std::task::Context::from_waker(&waker));
-        let (_, due) = upstream.resolved.read().unwrap().unwrap();
+        let due = upstream.resolved.read().unwrap().unwrap().due;
         assert!(due > Instant::now(), "claimed: not due for the others");
         drop(refresh);
+    }
+
+    /// A request's further connections go to the host's other addresses in
+    /// turn; a failed preferred address hands the preference on.
+    #[tokio::test]
+    async fn connections_try_the_other_addresses_and_a_failure_moves_the_preference() {
+        let upstream = unresolvable(Duration::from_secs(60));
+        let later = Instant::now() + Duration::from_secs(60);
+        preset(
+            &upstream,
+            &["[2001:db8::1]:443", "192.0.2.1:443", "192.0.2.2:443"],
+            later,
+        );
+        // The first connection, then one after each failure in turn.
+        let picks = |u: &Upstream| {
+            let u = u.resolved.read().unwrap().unwrap();
+            let mut failed = None;
+            (0..4)
+                .map(|_| {
+                    let addr = u.pick(failed).addr;
+                    failed = Some(addr);
+                    addr.to_string()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(upstream.address(None).await.unwrap().addresses, 3);
+        assert_eq!(
+            picks(&upstream),
+            [
+                "[2001:db8::1]:443",
+                "192.0.2.1:443",
+                "192.0.2.2:443",
+                "[2001:db8::1]:443"
+            ]
+        );
+        // A failure of an address that is not the preferred one changes nothing.
+        upstream.connect_failed(addr("192.0.2.2:443"));
+        assert_eq!(
+            upstream.address(None).await.unwrap().addr,
+            addr("[2001:db8::1]:443")
+        );
+        upstream.connect_failed(addr("[2001:db8::1]:443"));
+        assert_eq!(
+            picks(&upstream),
+            [
+                "192.0.2.1:443",
+                "192.0.2.2:443",
+                "[2001:db8::1]:443",
+                "192.0.2.1:443"
+            ]
+        );
+        // Two requests that saw the same failure move it on once.
+        upstream.connect_failed(addr("[2001:db8::1]:443"));
+        assert_eq!(
+            upstream.address(None).await.unwrap().addr,
+            addr("192.0.2.1:443")
+        );
+        // A request goes on from its own failed address, wherever the
+        // preference is by then; one the host no longer has starts over.
+        let after = |a| upstream.address(Some(addr(a)));
+        assert_eq!(
+            after("192.0.2.2:443").await.unwrap().addr,
+            addr("[2001:db8::1]:443")
+        );
+        assert_eq!(
+            after("192.0.2.9:443").await.unwrap().addr,
+            addr("192.0.2.1:443")
+        );
+    }
+
+    /// A new lookup keeps the address that took over, wherever it now is in
+    /// the list; one that is gone starts again at the first.
+    #[test]
+    fn a_refresh_keeps_the_address_that_took_over() {
+        let due = Instant::now();
+        let mut old = Resolved::new([addr("192.0.2.1:443"), addr("192.0.2.2:443")], due).unwrap();
+        old.preferred = 1;
+        let adopt = |addrs: &[&str]| {
+            let mut fresh = Resolved::new(addrs.iter().map(|a| addr(a)), due).unwrap();
+            fresh.keep_preferred(&old);
+            fresh.pick(None).addr
+        };
+        assert_eq!(
+            adopt(&["192.0.2.2:443", "192.0.2.1:443"]),
+            addr("192.0.2.2:443")
+        );
+        assert_eq!(
+            adopt(&["192.0.2.3:443", "192.0.2.2:443"]),
+            addr("192.0.2.2:443")
+        );
+        assert_eq!(
+            adopt(&["192.0.2.3:443", "192.0.2.4:443"]),
+            addr("192.0.2.3:443")
+        );
+    }
+
+    #[test]
+    fn a_lookup_keeps_each_address_once_and_at_most_max_addresses() {
+        let due = Instant::now();
+        let same = Resolved::new([addr("192.0.2.1:443"), addr("192.0.2.1:443")], due).unwrap();
+        assert_eq!(same.addresses(), [addr("192.0.2.1:443")]);
+        let many = (1..=20).map(|n| addr(&format!("192.0.2.{n}:443")));
+        assert_eq!(Resolved::new(many, due).unwrap().len, MAX_ADDRESSES);
+        assert!(Resolved::new([], due).is_none());
     }
 
     #[test]

@@ -744,3 +744,29 @@ pub async fn finish(r: reqwest::Response) -> (u16, String, bytes::Bytes) {
 }
 
 pub const REQUEST_ID: &str = "x-majordomo-request-id";
+
+/// Environment that makes the gateway resolve names from `hosts` (a hosts
+/// file: one `address name` per line, several lines per name in order) with
+/// nss_wrapper (Debian `libnss-wrapper`, which `scripts/test.sh` installs):
+/// a host name with several addresses, some of them dead, without touching
+/// /etc/hosts or a DNS server.
+pub fn resolving_from(hosts: &Path) -> Vec<(String, String)> {
+    let lib = std::env::var("MAJORDOMO_TEST_NSS_WRAPPER").unwrap_or_else(|_| {
+        [
+            "/usr/lib/x86_64-linux-gnu/libnss_wrapper.so",
+            "/usr/lib/aarch64-linux-gnu/libnss_wrapper.so",
+            "/usr/lib64/libnss_wrapper.so",
+            "/usr/lib/libnss_wrapper.so",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect(
+            "libnss_wrapper.so not found: apt-get install libnss-wrapper (scripts/test.sh does)",
+        )
+        .to_string()
+    });
+    vec![
+        ("LD_PRELOAD".into(), lib),
+        ("NSS_WRAPPER_HOSTS".into(), hosts.display().to_string()),
+    ]
+}
