@@ -922,6 +922,41 @@ impl EventSink<'_> {
         self.event.push(data);
     }
 
+    /// What becomes of a whole event (`data`): end markers are skipped.
+    fn verdict(&self, event: &sse::Event<'_>, data: &[u8]) -> Verdict {
+        if event.is_end_marker() {
+            Verdict::Skip
+        } else {
+            self.triage.verdict(event, data, self.findings)
+        }
+    }
+
+    /// Scans a triaged event's data if it is to be scanned (a kept one is
+    /// the caller's to keep).
+    fn settle(&mut self, verdict: Verdict, data: &[u8]) {
+        match verdict {
+            Verdict::Scan if self.triage == Triage::Gemini && !self.kept.is_empty() => {
+                self.scan_after_kept_usage(data);
+            }
+            Verdict::Scan => {
+                self.scan_kept_before_next();
+                self.event.push(data);
+            }
+            Verdict::KeepAsLast | Verdict::KeepForModel | Verdict::Skip => {}
+        }
+    }
+
+    /// Ends a triaged event: a scanned one is concluded, any other only
+    /// notes an end marker.
+    fn conclude_as(&mut self, verdict: Verdict, event: &sse::Event<'_>) {
+        if verdict == Verdict::Scan {
+            self.conclude(event.name, event.at_eof);
+        } else {
+            self.findings.terminal |= event.done;
+            self.event.reset();
+        }
+    }
+
     /// Looks for a complete error object among the stray lines.
     fn stray_done(&mut self, at_eof: bool) {
         if at_eof {
@@ -961,41 +996,45 @@ impl sse::Handler for EventSink<'_> {
         *self.streaming = self.triage == Triage::None;
         if gathered {
             let mut data = std::mem::take(self.gathered);
-            let verdict = if event.is_end_marker() {
-                Verdict::Skip
-            } else {
-                self.triage.verdict(event, &data, self.findings)
-            };
+            let verdict = self.verdict(event, &data);
             match verdict {
-                Verdict::Scan if self.triage == Triage::Gemini && !self.kept.is_empty() => {
-                    self.scan_after_kept_usage(&data);
-                }
-                Verdict::Scan => {
-                    self.scan_kept_before_next();
-                    self.event.push(&data);
-                }
                 // The kept buffer is swapped, not copied; the older one is
                 // reused for gathering.
                 Verdict::KeepAsLast => std::mem::swap(self.kept, &mut data),
                 Verdict::KeepForModel if self.kept.is_empty() => {
                     std::mem::swap(self.kept, &mut data)
                 }
-                Verdict::KeepForModel | Verdict::Skip => {}
+                _ => self.settle(verdict, &data),
             }
             *self.gathered = data;
             clear_for_reuse(self.gathered);
-            if verdict != Verdict::Scan {
-                self.findings.terminal |= event.done;
-                self.event.reset();
-                return;
-            }
-        }
-        if event.is_end_marker() {
+            self.conclude_as(verdict, event);
+        } else if event.is_end_marker() {
             self.findings.terminal |= event.done;
             self.event.reset();
         } else {
             self.conclude(event.name, event.at_eof);
         }
+    }
+
+    /// No data gathered: the event is triaged where it lies, and copied
+    /// only if it is kept.
+    fn whole(&mut self, data: &[u8], event: &sse::Event<'_>) {
+        if *self.streaming || data.len() > TRIAGE_CAP {
+            self.data(data);
+            self.dispatch(event);
+            return;
+        }
+        let verdict = self.verdict(event, data);
+        match verdict {
+            Verdict::KeepAsLast => {
+                clear_for_reuse(self.kept);
+                self.kept.extend_from_slice(data);
+            }
+            Verdict::KeepForModel if self.kept.is_empty() => self.kept.extend_from_slice(data),
+            _ => self.settle(verdict, data),
+        }
+        self.conclude_as(verdict, event);
     }
 
     fn stray(&mut self, bytes: &[u8]) {

@@ -56,6 +56,13 @@ pub(crate) trait Handler {
     fn dispatch(&mut self, event: &Event<'_>);
     /// Bytes of a line that is not an SSE field; a line ends with `b"\n"`.
     fn stray(&mut self, bytes: &[u8]);
+    /// An event whose one data line arrived whole in one piece of input,
+    /// blank line included: the same as [`Handler::data`] then
+    /// [`Handler::dispatch`], for a handler that need not copy the data.
+    fn whole(&mut self, data: &[u8], event: &Event<'_>) {
+        self.data(data);
+        self.dispatch(event);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +149,15 @@ impl SseReader {
                 // The lines of nearly every event: no need to read their
                 // field names byte by byte (what follows is as below).
                 Line::Start if input[i..].starts_with(b"data: ") => {
+                    // Nearly every event is one `data:` line and a blank
+                    // line, within one read: handed over as it lies.
+                    if !self.has_data {
+                        if let Some(len) = one_line_event(&input[i + 6..]) {
+                            self.whole(&input[i + 6..i + 6 + len], h);
+                            i += 6 + len + 2;
+                            continue;
+                        }
+                    }
                     self.begin_value(Field::Data, h);
                     self.line = Line::Value(Field::Data);
                     i += 6;
@@ -304,6 +320,19 @@ impl SseReader {
         self.line = Line::Start;
     }
 
+    /// A whole event of one data line (`data`), after any `event:` line.
+    fn whole(&mut self, data: &[u8], h: &mut impl Handler) {
+        let event = Event {
+            name: self.has_event_name.then_some(self.event_name.as_slice()),
+            done: data == b"[DONE]",
+            at_eof: false,
+            done_cut: false,
+        };
+        h.whole(data, &event);
+        self.has_event_name = false;
+        self.event_name.clear();
+    }
+
     fn dispatch(&mut self, at_eof: bool, h: &mut impl Handler) {
         if self.has_data {
             let event = Event {
@@ -325,6 +354,13 @@ impl SseReader {
     }
 }
 
+/// The length of a data line's value when `rest` (what follows `data: `)
+/// holds the line and the blank line that ends the event, both ending in LF.
+fn one_line_event(rest: &[u8]) -> Option<usize> {
+    let end = memchr::memchr2(b'\n', b'\r', rest)?;
+    (rest[end] == b'\n' && rest.get(end + 1) == Some(&b'\n')).then_some(end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,6 +371,8 @@ mod tests {
         data: Vec<u8>,
         events: Vec<String>,
         stray: Vec<u8>,
+        /// Events handed over whole.
+        wholes: usize,
     }
 
     impl Handler for Log {
@@ -356,6 +394,37 @@ mod tests {
         fn stray(&mut self, bytes: &[u8]) {
             self.stray.extend_from_slice(bytes);
         }
+        fn whole(&mut self, data: &[u8], event: &Event<'_>) {
+            self.wholes += 1;
+            self.data(data);
+            self.dispatch(event);
+        }
+    }
+
+    /// One-line events that arrive whole are handed over at once, with the
+    /// name of an `event:` line before them; any other shape (several data
+    /// lines, CRLF, an event cut by the end of a read) is framed line by line.
+    #[test]
+    fn one_line_events_read_whole_are_handed_over_at_once() {
+        let input = b"data: {\"a\":1}\n\nevent: ping\ndata: {}\n\ndata: x\ndata: y\n\n\
+                      data: crlf\r\n\r\ndata: [DONE]\n\ndata: cut\n";
+        let log = read_split(input, &[input.len() - 3]);
+        assert_eq!(
+            log.events,
+            [
+                "-|{\"a\":1}",
+                "ping|{}",
+                "-|x\ny",
+                "-|crlf",
+                "-|[DONE]|done",
+                "-|cut|eof"
+            ]
+        );
+        assert_eq!(log.wholes, 3);
+        let bytes: Vec<usize> = (1..input.len()).collect();
+        let single = read_split(input, &bytes);
+        assert_eq!(single.events, log.events);
+        assert_eq!(single.wholes, 0);
     }
 
     fn read_split(input: &[u8], splits: &[usize]) -> Log {
