@@ -331,6 +331,47 @@ async fn an_injected_usage_chunk_is_hidden_from_the_client_and_still_logged(back
     assert_tokens(&row, &canned::OPENAI_CHAT, "null stream_options");
     assert!(row.usage_complete && row.price_found);
 
+    // Anthropic's OpenAI-compatible chat takes stream_options too: asked the
+    // same way, hidden the same way, and the row is Anthropic's, priced.
+    let claude = |s: &str| s.replace("gpt-4o-2024-08-06", "claude-sonnet-4-5-20250929");
+    mock.push_response(
+        ScriptedResponse::new(200)
+            .with_header("content-type", "text/event-stream")
+            .with_chunks(vec![Bytes::from(claude(&all))]),
+    );
+    let compat = json!({"model": "claude-sonnet-4-5", "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("X-Majordomo-Key", &key)
+        .header("X-Majordomo-Provider", "anthropic")
+        .header("Authorization", "Bearer sk-ant-secret")
+        .json(&compat)
+        .send()
+        .await
+        .unwrap();
+    let (status, id, got) = finish(r).await;
+    assert_eq!(status, 200);
+    assert_eq!(String::from_utf8(got.to_vec()).unwrap(), claude(&expected));
+    assert_eq!(
+        mock.last_request().unwrap().json()["stream_options"],
+        json!({"include_usage": true})
+    );
+    let row = env.row(&id).await;
+    assert_eq!(row.provider, "anthropic");
+    assert_tokens(&row, &canned::OPENAI_CHAT, "anthropic compatible");
+    assert!(row.usage_complete && row.price_found, "{row:?}");
+
+    // Gemini's OpenAI-compatible chat sends usage unasked: left as it is.
+    let (status, _, _) = send(&gw, &key, "/v1beta/openai/chat/completions", &body).await;
+    assert_eq!(status, 200);
+    assert!(mock
+        .last_request()
+        .unwrap()
+        .json()
+        .get("stream_options")
+        .is_none());
+
     // With injection turned off the request goes upstream untouched.
     drop(gw);
     let gw = env

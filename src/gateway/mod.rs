@@ -241,9 +241,13 @@ impl Gateway {
         if !has_body(req, length) {
             return BodyWatch::None;
         }
-        let injectable = provider == Provider::OpenAi
-            && req.method == http::Method::POST
-            && req.uri.path().trim_end_matches('/') == "/v1/chat/completions"
+        let chat = req.method == http::Method::POST
+            && req.uri.path().trim_end_matches('/') == "/v1/chat/completions";
+        // OpenAI's chat, and Anthropic's OpenAI-compatible one (which takes
+        // `stream_options` too); Gemini's sends usage in its last chunk
+        // unasked.
+        let injectable = chat
+            && matches!(provider, Provider::OpenAi | Provider::Anthropic)
             && self.config.providers.get(provider).inject_stream_usage;
         // Padding is only harmless in a plain JSON text: a compressed or
         // non-JSON body keeps the chunked form (passed through unchanged).
