@@ -40,6 +40,9 @@ pub struct RequestCtx {
     pub local_response: bool,
     /// Request body bytes seen so far (for the size limit on chunked bodies).
     pub request_body_bytes: u64,
+    /// The request's body length as Pingora frames it (`content_length`),
+    /// read once when the request is authorized.
+    pub request_length: Option<u64>,
     /// Upstream connections tried so far (Pingora retries a request whose
     /// pooled connection the provider had closed).
     pub upstream_attempts: u8,
@@ -84,6 +87,7 @@ impl Default for RequestCtx {
             metadata: Vec::new(),
             local_response: false,
             request_body_bytes: 0,
+            request_length: None,
             upstream_attempts: 0,
             connect_failures: 0,
             failed_address: None,

@@ -194,6 +194,7 @@ impl Gateway {
         ctx.metadata = metadata::collect(&req.headers, &self.config.metadata)
             .map_err(GatewayError::BadMetadata)?;
         let length = content_length(req);
+        ctx.request_length = length;
         if let Some(len) = length {
             if len > self.config.server.max_body_bytes {
                 return Err(GatewayError::BodyTooLarge {
@@ -221,7 +222,7 @@ impl Gateway {
         ctx.request_body_bytes = 0;
         ctx.request_sent_at = None;
         ctx.injected_usage = false;
-        ctx.body_watch = self.body_watch(req, ctx.provider, content_length(req));
+        ctx.body_watch = self.body_watch(req, ctx.provider, ctx.request_length);
         if ctx.request_capture.is_some() {
             ctx.request_capture = Some(capture::BodyCapture::new(
                 self.config.logging.max_body_bytes,
@@ -449,8 +450,9 @@ impl ProxyHttp for Gateway {
         let injecting = matches!(ctx.body_watch, BodyWatch::Inject(_));
         if let BodyWatch::Inject(injector) = &ctx.body_watch {
             // The body grows by the injected field (or as much whitespace);
-            // without a client length it may grow: send it chunked.
-            match content_length(upstream_request).filter(|_| injector.is_fixed_length()) {
+            // without a client length it may grow: send it chunked. (The
+            // client's length: the gateway changes no framing header before.)
+            match ctx.request_length.filter(|_| injector.is_fixed_length()) {
                 Some(len) => upstream_request
                     .insert_header(http::header::CONTENT_LENGTH, len + INJECTION_LEN as u64)?,
                 None => {
