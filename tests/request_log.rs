@@ -798,7 +798,7 @@ async fn burst_of_500_requests(backend: Backend, work_stealing: Option<bool>) {
 /// usage is not counted again, or every dashboard that re-reads a stored
 /// response would double its cost. A response made in background mode is
 /// the exception: its POST answered `queued`, and its usage is seen only
-/// when it is retrieved.
+/// when it is retrieved; it is billed on its first retrieval that has it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retrieved_response_is_logged_unbilled_unless_it_ran_in_the_background() {
     let env = TestEnv::new(Backend::Sqlite).await;
@@ -843,6 +843,21 @@ async fn a_retrieved_response_is_logged_unbilled_unless_it_ran_in_the_background
     assert_eq!((row.input_tokens, row.output_tokens), (36, 87));
     assert!(row.usage_complete && row.price_found);
     assert!(row.total_cost > Decimal::ZERO);
+
+    // Retrieved again once finished (a poller's last look, a dashboard):
+    // billed already, so logged without usage.
+    mock.push_response(ScriptedResponse::json(200, stored(true)));
+    let (status, id, _) = finish(get("/v1/responses/resp_1/").await.unwrap()).await;
+    assert_eq!(status, 200);
+    let row = env.row(&id).await;
+    assert_eq!((row.input_tokens, row.total_cost), (0, Decimal::ZERO));
+    assert!(!row.usage_complete);
+    // Another background response is billed on its own first retrieval.
+    let mut other = stored(true);
+    other["id"] = json!("resp_2");
+    mock.push_response(ScriptedResponse::json(200, other));
+    let (_, id, _) = finish(get("/v1/responses/resp_2").await.unwrap()).await;
+    assert_eq!(env.row(&id).await.input_tokens, 36);
 
     // The same object from a POST is billed.
     mock.push_response(ScriptedResponse::json(200, stored(false)));

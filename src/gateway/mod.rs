@@ -11,6 +11,7 @@ pub mod errors;
 pub mod health;
 pub mod metadata;
 pub mod record;
+pub mod retrievals;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,6 +63,7 @@ pub struct Gateway {
     sink: SinkSender,
     prices: Arc<LivePrices>,
     metrics: Arc<Metrics>,
+    billed_retrievals: retrievals::BilledRetrievals,
     connect_timeout: Duration,
     read_timeout: Duration,
 }
@@ -105,6 +107,7 @@ impl Gateway {
             sink,
             prices,
             metrics,
+            billed_retrievals: retrievals::BilledRetrievals::default(),
             connect_timeout: Duration::from_secs(config.upstream.connect_timeout_secs),
             read_timeout: Duration::from_secs(config.upstream.read_timeout_secs),
             config,
@@ -707,7 +710,17 @@ impl ProxyHttp for Gateway {
         }
         let status = ctx.status;
         if ctx.api_key_id.is_some() {
-            let parsed = ctx.parser.take().map(|parser| parser.finish());
+            let mut parsed = ctx.parser.take().map(|parser| parser.finish());
+            if let Some(p) = parsed.as_mut().filter(|p| p.retrieved_usage) {
+                // A background response retrieved again: billed already.
+                if !self
+                    .billed_retrievals
+                    .first(session.req_header().uri.path())
+                    .await
+                {
+                    p.usage = None;
+                }
+            }
             let prices = self.prices.current();
             let (row, priced_as) =
                 record::build(ctx, session.req_header(), parsed, ending, &prices.table);

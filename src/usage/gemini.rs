@@ -208,6 +208,7 @@ pub(crate) mod tests {
                 model: Some("gemini-2.5-pro".into()),
                 error: None,
                 complete: true,
+                retrieved_usage: false,
             }
         );
     }
@@ -225,6 +226,7 @@ pub(crate) mod tests {
                 model: Some("gemini-2.5-flash".into()),
                 error: None,
                 complete: true,
+                retrieved_usage: false,
             }
         );
     }
@@ -249,6 +251,7 @@ pub(crate) mod tests {
                 model: Some("gemini-2.5-flash".into()),
                 error: None,
                 complete: true,
+                retrieved_usage: false,
             }
         );
     }
@@ -296,6 +299,7 @@ pub(crate) mod tests {
                 model: Some("gemini-2.5-flash".into()),
                 error: Some("The model is overloaded.".into()),
                 complete: true,
+                retrieved_usage: false,
             }
         );
     }

@@ -193,6 +193,9 @@ pub struct ParsedResponse {
     /// stream saw its terminal event (`[DONE]`, `message_stop`,
     /// `response.completed`, a Gemini `finishReason`, an in-band error).
     pub complete: bool,
+    /// `usage` is a retrieved background response's (see
+    /// [`UsageParser::for_retrieval`]): billed only on its first retrieval.
+    pub retrieved_usage: bool,
 }
 
 /// Incremental usage parser for one response body. See the module docs.
@@ -840,6 +843,7 @@ impl Body {
             self.extract.usage()
         };
         ParsedResponse {
+            retrieved_usage: self.retrieval && usage.is_some(),
             usage,
             model: findings.model.take(),
             error: findings.error.take(),

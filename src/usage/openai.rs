@@ -233,6 +233,7 @@ pub(crate) mod tests {
                 model: Some("o4-mini-2025-04-16".into()),
                 error: None,
                 complete: true,
+                retrieved_usage: false,
             }
         );
     }
@@ -293,6 +294,7 @@ pub(crate) mod tests {
                 model: Some("gpt-4o-mini-2024-07-18".into()),
                 error: None,
                 complete: true,
+                retrieved_usage: false,
             }
         );
     }
@@ -427,6 +429,7 @@ pub(crate) mod tests {
                 model: Some("o3-2025-04-16".into()),
                 error: None,
                 complete: true,
+                retrieved_usage: false,
             }
         );
     }
@@ -494,6 +497,7 @@ pub(crate) mod tests {
                 model: Some("gpt-5-2025-08-07".into()),
                 error: None,
                 complete: true,
+                retrieved_usage: false,
             }
         );
     }
