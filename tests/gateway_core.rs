@@ -1454,6 +1454,11 @@ async fn a_host_whose_addresses_all_refuse_is_a_502_after_three_connections() {
     for tried in ["127.0.0.2:", "127.0.0.3:"] {
         assert!(log.contains(&format!("connecting to {tried}")), "{log}");
     }
+    assert!(
+        log.contains("connecting to 127.0.0.4:") && log.contains("no other address to try"),
+        "{log}"
+    );
+    assert!(!log.contains("127.0.0.5:"), "{log}");
     let rows = env.wait_rows(1, Duration::from_secs(10)).await;
     assert_eq!(rows[0].status_code, 502, "{rows:?}");
     assert_eq!(mock.request_count(), 0);

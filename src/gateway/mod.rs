@@ -634,14 +634,20 @@ impl ProxyHttp for Gateway {
         };
         self.upstream(ctx.provider).connect_failed(addr);
         let tried = usize::from(ctx.connect_failures) + 1;
-        if tried < usize::from(ctx.upstream_addresses).min(MAX_CONNECT_ATTEMPTS) {
+        let again = tried < usize::from(ctx.upstream_addresses).min(MAX_CONNECT_ATTEMPTS);
+        log::warn!(
+            "request {}: connecting to {addr} failed ({}); {}",
+            ctx.request_id,
+            e.etype().as_str(),
+            if again {
+                "trying the host's next address"
+            } else {
+                "no other address to try"
+            }
+        );
+        if again {
             ctx.connect_failures += 1;
             ctx.failed_address = Some(addr);
-            log::warn!(
-                "request {}: connecting to {addr} failed ({}); trying the host's next address",
-                ctx.request_id,
-                e.etype().as_str()
-            );
             e.set_retry(true);
         }
         e

@@ -142,6 +142,8 @@ struct Resolved {
     len: usize,
     /// Where requests start: moves on when a connection to it fails.
     preferred: usize,
+    /// `preferred` was moved on by a failure (not the lookup's first).
+    moved: bool,
     due: Instant,
 }
 
@@ -165,6 +167,7 @@ impl Resolved {
             list,
             len,
             preferred: 0,
+            moved: false,
             due,
         })
     }
@@ -174,14 +177,17 @@ impl Resolved {
     }
 
     /// An address that took over from a failed one stays preferred,
-    /// wherever the new lookup lists it.
+    /// wherever the new lookup lists it; otherwise the lookup's order holds
+    /// (DNS that rotates or drains its answers is followed).
     fn keep_preferred(&mut self, old: &Resolved) {
+        if !old.moved {
+            return;
+        }
         let preferred = old.list[old.preferred];
-        self.preferred = self
-            .addresses()
-            .iter()
-            .position(|&a| a == preferred)
-            .unwrap_or(0);
+        if let Some(at) = self.addresses().iter().position(|&a| a == preferred) {
+            self.preferred = at;
+            self.moved = true;
+        }
     }
 
     /// The preferred address, or the one after `failed` (a request's last
@@ -277,8 +283,9 @@ impl Upstream {
     pub fn connect_failed(&self, addr: SocketAddr) {
         let mut resolved = self.resolved.write().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = &mut *resolved {
-            if r.list[r.preferred] == addr {
+            if r.list[r.preferred] == addr && r.len > 1 {
                 r.preferred = (r.preferred + 1) % r.len;
+                r.moved = true;
             }
         }
     }
@@ -418,19 +425,29 @@ mod tests {
     }
 
     /// A new lookup keeps the address that took over, wherever it now is in
-    /// the list; one that is gone starts again at the first.
+    /// the list; one that is gone starts again at the first. With no
+    /// failure, the new lookup's first address is used.
     #[test]
     fn a_refresh_keeps_the_address_that_took_over() {
         let due = Instant::now();
-        let mut old = Resolved::new([addr("192.0.2.1:443"), addr("192.0.2.2:443")], due).unwrap();
-        old.preferred = 1;
+        let upstream = unresolvable(Duration::from_secs(60));
+        *upstream.resolved.write().unwrap() =
+            Resolved::new([addr("192.0.2.1:443"), addr("192.0.2.2:443")], due);
+        let untouched = upstream.resolved.read().unwrap().unwrap();
+        let mut rotated =
+            Resolved::new([addr("192.0.2.2:443"), addr("192.0.2.1:443")], due).unwrap();
+        rotated.keep_preferred(&untouched);
+        assert_eq!(rotated.pick(None).addr, addr("192.0.2.2:443"));
+
+        upstream.connect_failed(addr("192.0.2.1:443"));
+        let old = upstream.resolved.read().unwrap().unwrap();
         let adopt = |addrs: &[&str]| {
             let mut fresh = Resolved::new(addrs.iter().map(|a| addr(a)), due).unwrap();
             fresh.keep_preferred(&old);
             fresh.pick(None).addr
         };
         assert_eq!(
-            adopt(&["192.0.2.2:443", "192.0.2.1:443"]),
+            adopt(&["192.0.2.1:443", "192.0.2.2:443"]),
             addr("192.0.2.2:443")
         );
         assert_eq!(
