@@ -149,18 +149,28 @@ impl SseReader {
                 // The lines of nearly every event: no need to read their
                 // field names byte by byte (what follows is as below).
                 Line::Start if input[i..].starts_with(b"data: ") => {
+                    let rest = &input[i + 6..];
+                    let end = memchr::memchr2(b'\n', b'\r', rest);
                     // Nearly every event is one `data:` line and a blank
                     // line, within one read: handed over as it lies.
-                    if !self.has_data {
-                        if let Some(len) = one_line_event(&input[i + 6..]) {
-                            self.whole(&input[i + 6..i + 6 + len], h);
-                            i += 6 + len + 2;
+                    if let (false, Some(end)) = (self.has_data, end) {
+                        if let Some(blank) = blank_line_ending(&rest[end..]) {
+                            self.whole(&rest[..end], h);
+                            i += 6 + end + blank;
                             continue;
                         }
                     }
+                    // Otherwise the line's value, up to the end found.
                     self.begin_value(Field::Data, h);
                     self.line = Line::Value(Field::Data);
-                    i += 6;
+                    self.value(Field::Data, &rest[..end.unwrap_or(rest.len())], h);
+                    match end {
+                        Some(end) => {
+                            self.line_end(rest[end], h);
+                            i += 6 + end + 1;
+                        }
+                        None => i = input.len(),
+                    }
                 }
                 Line::Start if input[i..].starts_with(b"event: ") => {
                     self.begin_value(Field::Event, h);
@@ -354,11 +364,18 @@ impl SseReader {
     }
 }
 
-/// The length of a data line's value when `rest` (what follows `data: `)
-/// holds the line and the blank line that ends the event, both ending in LF.
-fn one_line_event(rest: &[u8]) -> Option<usize> {
-    let end = memchr::memchr2(b'\n', b'\r', rest)?;
-    (rest[end] == b'\n' && rest.get(end + 1) == Some(&b'\n')).then_some(end)
+/// How many bytes end a line and then the event, when `ending` (from a
+/// line's end on) starts with that line's end and a blank line, both LF or
+/// both CRLF (Gemini's). A line ending in a lone CR, or whose blank line has
+/// not arrived yet, is read byte by byte.
+fn blank_line_ending(ending: &[u8]) -> Option<usize> {
+    if ending.starts_with(b"\n\n") {
+        Some(2)
+    } else if ending.starts_with(b"\r\n\r\n") {
+        Some(4)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -403,11 +420,12 @@ mod tests {
 
     /// One-line events that arrive whole are handed over at once, with the
     /// name of an `event:` line before them; any other shape (several data
-    /// lines, CRLF, an event cut by the end of a read) is framed line by line.
+    /// lines, a lone CR, an event cut by the end of a read) is framed line
+    /// by line.
     #[test]
     fn one_line_events_read_whole_are_handed_over_at_once() {
         let input = b"data: {\"a\":1}\n\nevent: ping\ndata: {}\n\ndata: x\ndata: y\n\n\
-                      data: crlf\r\n\r\ndata: [DONE]\n\ndata: cut\n";
+                      data: crlf\r\n\r\ndata: cr\r\rdata: [DONE]\n\ndata: cut\n";
         let log = read_split(input, &[input.len() - 3]);
         assert_eq!(
             log.events,
@@ -416,11 +434,12 @@ mod tests {
                 "ping|{}",
                 "-|x\ny",
                 "-|crlf",
+                "-|cr",
                 "-|[DONE]|done",
                 "-|cut|eof"
             ]
         );
-        assert_eq!(log.wholes, 3);
+        assert_eq!(log.wholes, 4);
         let bytes: Vec<usize> = (1..input.len()).collect();
         let single = read_split(input, &bytes);
         assert_eq!(single.events, log.events);
