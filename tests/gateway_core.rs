@@ -15,6 +15,17 @@ fn chat_body() -> Value {
     json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 }
 
+/// [`chat_body`] to OpenAI's chat through `gw` with `key`.
+async fn post_chat(gw: &GatewayProcess, key: &str) -> reqwest::Response {
+    client()
+        .post(gw.url(OPENAI_CHAT))
+        .header("X-Majordomo-Key", key)
+        .json(&chat_body())
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn health_and_readiness_answer(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let mock = MockUpstream::start().await;
@@ -393,13 +404,7 @@ async fn upstream_errors_pass_through_unchanged(backend: Backend) {
     mock.push_response(
         ScriptedResponse::json(429, upstream_body.clone()).with_header("retry-after", "7"),
     );
-    let r = client()
-        .post(gw.url(OPENAI_CHAT))
-        .header("X-Majordomo-Key", &key)
-        .json(&chat_body())
-        .send()
-        .await
-        .unwrap();
+    let r = post_chat(&gw, &key).await;
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "7");
     assert!(r.headers().get("x-majordomo-request-id").is_some());
@@ -410,13 +415,7 @@ async fn upstream_errors_pass_through_unchanged(backend: Backend) {
         "text/plain",
         "upstream exploded",
     ));
-    let r = client()
-        .post(gw.url(OPENAI_CHAT))
-        .header("X-Majordomo-Key", &key)
-        .json(&chat_body())
-        .send()
-        .await
-        .unwrap();
+    let r = post_chat(&gw, &key).await;
     assert_eq!(r.status(), 500);
     assert_eq!(r.text().await.unwrap(), "upstream exploded");
 }
@@ -452,13 +451,7 @@ async fn an_unreachable_upstream_is_a_502_and_a_silent_one_a_504(backend: Backen
         .env("MAJORDOMO_UPSTREAM_READ_TIMEOUT_SECS", 2)
         .start()
         .await;
-    let r = client()
-        .post(gw.url(OPENAI_CHAT))
-        .header("X-Majordomo-Key", &key)
-        .json(&chat_body())
-        .send()
-        .await
-        .unwrap();
+    let r = post_chat(&gw, &key).await;
     assert_eq!(r.status(), 502);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "upstream_unreachable", "{v}");
@@ -1409,13 +1402,7 @@ async fn a_refused_connection_goes_to_the_hosts_next_address_and_later_requests_
     let mock = MockUpstream::start().await;
     let gw = gateway_for_a_host_with(&env, &mock, &["127.0.0.2"], true).await;
     for _ in 0..3 {
-        let r = client()
-            .post(gw.url(OPENAI_CHAT))
-            .header("X-Majordomo-Key", &key)
-            .json(&chat_body())
-            .send()
-            .await
-            .unwrap();
+        let r = post_chat(&gw, &key).await;
         assert_eq!(r.status(), 200, "{}", gw.log());
     }
     assert_eq!(mock.request_count(), 3);
@@ -1439,13 +1426,7 @@ async fn a_host_whose_addresses_all_refuse_is_a_502_after_three_connections() {
     let mock = MockUpstream::start().await;
     let dead = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"];
     let gw = gateway_for_a_host_with(&env, &mock, &dead, false).await;
-    let r = client()
-        .post(gw.url(OPENAI_CHAT))
-        .header("X-Majordomo-Key", &key)
-        .json(&chat_body())
-        .send()
-        .await
-        .unwrap();
+    let r = post_chat(&gw, &key).await;
     assert_eq!(r.status(), 502);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "upstream_unreachable", "{v}");

@@ -144,6 +144,12 @@ fn assert_tokens(row: &LogRow, t: &Tokens, what: &str) {
     );
 }
 
+/// The upstream's last request went without `stream_options`.
+fn assert_no_stream_options(mock: &MockUpstream) {
+    let seen = mock.last_request().unwrap().json();
+    assert!(seen.get("stream_options").is_none(), "{seen}");
+}
+
 async fn send(gw: &GatewayProcess, key: &str, path: &str, body: &Value) -> (u16, String, Bytes) {
     let r = client()
         .post(gw.url(path))
@@ -365,12 +371,7 @@ async fn an_injected_usage_chunk_is_hidden_from_the_client_and_still_logged(back
     // Gemini's OpenAI-compatible chat sends usage unasked: left as it is.
     let (status, _, _) = send(&gw, &key, "/v1beta/openai/chat/completions", &body).await;
     assert_eq!(status, 200);
-    assert!(mock
-        .last_request()
-        .unwrap()
-        .json()
-        .get("stream_options")
-        .is_none());
+    assert_no_stream_options(&mock);
 
     // With injection turned off the request goes upstream untouched.
     drop(gw);
@@ -381,12 +382,7 @@ async fn an_injected_usage_chunk_is_hidden_from_the_client_and_still_logged(back
         .await;
     let (status, id, _) = send(&gw, &key, "/v1/chat/completions", &body).await;
     assert_eq!(status, 200);
-    assert!(mock
-        .last_request()
-        .unwrap()
-        .json()
-        .get("stream_options")
-        .is_none());
+    assert_no_stream_options(&mock);
     let row = env.row(&id).await;
     assert!(
         !row.usage_complete,
