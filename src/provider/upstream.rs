@@ -125,6 +125,8 @@ pub struct Upstream {
     /// The addresses in use, and when to look them up again.
     resolved: RwLock<Option<Resolved>>,
     dns_ttl: Duration,
+    /// The host is an IP address: never looked up.
+    literal: bool,
 }
 
 /// Most addresses of a host kept from one lookup, in the resolver's order of
@@ -221,13 +223,10 @@ impl Upstream {
             .and_then(|ip| Resolved::new([SocketAddr::new(ip, base.port)], Instant::now()));
         Upstream {
             base,
+            literal: literal.is_some(),
             resolved: RwLock::new(literal),
             dns_ttl,
         }
-    }
-
-    fn is_literal(&self) -> bool {
-        self.base.host.parse::<std::net::IpAddr>().is_ok()
     }
 
     /// Where a request's connection goes: the preferred address, or after a
@@ -240,8 +239,10 @@ impl Upstream {
     /// timeout).
     pub async fn address(&self, failed: Option<SocketAddr>) -> std::io::Result<Connect> {
         let now = Instant::now();
-        if let Some(resolved) = *self.resolved.read().unwrap_or_else(|p| p.into_inner()) {
-            if self.is_literal() || now < resolved.due {
+        // Read in place: the list is a few hundred bytes, not worth a copy
+        // per request.
+        if let Some(resolved) = &*self.resolved.read().unwrap_or_else(|p| p.into_inner()) {
+            if self.literal || now < resolved.due {
                 return Ok(resolved.pick(failed));
             }
         }
@@ -249,7 +250,7 @@ impl Upstream {
             let mut resolved = self.resolved.write().unwrap_or_else(|p| p.into_inner());
             // Checked again: another request may have claimed it meanwhile.
             match &mut *resolved {
-                Some(r) if self.is_literal() || now < r.due => return Ok(r.pick(failed)),
+                Some(r) if self.literal || now < r.due => return Ok(r.pick(failed)),
                 // Due: this request refreshes it; the others keep it till then.
                 Some(r) => {
                     r.due = later(now, RESOLVE_RETRY);
