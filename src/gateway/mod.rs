@@ -603,18 +603,6 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// A pooled upstream connection can be closed by the provider just as a
-    /// request goes out on it (its idle timeout racing ours): reading the
-    /// answer then ends, or fails with a reset, before a byte of it arrives.
-    /// Pingora marks exactly those errors "retry if the connection was
-    /// reused", but its default hook refuses every non-idempotent method,
-    /// and every LLM call is a POST: a 502 for nothing. This lets such a
-    /// failure be retried (on another connection, within Pingora's retry
-    /// limit) when the connection was reused, no response header arrived
-    /// and the whole body is still in Pingora's replay buffer. Timeouts,
-    /// failures on a new connection, and failures more than
-    /// [`RETRY_WINDOW`] after the whole request went out are never retried:
-    /// the provider may be working on the request, and would bill it twice.
     /// A connection that could not be opened (refused, unreachable, timed
     /// out) sent nothing: the request goes to the host's next address, up to
     /// [`MAX_CONNECT_ATTEMPTS`] connections (a host whose first address
@@ -653,6 +641,18 @@ impl ProxyHttp for Gateway {
         e
     }
 
+    /// A pooled upstream connection can be closed by the provider just as a
+    /// request goes out on it (its idle timeout racing ours): reading the
+    /// answer then ends, or fails with a reset, before a byte of it arrives.
+    /// Pingora marks exactly those errors "retry if the connection was
+    /// reused", but its default hook refuses every non-idempotent method,
+    /// and every LLM call is a POST: a 502 for nothing. This lets such a
+    /// failure be retried (on another connection, within Pingora's retry
+    /// limit) when the connection was reused, no response header arrived
+    /// and the whole body is still in Pingora's replay buffer. Timeouts,
+    /// failures on a new connection, and failures more than
+    /// [`RETRY_WINDOW`] after the whole request went out are never retried:
+    /// the provider may be working on the request, and would bill it twice.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
