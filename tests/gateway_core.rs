@@ -17,13 +17,7 @@ fn chat_body() -> Value {
 
 /// [`chat_body`] to OpenAI's chat through `gw` with `key`.
 async fn post_chat(gw: &GatewayProcess, key: &str) -> reqwest::Response {
-    client()
-        .post(gw.url(OPENAI_CHAT))
-        .header("X-Majordomo-Key", key)
-        .json(&chat_body())
-        .send()
-        .await
-        .unwrap()
+    gw.post_chat(key, &chat_body()).await
 }
 
 async fn health_and_readiness_answer(backend: Backend) {

@@ -490,13 +490,9 @@ async fn a_graceful_stop_writes_the_batch_still_being_collected() {
         .await;
     let mut ids = HashSet::new();
     for _ in 0..5 {
-        let r = client()
-            .post(gw.url("/v1/chat/completions"))
-            .header("X-Majordomo-Key", &key)
-            .json(&json!({"model": "gpt-4o", "messages": []}))
-            .send()
-            .await
-            .unwrap();
+        let r = gw
+            .post_chat(&key, &json!({"model": "gpt-4o", "messages": []}))
+            .await;
         assert_eq!(r.status(), 200);
         ids.insert(
             r.headers()["x-majordomo-request-id"]

@@ -284,13 +284,9 @@ async fn the_revocation_listener_reconnects_after_losing_the_database() {
     let gw = gateway_via(&env, &mock, &relay).await;
     wait_for_listener(&gw, 1, Duration::from_secs(10), "never listened").await;
     // The key in the cache and the pools connected before the database goes.
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .header("X-Majordomo-Key", &key)
-        .json(&json!({"model": "gpt-4o", "messages": []}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post_chat(&key, &json!({"model": "gpt-4o", "messages": []}))
+        .await;
     assert_eq!(r.status(), 200);
     relay.cut();
     tokio::time::sleep(Duration::from_millis(300)).await;

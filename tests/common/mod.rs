@@ -382,6 +382,17 @@ impl Drop for Daemon {
 }
 
 impl GatewayProcess {
+    /// POSTs `body` to OpenAI's chat through the gateway with `key`.
+    pub async fn post_chat(&self, key: &str, body: &serde_json::Value) -> reqwest::Response {
+        client()
+            .post(self.url("/v1/chat/completions"))
+            .header("X-Majordomo-Key", key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
