@@ -3,12 +3,15 @@
 //! Pure functions over what the phases collected; `logging` calls
 //! [`build`] and hands the result to the sink.
 
+use std::cell::RefCell;
+
 use chrono::Utc;
 use http::header::{HeaderName, AUTHORIZATION};
 use pingora::http::RequestHeader;
 use serde_json::{Map, Value};
 
 use super::RequestCtx;
+use crate::keys::LastHash;
 use crate::pricing::{self, PriceTable};
 use crate::provider::Provider;
 use crate::store::RequestRecord;
@@ -168,11 +171,15 @@ pub fn provider_credential_hash(provider: Provider, req: &RequestHeader) -> Opti
     }?;
     let credential = credential.trim();
     (!credential.is_empty()).then(|| {
-        blake3::hash(credential.as_bytes())
-            .to_hex()
-            .as_str()
-            .to_owned()
+        LastHash::with(&LAST_CREDENTIAL, |m| {
+            m.hash(credential.as_bytes()).0.to_hex().as_str().to_owned()
+        })
     })
+}
+
+thread_local! {
+    /// The provider credential this thread hashed last.
+    static LAST_CREDENTIAL: RefCell<LastHash> = RefCell::default();
 }
 
 fn bearer(v: Option<&str>) -> Option<&str> {

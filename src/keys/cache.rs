@@ -72,7 +72,7 @@ impl KeyCache {
 
     /// Validates a well-formed key (see [`super::is_well_formed`]).
     pub async fn check(&self, key: &str) -> Result<KeyCheck, Arc<StoreError>> {
-        let hash = super::hash(key);
+        let hash = super::hash_remembered(key);
         if let Some(id) = self.valid.get(&hash).await {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(KeyCheck::Valid(id));
