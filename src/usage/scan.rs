@@ -533,12 +533,58 @@ impl Scanner {
         let capturing = !self.active.is_empty();
         let mut i = 0;
         let mut failed = None;
-        while i < input.len() {
-            if self.skip_in_string {
+        'input: while i < input.len() {
+            if !self.skip_in_string {
+                let b = input[i];
+                i += 1;
+                match b {
+                    b'"' => self.skip_in_string = true,
+                    b'{' | b'[' => {
+                        if self.stack.len() >= MAX_DEPTH {
+                            failed = Some(ScanError::TooDeep);
+                            i -= 1;
+                            break;
+                        }
+                        self.stack.push(if b == b'{' {
+                            Container::Object
+                        } else {
+                            Container::Array
+                        });
+                        continue;
+                    }
+                    b'}' | b']' => {
+                        let closing = if b == b'}' {
+                            Container::Object
+                        } else {
+                            Container::Array
+                        };
+                        if self.stack.pop() != Some(closing) {
+                            failed = Some(ScanError::Malformed);
+                            i -= 1;
+                            break;
+                        }
+                        if self.stack.len() == depth {
+                            self.record_run(&input[..i]);
+                            self.skip_to = None;
+                            self.end_value();
+                            return i;
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                }
+            }
+            // In a string (just opened, or carried over from the last
+            // input): on to its closing quote, over any escapes, in this
+            // same step.
+            loop {
                 if self.skip_escaped {
+                    // The escaped byte.
+                    if i == input.len() {
+                        break 'input;
+                    }
                     self.skip_escaped = false;
                     i += 1;
-                    continue;
                 }
                 let rest = &input[i..];
                 let run = if capturing {
@@ -548,53 +594,22 @@ impl Scanner {
                 };
                 if capturing && control_at(rest, run) {
                     failed = Some(ScanError::Malformed);
-                    break;
+                    break 'input;
                 }
                 i += run;
-                if let Some(&b) = input.get(i) {
-                    if b == b'\\' {
+                match input.get(i) {
+                    None => break 'input,
+                    Some(b'\\') => {
                         self.skip_escaped = true;
-                    } else {
-                        self.skip_in_string = false;
-                    }
-                    i += 1;
-                }
-                continue;
-            }
-            match input[i] {
-                b'"' => self.skip_in_string = true,
-                b'{' | b'[' => {
-                    if self.stack.len() >= MAX_DEPTH {
-                        failed = Some(ScanError::TooDeep);
-                        break;
-                    }
-                    self.stack.push(if input[i] == b'{' {
-                        Container::Object
-                    } else {
-                        Container::Array
-                    });
-                }
-                b'}' | b']' => {
-                    let closing = if input[i] == b'}' {
-                        Container::Object
-                    } else {
-                        Container::Array
-                    };
-                    if self.stack.pop() != Some(closing) {
-                        failed = Some(ScanError::Malformed);
-                        break;
-                    }
-                    if self.stack.len() == depth {
                         i += 1;
-                        self.record_run(&input[..i]);
-                        self.skip_to = None;
-                        self.end_value();
-                        return i;
+                    }
+                    Some(_) => {
+                        self.skip_in_string = false;
+                        i += 1;
+                        break;
                     }
                 }
-                _ => {}
             }
-            i += 1;
         }
         match failed {
             Some(e) => self.fail(e),
