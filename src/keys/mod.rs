@@ -93,13 +93,17 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
-    let word =
-        |s: &[u8]| u64::from_le_bytes(std::array::from_fn(|i| s.get(i).copied().unwrap_or(0)));
-    let diff = a
-        .chunks(8)
-        .zip(b.chunks(8))
+    let (a_words, b_words) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail = a_words
+        .remainder()
+        .iter()
+        .zip(b_words.remainder())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    let word = |w: &[u8]| u64::from_le_bytes(w.try_into().unwrap_or_default());
+    let words = a_words
+        .zip(b_words)
         .fold(0u64, |acc, (x, y)| acc | (word(x) ^ word(y)));
-    diff == 0
+    (words | u64::from(tail)) == 0
 }
 
 thread_local! {
