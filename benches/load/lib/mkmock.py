@@ -200,6 +200,9 @@ def gemini_sse():
 
 
 def main():
+    if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
+        # An option here is not an output directory (a `--help` made one).
+        sys.exit(__doc__.split("\n\n")[1])
     out_dir = os.path.abspath(sys.argv[1])
     port = int(sys.argv[2]) if len(sys.argv) > 2 else 18080
     os.makedirs(os.path.join(out_dir, "bodies"), exist_ok=True)
