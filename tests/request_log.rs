@@ -337,6 +337,33 @@ async fn an_injected_usage_chunk_is_hidden_from_the_client_and_still_logged(back
     assert_tokens(&row, &canned::OPENAI_CHAT, "null stream_options");
     assert!(row.usage_complete && row.price_found);
 
+    // A client that turned usage off gets the stream it asked for, and the
+    // row its usage all the same: `false` becomes `true ` in place, so the
+    // upstream length is still the client's plus the padding.
+    mock.push_response(
+        ScriptedResponse::new(200)
+            .with_header("content-type", "text/event-stream")
+            .with_chunks(vec![Bytes::from(all.clone())]),
+    );
+    let usage_off = json!({"model": "gpt-4o", "stream": true,
+        "stream_options": {"include_usage": false},
+        "messages": [{"role": "user", "content": "hi"}]});
+    let (status, id, got) = send(&gw, &key, "/v1/chat/completions", &usage_off).await;
+    assert_eq!(status, 200);
+    assert_eq!(String::from_utf8(got.to_vec()).unwrap(), expected);
+    let upstream_request = mock.last_request().unwrap();
+    assert_eq!(
+        upstream_request.json()["stream_options"],
+        json!({"include_usage": true})
+    );
+    assert_eq!(
+        upstream_request.header("content-length"),
+        Some(upstream_request.body.len().to_string().as_str())
+    );
+    let row = env.row(&id).await;
+    assert_tokens(&row, &canned::OPENAI_CHAT, "include_usage false");
+    assert!(row.usage_complete && row.price_found);
+
     // Anthropic's OpenAI-compatible chat takes stream_options too: asked the
     // same way, hidden the same way, and the row is Anthropic's, priced.
     let claude = |s: &str| s.replace("gpt-4o-2024-08-06", "claude-sonnet-4-5-20250929");

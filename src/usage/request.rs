@@ -308,9 +308,11 @@ mod tests {
 /// `"stream": true` came before it (a request that does not stream must not
 /// get options, and this one has gone out by the time a later `stream` is
 /// read). An
-/// `include_usage` the client set, true or false, is left as it is; so is a
-/// `stream_options` that is neither an object nor null. The injection is
-/// reported only if the request streams.
+/// `include_usage` the client set to `false` or `null` is turned `true` in
+/// place (`true ` and `true`: the length does not change), so that stream
+/// too has its usage, removed from what the client sees like an added
+/// one's. A `stream_options` that is neither an object nor null is left as
+/// it is. The injection is reported only if the request streams.
 #[derive(Debug, Default)]
 pub struct StreamingUsageInjector {
     scanner: Option<Recycled<Scanner>>,
@@ -325,6 +327,8 @@ pub struct StreamingUsageInjector {
     options: Option<(u64, Vec<u8>)>,
     /// Bytes added inside a `stream_options` object.
     added: usize,
+    /// An `include_usage` of `false` or `null` was turned `true`.
+    turned_true: bool,
     /// No later `stream_options` is looked at: one was edited, or one
     /// outgrew the hold.
     options_done: bool,
@@ -377,7 +381,7 @@ impl StreamingUsageInjector {
     /// where the injection is not reported, e.g. a later `"stream": false`).
     #[must_use]
     pub fn edited_stream_options(&self) -> bool {
-        self.added > 0
+        self.added > 0 || self.turned_true
     }
 
     /// Feeds a chunk; returns the bytes to forward now. An injector serves
@@ -465,14 +469,24 @@ impl StreamingUsageInjector {
                 bytes::Bytes::from(out)
             }
             // Copied only if edited.
-            Some(options) => match options_member(scanner, options, &data[at..]) {
-                Some(member) => {
+            Some(options) => {
+                if let Some(member) = options_member(scanner, options, &data[at..]) {
                     self.added = member.len();
                     self.options_done = true;
-                    spliced(&data, at + 1, member)
+                    return spliced(&data, at + 1, member);
                 }
-                None => data,
-            },
+                let Some((offset, value)) = unset_include_usage(scanner, options) else {
+                    return data;
+                };
+                let mut out = data.to_vec();
+                match out.get_mut(at + offset..at + offset + value.len()) {
+                    Some(place) => place.copy_from_slice(value),
+                    None => return data,
+                }
+                self.turned_true = true;
+                self.options_done = true;
+                bytes::Bytes::from(out)
+            }
             None if data.len() - at > OPTIONS_HOLD_CAP => {
                 self.options_done = true;
                 data
@@ -509,7 +523,7 @@ impl StreamingUsageInjector {
             && scanner.capture(STREAM_OPTIONS).is_none()
             && held.first() == Some(&b'}');
         if !inject {
-            let edited = self.added > 0 && info.stream && !info.include_usage;
+            let edited = self.edited_stream_options() && info.stream && !info.include_usage;
             if !self.fixed_length {
                 return (info, edited, bytes::Bytes::from(held));
             }
@@ -536,6 +550,21 @@ impl StreamingUsageInjector {
 const INJECTED_FIELD: &[u8] = br#","stream_options":{"include_usage":true}"#;
 
 /// Where a trailing `}` followed only by whitespace starts, if the data ends so.
+/// Where an ended `stream_options` object's own `include_usage` is `false`
+/// or `null`: its offset from the object's `{`, and the bytes of the same
+/// length that make it `true`.
+fn unset_include_usage(scanner: &Scanner, options: &Capture) -> Option<(usize, &'static [u8])> {
+    let flag = scanner
+        .capture(INCLUDE_USAGE)
+        .filter(|flag| flag.start > options.start && flag.end <= options.end)?;
+    let value: &[u8] = match flag.bytes.as_slice() {
+        b"false" => b"true ",
+        b"null" => b"true",
+        _ => return None,
+    };
+    Some((usize::try_from(flag.start - options.start).ok()?, value))
+}
+
 /// What goes after the `{` of an ended `stream_options` object (`object`
 /// holds its bytes from that brace on): nothing if it has `include_usage`
 /// or is longer than [`OPTIONS_HOLD_CAP`], else the member, with a comma if
@@ -661,7 +690,7 @@ mod streaming_injector_tests {
         for body in [
             &br#"{"model":"gpt-4o","messages":[]}"#[..],
             br#"{"stream":true,"stream_options":{"include_usage":true}}"#,
-            br#"{"stream":true,"stream_options":{"include_obfuscation":true,"include_usage":false}}"#,
+            br#"{"stream":true,"stream_options":{"include_obfuscation":true,"include_usage":1}}"#,
             br#"{"stream":true,"stream_options":"none"}"#,
             br#"{"stream":false}"#,
             br#"[{"stream":true}]"#,
@@ -673,6 +702,46 @@ mod streaming_injector_tests {
                 let (_, injected, out) = run(body, split);
                 assert!(!injected, "{}", String::from_utf8_lossy(body));
                 assert_eq!(out, body);
+            }
+        }
+    }
+
+    /// An `include_usage` the client set to `false` or `null` (an SDK that
+    /// writes every unset field) is turned `true` where it is, at any cut:
+    /// the same length, reported as an injection (the usage chunk is the
+    /// gateway's to remove), and not reported when the request does not
+    /// stream.
+    #[test]
+    fn an_include_usage_of_false_or_null_is_turned_true_in_place() {
+        for (body, want, streams) in [
+            (
+                &br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":false},"messages":[]}"#[..],
+                &br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true },"messages":[]}"#[..],
+                true,
+            ),
+            (
+                br#"{"stream_options":{"include_obfuscation":false, "include_usage" : null },"stream":true}"#,
+                br#"{"stream_options":{"include_obfuscation":false, "include_usage" : true },"stream":true}"#,
+                true,
+            ),
+            (
+                br#"{"stream":false,"stream_options":{"include_usage":false}}"#,
+                br#"{"stream":false,"stream_options":{"include_usage":true }}"#,
+                false,
+            ),
+        ] {
+            for (a, b) in three_way_splits(body.len()) {
+                let parts = [&body[..a], &body[a..b], &body[b..]];
+                let what = format!("{} split {a}/{b}", String::from_utf8_lossy(body));
+                let (info, injected, out) = run_parts(false, &parts);
+                assert_eq!(out, want, "{what}");
+                assert_eq!(injected, streams, "{what}");
+                assert!(!info.include_usage, "{what}");
+                let (_, fixed_injected, fixed_out) = run_parts(true, &parts);
+                assert_eq!(fixed_injected, streams, "{what}");
+                assert_eq!(fixed_out.len(), body.len() + INJECTION_LEN, "{what}");
+                let fixed: serde_json::Value = serde_json::from_slice(&fixed_out).unwrap();
+                assert_eq!(fixed, serde_json::from_slice::<serde_json::Value>(want).unwrap());
             }
         }
     }
