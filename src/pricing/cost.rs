@@ -358,6 +358,18 @@ mod tests {
         );
     }
 
+    #[test]
+    fn costs_are_written_without_trailing_zeros() {
+        for (amount, text) in [
+            ("0", "0"),
+            ("65.0", "0.000065"),
+            ("1000000", "1"),
+            ("0.5", "0.0000005"),
+        ] {
+            assert_eq!(per_million(dec(amount)).to_string(), text);
+        }
+    }
+
     proptest::proptest! {
         /// Moving the point is the division it replaced: the same value,
         /// written the same (SQLite stores the text), at every scale,
