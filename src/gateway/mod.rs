@@ -449,7 +449,12 @@ impl ProxyHttp for Gateway {
         // reallocation per request, ~2.5 kB more per open stream:
         // benches/README.md, "Where the RSS per stream comes from").
         strip_gateway_headers(upstream_request);
-        upstream_request.insert_header(http::header::HOST, up.base.host_header.as_str())?;
+        match &up.host_value {
+            Some(host) => upstream_request.insert_header(http::header::HOST, host.clone())?,
+            None => {
+                upstream_request.insert_header(http::header::HOST, up.base.host_header.as_str())?
+            }
+        }
         let injecting = matches!(ctx.body_watch, BodyWatch::Inject(_));
         if let BodyWatch::Inject(injector) = &ctx.body_watch {
             // The body grows by the injected field (or as much whitespace);
@@ -885,7 +890,14 @@ fn strip_gateway_headers(req: &mut RequestHeader) {
         }
         if name == http::header::CONNECTION {
             for token in value.to_str().unwrap_or("").split(',') {
-                if let Ok(n) = http::HeaderName::from_bytes(token.trim().as_bytes()) {
+                let token = token.trim();
+                // `keep-alive` (the usual token) and the other hop-by-hop
+                // names go by the test above when present: no name to parse,
+                // no second removal.
+                if token.is_empty() || HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(token)) {
+                    continue;
+                }
+                if let Ok(n) = http::HeaderName::from_bytes(token.as_bytes()) {
                     if n != http::header::CONTENT_LENGTH && n != http::header::TRANSFER_ENCODING {
                         doomed.push(n);
                     }
@@ -953,7 +965,7 @@ mod tests {
         req.insert_header("X-Majordomo-User-Id", "u").unwrap();
         req.insert_header("Authorization", "Bearer sk-1").unwrap();
         req.insert_header("x-api-key", "ak").unwrap();
-        req.insert_header("Connection", "keep-alive, X-Custom-Hop")
+        req.insert_header("Connection", "Keep-Alive, X-Custom-Hop, ,close")
             .unwrap();
         req.insert_header("X-Custom-Hop", "1").unwrap();
         req.insert_header("Keep-Alive", "timeout=5").unwrap();

@@ -122,6 +122,10 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 #[derive(Debug)]
 pub struct Upstream {
     pub base: BaseUrl,
+    /// `base.host_header` made once: each request's `Host` is a clone
+    /// sharing its bytes, not a copy checked again. `None` if it is not a
+    /// valid header value (each request then fails on it, as it would).
+    pub host_value: Option<http::HeaderValue>,
     /// The addresses in use, and when to look them up again.
     resolved: RwLock<Option<Resolved>>,
     dns_ttl: Duration,
@@ -222,6 +226,7 @@ impl Upstream {
             .ok()
             .and_then(|ip| Resolved::new([SocketAddr::new(ip, base.port)], Instant::now()));
         Upstream {
+            host_value: http::HeaderValue::from_str(&base.host_header).ok(),
             base,
             literal: literal.is_some(),
             resolved: RwLock::new(literal),
