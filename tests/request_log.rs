@@ -150,6 +150,17 @@ fn assert_no_stream_options(mock: &MockUpstream) {
     assert!(seen.get("stream_options").is_none(), "{seen}");
 }
 
+/// The upstream's last request had these `stream_options`, and a
+/// `Content-Length` that is its body's (not sent chunked).
+fn assert_upstream_stream_options(mock: &MockUpstream, options: Value) {
+    let seen = mock.last_request().unwrap();
+    assert_eq!(seen.json()["stream_options"], options);
+    assert_eq!(
+        seen.header("content-length"),
+        Some(seen.body.len().to_string().as_str())
+    );
+}
+
 async fn send(gw: &GatewayProcess, key: &str, path: &str, body: &Value) -> (u16, String, Bytes) {
     let r = client()
         .post(gw.url(path))
@@ -289,14 +300,9 @@ async fn an_injected_usage_chunk_is_hidden_from_the_client_and_still_logged(back
     let (status, id, got) = send(&gw, &key, "/v1/chat/completions", &with_options).await;
     assert_eq!(status, 200);
     assert_eq!(String::from_utf8(got.to_vec()).unwrap(), expected);
-    let upstream_request = mock.last_request().unwrap();
-    assert_eq!(
-        upstream_request.json()["stream_options"],
-        json!({"include_usage": true, "include_obfuscation": false})
-    );
-    assert_eq!(
-        upstream_request.header("content-length"),
-        Some(upstream_request.body.len().to_string().as_str())
+    assert_upstream_stream_options(
+        &mock,
+        json!({"include_usage": true, "include_obfuscation": false}),
     );
     let row = env.row(&id).await;
     assert_tokens(&row, &canned::OPENAI_CHAT, "stream_options edited");
@@ -351,15 +357,7 @@ async fn an_injected_usage_chunk_is_hidden_from_the_client_and_still_logged(back
     let (status, id, got) = send(&gw, &key, "/v1/chat/completions", &usage_off).await;
     assert_eq!(status, 200);
     assert_eq!(String::from_utf8(got.to_vec()).unwrap(), expected);
-    let upstream_request = mock.last_request().unwrap();
-    assert_eq!(
-        upstream_request.json()["stream_options"],
-        json!({"include_usage": true})
-    );
-    assert_eq!(
-        upstream_request.header("content-length"),
-        Some(upstream_request.body.len().to_string().as_str())
-    );
+    assert_upstream_stream_options(&mock, json!({"include_usage": true}));
     let row = env.row(&id).await;
     assert_tokens(&row, &canned::OPENAI_CHAT, "include_usage false");
     assert!(row.usage_complete && row.price_found);
