@@ -150,15 +150,71 @@ fn assert_no_stream_options(mock: &MockUpstream) {
     assert!(seen.get("stream_options").is_none(), "{seen}");
 }
 
-/// The upstream's last request had these `stream_options`, and a
-/// `Content-Length` that is its body's (not sent chunked).
-fn assert_upstream_stream_options(mock: &MockUpstream, options: Value) {
-    let seen = mock.last_request().unwrap();
-    assert_eq!(seen.json()["stream_options"], options);
-    assert_eq!(
-        seen.header("content-length"),
-        Some(seen.body.len().to_string().as_str())
-    );
+/// Where an OpenAI chat stream with `stream_options` goes: the gateway,
+/// its key, the upstream and the rows.
+struct Streams<'a> {
+    env: &'a TestEnv,
+    gw: &'a GatewayProcess,
+    key: &'a str,
+    mock: &'a MockUpstream,
+}
+
+/// One such stream: what the client sends, what the upstream answers, and
+/// what each side should see.
+struct StreamCase<'a> {
+    /// The client's `stream_options`.
+    options: Value,
+    /// The upstream's SSE bytes (sent 7 at a time: cut mid-line, mid-JSON).
+    upstream: &'a str,
+    client_sees: &'a str,
+    /// The `stream_options` the upstream gets.
+    upstream_options: Value,
+    what: &'a str,
+}
+
+impl Streams<'_> {
+    /// The client gets exactly `client_sees`; the upstream gets
+    /// `upstream_options` and a `Content-Length` that is its body's (not
+    /// sent chunked); the row has the canned usage, priced.
+    async fn check(&self, case: StreamCase<'_>) {
+        self.mock.push_response(
+            ScriptedResponse::new(200)
+                .with_header("content-type", "text/event-stream")
+                .with_chunks(
+                    case.upstream
+                        .as_bytes()
+                        .chunks(7)
+                        .map(Bytes::copy_from_slice)
+                        .collect(),
+                ),
+        );
+        let body = json!({"model": "gpt-4o", "stream": true, "stream_options": case.options,
+            "messages": [{"role": "user", "content": "hi"}]});
+        let (status, id, got) = send(self.gw, self.key, "/v1/chat/completions", &body).await;
+        assert_eq!(status, 200, "{}", case.what);
+        assert_eq!(
+            String::from_utf8(got.to_vec()).unwrap(),
+            case.client_sees,
+            "{}",
+            case.what
+        );
+        let seen = self.mock.last_request().unwrap();
+        assert_eq!(
+            seen.json()["stream_options"],
+            case.upstream_options,
+            "{}",
+            case.what
+        );
+        assert_eq!(
+            seen.header("content-length"),
+            Some(seen.body.len().to_string().as_str()),
+            "{}",
+            case.what
+        );
+        let row = self.env.row(&id).await;
+        assert_tokens(&row, &canned::OPENAI_CHAT, case.what);
+        assert!(row.usage_complete && row.price_found, "{}", case.what);
+    }
 }
 
 async fn send(gw: &GatewayProcess, key: &str, path: &str, body: &Value) -> (u16, String, Bytes) {
@@ -282,31 +338,23 @@ async fn an_injected_usage_chunk_is_hidden_from_the_client_and_still_logged(back
     assert_eq!(row.model, "gpt-4o-2024-08-06");
     assert!(row.usage_complete && row.price_found);
 
+    let streams = Streams {
+        env: &env,
+        gw: &gw,
+        key: &key,
+        mock: &mock,
+    };
     // A stream_options object without include_usage gets it added, the
     // client's own option kept; the client still sees no usage chunk.
-    mock.push_response(
-        ScriptedResponse::new(200)
-            .with_header("content-type", "text/event-stream")
-            .with_chunks(
-                all.as_bytes()
-                    .chunks(7)
-                    .map(Bytes::copy_from_slice)
-                    .collect(),
-            ),
-    );
-    let with_options = json!({"model": "gpt-4o", "stream": true,
-        "stream_options": {"include_obfuscation": false},
-        "messages": [{"role": "user", "content": "hi"}]});
-    let (status, id, got) = send(&gw, &key, "/v1/chat/completions", &with_options).await;
-    assert_eq!(status, 200);
-    assert_eq!(String::from_utf8(got.to_vec()).unwrap(), expected);
-    assert_upstream_stream_options(
-        &mock,
-        json!({"include_usage": true, "include_obfuscation": false}),
-    );
-    let row = env.row(&id).await;
-    assert_tokens(&row, &canned::OPENAI_CHAT, "stream_options edited");
-    assert!(row.usage_complete && row.price_found);
+    streams
+        .check(StreamCase {
+            options: json!({"include_obfuscation": false}),
+            upstream: &all,
+            client_sees: &expected,
+            upstream_options: json!({"include_usage": true, "include_obfuscation": false}),
+            what: "stream_options edited",
+        })
+        .await;
 
     // OpenAI's chunks end with "obfuscation" padding after "usage":null, and
     // an SDK that writes every unset field sends "stream_options": null: the
@@ -319,48 +367,28 @@ async fn an_injected_usage_chunk_is_hidden_from_the_client_and_still_logged(back
     let padded_expected = [events[0].clone(), events[1].clone(), events[3].clone()]
         .concat()
         .replace(",\"usage\":null}", ",\"obfuscation\":\"Zq3v\"}");
-    mock.push_response(
-        ScriptedResponse::new(200)
-            .with_header("content-type", "text/event-stream")
-            .with_chunks(
-                padded
-                    .as_bytes()
-                    .chunks(7)
-                    .map(Bytes::copy_from_slice)
-                    .collect(),
-            ),
-    );
-    let with_null = json!({"model": "gpt-4o", "stream": true, "stream_options": null,
-        "messages": [{"role": "user", "content": "hi"}]});
-    let (status, id, got) = send(&gw, &key, "/v1/chat/completions", &with_null).await;
-    assert_eq!(status, 200);
-    assert_eq!(String::from_utf8(got.to_vec()).unwrap(), padded_expected);
-    assert_eq!(
-        mock.last_request().unwrap().json()["stream_options"],
-        json!({"include_usage": true})
-    );
-    let row = env.row(&id).await;
-    assert_tokens(&row, &canned::OPENAI_CHAT, "null stream_options");
-    assert!(row.usage_complete && row.price_found);
+    streams
+        .check(StreamCase {
+            options: Value::Null,
+            upstream: &padded,
+            client_sees: &padded_expected,
+            upstream_options: json!({"include_usage": true}),
+            what: "null stream_options",
+        })
+        .await;
 
     // A client that turned usage off gets the stream it asked for, and the
     // row its usage all the same: `false` becomes `true ` in place, so the
     // upstream length is still the client's plus the padding.
-    mock.push_response(
-        ScriptedResponse::new(200)
-            .with_header("content-type", "text/event-stream")
-            .with_chunks(vec![Bytes::from(all.clone())]),
-    );
-    let usage_off = json!({"model": "gpt-4o", "stream": true,
-        "stream_options": {"include_usage": false},
-        "messages": [{"role": "user", "content": "hi"}]});
-    let (status, id, got) = send(&gw, &key, "/v1/chat/completions", &usage_off).await;
-    assert_eq!(status, 200);
-    assert_eq!(String::from_utf8(got.to_vec()).unwrap(), expected);
-    assert_upstream_stream_options(&mock, json!({"include_usage": true}));
-    let row = env.row(&id).await;
-    assert_tokens(&row, &canned::OPENAI_CHAT, "include_usage false");
-    assert!(row.usage_complete && row.price_found);
+    streams
+        .check(StreamCase {
+            options: json!({"include_usage": false}),
+            upstream: &all,
+            client_sees: &expected,
+            upstream_options: json!({"include_usage": true}),
+            what: "include_usage false",
+        })
+        .await;
 
     // Anthropic's OpenAI-compatible chat takes stream_options too: asked the
     // same way, hidden the same way, and the row is Anthropic's, priced.
