@@ -449,12 +449,7 @@ impl ProxyHttp for Gateway {
         // reallocation per request, ~2.5 kB more per open stream:
         // benches/README.md, "Where the RSS per stream comes from").
         strip_gateway_headers(upstream_request);
-        match &up.host_value {
-            Some(host) => upstream_request.insert_header(http::header::HOST, host.clone())?,
-            None => {
-                upstream_request.insert_header(http::header::HOST, up.base.host_header.as_str())?
-            }
-        }
+        upstream_request.insert_header(http::header::HOST, up.base.host_header.clone())?;
         let injecting = matches!(ctx.body_watch, BodyWatch::Inject(_));
         if let BodyWatch::Inject(injector) = &ctx.body_watch {
             // The body grows by the injected field (or as much whitespace);

@@ -19,8 +19,9 @@ pub struct BaseUrl {
     pub port: u16,
     /// Path prefix without a trailing slash ("" when none).
     pub path_prefix: String,
-    /// The `Host` header value sent upstream.
-    pub host_header: String,
+    /// The `Host` header value sent upstream, made once: each request's is
+    /// a clone sharing its bytes, not a copy checked again.
+    pub host_header: http::HeaderValue,
 }
 
 /// Errors in a configured base URL.
@@ -39,6 +40,10 @@ pub enum BaseUrlError {
     /// Occurs when the port is not a number between 1 and 65535.
     #[error("has an invalid port")]
     Port,
+    /// Occurs when the host has whitespace or a control character, which
+    /// no host name has and a `Host` header cannot carry.
+    #[error("has whitespace or a control character in its host")]
+    HostInvalid,
     /// Occurs when the URL carries a query, fragment or user info, which a base URL cannot use.
     #[error("must not contain a query, fragment or user info")]
     Extra,
@@ -102,6 +107,14 @@ impl BaseUrl {
         } else {
             format!("{host_for_header}:{port}")
         };
+        if host
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return Err(BaseUrlError::HostInvalid);
+        }
+        let host_header =
+            http::HeaderValue::try_from(host_header).map_err(|_| BaseUrlError::HostInvalid)?;
         Ok(BaseUrl {
             tls,
             host,
@@ -122,10 +135,6 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 #[derive(Debug)]
 pub struct Upstream {
     pub base: BaseUrl,
-    /// `base.host_header` made once: each request's `Host` is a clone
-    /// sharing its bytes, not a copy checked again. `None` if it is not a
-    /// valid header value (each request then fails on it, as it would).
-    pub host_value: Option<http::HeaderValue>,
     /// The addresses in use, and when to look them up again.
     resolved: RwLock<Option<Resolved>>,
     dns_ttl: Duration,
@@ -226,7 +235,6 @@ impl Upstream {
             .ok()
             .and_then(|ip| Resolved::new([SocketAddr::new(ip, base.port)], Instant::now()));
         Upstream {
-            host_value: http::HeaderValue::from_str(&base.host_header).ok(),
             base,
             literal: literal.is_some(),
             resolved: RwLock::new(literal),
@@ -516,5 +524,16 @@ mod tests {
         assert_eq!(BaseUrl::parse("httpsñ//x"), Err(BaseUrlError::Scheme));
         assert_eq!(BaseUrl::parse("ñ"), Err(BaseUrlError::Scheme));
         assert!(BaseUrl::parse("HTTP://xn--andu-hqa.local").is_ok());
+        for host in [
+            "http://api openai.com",
+            "http://api\topenai.com",
+            "http://h\u{7f}x:80",
+        ] {
+            assert_eq!(
+                BaseUrl::parse(host),
+                Err(BaseUrlError::HostInvalid),
+                "{host:?}"
+            );
+        }
     }
 }
