@@ -85,12 +85,16 @@ fn is_true(capture: Option<&Capture>) -> bool {
 /// `include_usage` counts only inside the `stream_options` that wins (the
 /// last one, if the key is repeated).
 fn include_usage_is_true(s: &Scanner) -> bool {
-    match (s.capture(STREAM_OPTIONS), s.capture(INCLUDE_USAGE)) {
-        (Some(options), Some(flag)) => {
-            flag.start >= options.start && flag.end <= options.end && flag.bytes == b"true"
-        }
-        _ => false,
-    }
+    s.capture(STREAM_OPTIONS)
+        .and_then(|options| include_usage_in(s, options))
+        .is_some_and(|flag| flag.bytes == b"true")
+}
+
+/// The `include_usage` value captured inside `options` (the last one there,
+/// if the key is repeated): one in another `stream_options` is not its.
+fn include_usage_in<'a>(s: &'a Scanner, options: &Capture) -> Option<&'a Capture> {
+    s.capture(INCLUDE_USAGE)
+        .filter(|flag| flag.start > options.start && flag.end <= options.end)
 }
 
 /// For an OpenAI chat-completions request body with `"stream": true` whose
@@ -133,8 +137,8 @@ pub fn inject_include_usage(body: &[u8]) -> Option<Vec<u8>> {
     if body.get(start) != Some(&b'{') {
         return Some(splice(body, start, end, br#"{"include_usage":true}"#));
     }
-    match s.capture(INCLUDE_USAGE) {
-        Some(flag) if flag.start >= options.start && flag.end <= options.end => Some(splice(
+    match include_usage_in(&s, options) {
+        Some(flag) => Some(splice(
             body,
             offset(flag.start)?,
             offset(flag.end)?,
@@ -554,9 +558,7 @@ const INJECTED_FIELD: &[u8] = br#","stream_options":{"include_usage":true}"#;
 /// or `null`: its offset from the object's `{`, and the bytes of the same
 /// length that make it `true`.
 fn unset_include_usage(scanner: &Scanner, options: &Capture) -> Option<(usize, &'static [u8])> {
-    let flag = scanner
-        .capture(INCLUDE_USAGE)
-        .filter(|flag| flag.start > options.start && flag.end <= options.end)?;
+    let flag = include_usage_in(scanner, options)?;
     let value: &[u8] = match flag.bytes.as_slice() {
         b"false" => b"true ",
         b"null" => b"true",
@@ -572,9 +574,7 @@ fn unset_include_usage(scanner: &Scanner, options: &Capture) -> Option<(usize, &
 /// yet (`stream` may come later): a non-stream request with `stream_options`
 /// is refused or ignores it, with the member as without it.
 fn options_member(scanner: &Scanner, options: &Capture, object: &[u8]) -> Option<&'static [u8]> {
-    let has_include_usage = scanner
-        .capture(INCLUDE_USAGE)
-        .is_some_and(|flag| flag.start > options.start && flag.end <= options.end);
+    let has_include_usage = include_usage_in(scanner, options).is_some();
     let len = usize::try_from(options.end - options.start).ok()?;
     if has_include_usage || len > OPTIONS_HOLD_CAP || len > object.len() {
         return None;
