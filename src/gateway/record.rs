@@ -171,9 +171,8 @@ pub fn provider_credential_hash(provider: Provider, req: &RequestHeader) -> Opti
     }?;
     let credential = credential.trim();
     (!credential.is_empty()).then(|| {
-        LastHash::with(&LAST_CREDENTIAL, |m| {
-            m.hash(credential.as_bytes()).0.to_hex().as_str().to_owned()
-        })
+        LAST_CREDENTIAL
+            .with_borrow_mut(|m| m.hash(credential.as_bytes()).0.to_hex().as_str().to_owned())
     })
 }
 

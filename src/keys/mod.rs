@@ -56,7 +56,7 @@ pub fn hash(key: &str) -> [u8; 32] {
 /// request after request, and hashing one costs ~500 instructions where
 /// comparing it with the last costs ~40. The comparison reads every byte
 /// whatever they hold, so how long it takes tells nothing of the remembered
-/// secret but its length. Kept per thread (see [`LastHash::with`]).
+/// secret but its length. Kept per thread, in a `thread_local!`.
 #[derive(Default)]
 pub struct LastHash {
     secret: Vec<u8>,
@@ -76,14 +76,6 @@ impl LastHash {
                 (hash, false)
             }
         }
-    }
-
-    /// Runs `f` on this thread's `memo`.
-    pub fn with<R>(
-        memo: &'static std::thread::LocalKey<std::cell::RefCell<LastHash>>,
-        f: impl FnOnce(&mut LastHash) -> R,
-    ) -> R {
-        memo.with(|m| f(&mut m.borrow_mut()))
     }
 }
 
@@ -113,7 +105,7 @@ thread_local! {
 
 /// [`hash`], remembered for the thread's next request with the same key.
 pub fn hash_remembered(key: &str) -> [u8; 32] {
-    LastHash::with(&LAST_KEY, |m| *m.hash(key.as_bytes()).0.as_bytes())
+    LAST_KEY.with_borrow_mut(|m| *m.hash(key.as_bytes()).0.as_bytes())
 }
 
 /// The stored form of [`hash`]: 64 lowercase hex characters.
