@@ -572,6 +572,7 @@ fn sample_parsed() -> ParsedResponse {
         error: None,
         complete: true,
         retrieved_usage: false,
+        streamed_background: None,
     }
 }
 

@@ -616,7 +616,7 @@ async fn a_database_the_reference_gateway_created_is_taken_over() {
 
     let migrated = env.cli_ok(&["migrate"]);
     assert!(
-        migrated.contains("applied migrations: [1, 2, 3]"),
+        migrated.contains("applied migrations: [1, 2, 3, 4]"),
         "{migrated}"
     );
     let (new_id, key) = env.create_key("new");
@@ -721,7 +721,10 @@ async fn a_database_the_reference_gateway_created_is_taken_over() {
 async fn migrate_applies_the_schema_once(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let first = env.cli_ok(&["migrate"]);
-    assert!(first.contains("applied migrations: [1, 2, 3]"), "{first}");
+    assert!(
+        first.contains("applied migrations: [1, 2, 3, 4]"),
+        "{first}"
+    );
     let second = env.cli_ok(&["migrate"]);
     assert!(second.contains("up to date"), "{second}");
 }

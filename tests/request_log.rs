@@ -921,8 +921,92 @@ async fn a_retrieved_response_is_logged_unbilled_unless_it_ran_in_the_background
     assert_eq!((row.input_tokens, row.output_tokens), (36, 87));
 }
 
+/// A background response is billed once, whichever gateway sees its usage
+/// first: a replica on the same store knows, and so does a gateway started
+/// after both are gone (`majordomo_billed_responses`).
+async fn a_background_response_is_billed_once_by_all_the_gateways_on_a_store(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let (_, key) = env.create_key("replicas");
+    let mock = MockUpstream::start().await;
+    let one = env.gateway(&mock).start().await;
+    let two = env
+        .gateway(&mock)
+        .env(
+            "MAJORDOMO_SERVER_PID_FILE",
+            env.path().join("two.pid").display(),
+        )
+        .env(
+            "MAJORDOMO_SERVER_UPGRADE_SOCK",
+            env.path().join("two.sock").display(),
+        )
+        .start()
+        .await;
+    let finished = json!({"id": "resp_bg", "object": "response", "status": "completed",
+                          "background": true, "model": "gpt-4o", "output": [],
+                          "usage": {"input_tokens": 36, "output_tokens": 87, "total_tokens": 123}});
+    let retrieve = |gw: &GatewayProcess| {
+        mock.push_response(ScriptedResponse::json(200, finished.clone()));
+        client()
+            .get(gw.url("/v1/responses/resp_bg"))
+            .header("X-Majordomo-Key", &key)
+            .header("Authorization", "Bearer sk-provider-secret")
+            .send()
+    };
+
+    let (_, id, _) = finish(retrieve(&two).await.unwrap()).await;
+    let row = env.row(&id).await;
+    assert_eq!((row.input_tokens, row.output_tokens), (36, 87));
+    assert!(row.total_cost > Decimal::ZERO);
+
+    // `one` never saw it billed; the store did.
+    let (status, id, _) = finish(retrieve(&one).await.unwrap()).await;
+    assert_eq!(status, 200);
+    let row = env.row(&id).await;
+    assert_eq!((row.input_tokens, row.total_cost), (0, Decimal::ZERO));
+    assert!(!row.usage_complete);
+
+    // A background response its POST streamed to the end is billed then,
+    // and not again when another gateway retrieves it.
+    let event = |kind: &str, status: &str, usage: Value| {
+        let data = json!({"type": kind, "response": {"id": "resp_streamed", "status": status,
+                          "background": true, "model": "gpt-4o", "usage": usage}});
+        format!("event: {kind}\ndata: {data}")
+    };
+    let counts = json!({"input_tokens": 12, "output_tokens": 34});
+    mock.push_response(ScriptedResponse::sse(vec![
+        event("response.created", "queued", Value::Null),
+        event("response.completed", "completed", counts.clone()),
+    ]));
+    let body = json!({"model": "gpt-4o", "input": "hi", "stream": true, "background": true});
+    let (status, id, _) = send(&one, &key, "/v1/responses", &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(env.row(&id).await.input_tokens, 12);
+    let mut stored = finished.clone();
+    stored["id"] = json!("resp_streamed");
+    stored["usage"] = counts;
+    mock.push_response(ScriptedResponse::json(200, stored));
+    let (_, id, _) = finish(
+        client()
+            .get(two.url("/v1/responses/resp_streamed"))
+            .header("X-Majordomo-Key", &key)
+            .header("Authorization", "Bearer sk-provider-secret")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(env.row(&id).await.input_tokens, 0);
+
+    // Both killed: what they remembered is gone.
+    drop((one, two));
+    let three = env.gateway(&mock).start().await;
+    let (_, id, _) = finish(retrieve(&three).await.unwrap()).await;
+    assert_eq!(env.row(&id).await.input_tokens, 0);
+}
+
 both_stores!(
     each_provider_and_mode_logs_an_exact_priced_row,
+    a_background_response_is_billed_once_by_all_the_gateways_on_a_store,
     an_injected_usage_chunk_is_hidden_from_the_client_and_still_logged,
     a_stripped_stream_from_a_content_length_upstream_is_chunked_and_keeps_the_connection,
     a_gzip_upstream_body_reaches_the_client_untouched_and_is_parsed,

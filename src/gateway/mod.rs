@@ -96,6 +96,7 @@ impl Gateway {
                 negative_ttl: Duration::from_secs(config.auth.negative_cache_ttl_secs),
             },
         );
+        let billed_retrievals = retrievals::BilledRetrievals::new(store.clone());
         Ok(Gateway {
             upstreams: [
                 upstream(Provider::OpenAi)?,
@@ -107,7 +108,7 @@ impl Gateway {
             sink,
             prices,
             metrics,
-            billed_retrievals: retrievals::BilledRetrievals::default(),
+            billed_retrievals,
             connect_timeout: Duration::from_secs(config.upstream.connect_timeout_secs),
             read_timeout: Duration::from_secs(config.upstream.read_timeout_secs),
             config,
@@ -717,13 +718,18 @@ impl ProxyHttp for Gateway {
         let status = ctx.status;
         if ctx.api_key_id.is_some() {
             let mut parsed = ctx.parser.take().map(|parser| parser.finish());
-            if let Some(p) = parsed.as_mut().filter(|p| p.retrieved_usage) {
-                // A background response retrieved again: billed already.
-                if !self
-                    .billed_retrievals
-                    .first(session.req_header().uri.path())
-                    .await
-                {
+            if let Some(p) = parsed.as_mut() {
+                // A background response is billed by the first request that
+                // sees its usage (see `retrievals`), whichever that is.
+                let first = if p.retrieved_usage {
+                    let path = session.req_header().uri.path();
+                    self.billed_retrievals.first(path, ctx.request_id).await
+                } else if let Some(id) = p.streamed_background.take() {
+                    self.billed_retrievals.claim(&id, ctx.request_id).await
+                } else {
+                    true
+                };
+                if !first {
                     p.usage = None;
                 }
             }

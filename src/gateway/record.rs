@@ -245,6 +245,7 @@ mod tests {
             error: None,
             complete,
             retrieved_usage: false,
+            streamed_background: None,
         }
     }
 

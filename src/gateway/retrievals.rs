@@ -1,51 +1,94 @@
-//! Which background responses this process has billed on a retrieval.
+//! Which background responses have been billed on a retrieval.
 //!
 //! An OpenAI response created with `"background": true` is billed when a GET
 //! retrieves it finished (its POST answered `queued`, without usage). A
 //! client that retrieves it again (a dashboard re-reading it, a poller that
-//! asks once more) must not be billed twice: the first retrieval that
-//! carries its usage is remembered here, by response id, and later ones are
-//! logged unbilled. Memory only, bounded: a restart, or another replica
-//! behind the same load balancer, does not know what this one billed.
+//! asks once more) must not be billed twice, whichever gateway process
+//! serves it: a replica behind the same load balancer, or this one after a
+//! restart or an upgrade. The first request that carries its usage (a
+//! retrieval, or the POST that streamed it to its end with `"stream": true`)
+//! claims the response id in the store (`majordomo_billed_responses`, one
+//! row per response; the first insert wins); later ones are logged unbilled. Each
+//! process also remembers the ids it has seen claimed, so a poller's repeated
+//! looks cost one store round trip, not one each.
+//!
+//! If the store does not answer (down, or slower than [`CLAIM_TIMEOUT`]),
+//! the process falls back to what it remembers: a response it has not seen
+//! is billed. Billing a response twice is then possible, if another process
+//! billed it before; losing its only billing is not.
 
 use std::time::Duration;
 
 use moka::future::Cache;
+use uuid::Uuid;
+
+use crate::store::Store;
 
 /// Response ids remembered (~100 bytes each).
 const CAPACITY: u64 = 100_000;
 /// How long one is remembered: OpenAI keeps stored responses 30 days, but
 /// pollers re-read a finished one within minutes.
 const REMEMBERED_FOR: Duration = Duration::from_secs(24 * 3600);
+/// Longest wait for the store's answer; the client has its response
+/// already, this only holds the logging phase of a rare request.
+pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct BilledRetrievals {
+    store: Store,
+    /// Response ids known to be billed.
     billed: Cache<Box<str>, ()>,
 }
 
-impl Default for BilledRetrievals {
-    fn default() -> Self {
+impl BilledRetrievals {
+    pub fn new(store: Store) -> BilledRetrievals {
         BilledRetrievals {
+            store,
             billed: Cache::builder()
                 .max_capacity(CAPACITY)
                 .time_to_live(REMEMBERED_FOR)
                 .build(),
         }
     }
-}
 
-impl BilledRetrievals {
-    /// Whether this is the first billed retrieval of the response the GET
-    /// `path` names (`…/responses/{id}`); remembers it. A path that names
-    /// no response is always first.
-    pub async fn first(&self, path: &str) -> bool {
-        let Some(id) = response_id(path) else {
-            return true;
-        };
-        self.billed
-            .entry(Box::from(id))
-            .or_insert(())
-            .await
-            .is_fresh()
+    /// Whether the retrieval `request_id` of the response the GET `path`
+    /// names (`…/responses/{id}`) is the first to bill it; claims it if so.
+    /// A path that names no response is always first.
+    pub async fn first(&self, path: &str, request_id: Uuid) -> bool {
+        match response_id(path) {
+            Some(id) => self.claim(id, request_id).await,
+            None => true,
+        }
+    }
+
+    /// Whether `request_id` is the first to bill the background response
+    /// `id` (a retrieval, or the POST that streamed it to its end); claims
+    /// it if so.
+    pub async fn claim(&self, id: &str, request_id: Uuid) -> bool {
+        if self.billed.contains_key(id) {
+            return false;
+        }
+        let claim = self.store.claim_billed_response(id, request_id);
+        match tokio::time::timeout(CLAIM_TIMEOUT, claim).await {
+            Ok(Ok(first)) => {
+                self.billed.insert(Box::from(id), ()).await;
+                first
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {CLAIM_TIMEOUT:?}"),
+                };
+                log::warn!(
+                    "cannot record that background response {id} is billed ({why}); \
+                     billing it unless this process billed it before"
+                );
+                self.billed
+                    .entry(Box::from(id))
+                    .or_insert(())
+                    .await
+                    .is_fresh()
+            }
+        }
     }
 }
 
@@ -59,6 +102,7 @@ fn response_id(path: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{StorageConfig, StorageDriver};
 
     #[test]
     fn the_response_id_is_the_last_segment_after_responses() {
@@ -69,13 +113,47 @@ mod tests {
         assert_eq!(response_id("/v1/chat/completions/chatcmpl-1"), None);
     }
 
+    fn store(storage: impl FnOnce(&mut StorageConfig)) -> Store {
+        let mut cfg = StorageConfig::default();
+        storage(&mut cfg);
+        Store::open(&cfg).unwrap()
+    }
+
     #[tokio::test]
-    async fn only_the_first_retrieval_of_a_response_is_first() {
-        let billed = BilledRetrievals::default();
-        assert!(billed.first("/v1/responses/resp_1").await);
-        assert!(!billed.first("/v1/responses/resp_1/").await);
-        assert!(billed.first("/v1/responses/resp_2").await);
-        assert!(billed.first("/v1/other").await);
-        assert!(billed.first("/v1/other").await);
+    async fn only_the_first_retrieval_of_a_response_is_first_in_any_process_on_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = |cfg: &mut StorageConfig| {
+            cfg.driver = Some(StorageDriver::Sqlite);
+            cfg.sqlite.path = dir.path().join("m.db");
+        };
+        store(sqlite).migrate().await.unwrap();
+        // Two gateway processes on one store, each with its own memory.
+        let (one, two) = (
+            BilledRetrievals::new(store(sqlite)),
+            BilledRetrievals::new(store(sqlite)),
+        );
+        let request = Uuid::now_v7;
+        assert!(one.first("/v1/responses/resp_1", request()).await);
+        assert!(!one.first("/v1/responses/resp_1/", request()).await);
+        assert!(!two.first("/v1/responses/resp_1", request()).await);
+        assert!(two.first("/v1/responses/resp_2", request()).await);
+        assert!(!one.first("/v1/responses/resp_2", request()).await);
+        assert!(one.first("/v1/other", request()).await);
+        assert!(one.first("/v1/other", request()).await);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_does_not_answer_leaves_the_process_memory_to_decide() {
+        let unreachable = store(|cfg| {
+            cfg.driver = Some(StorageDriver::Postgres);
+            cfg.postgres.host = Some("127.0.0.1".into());
+            cfg.postgres.port = 1;
+        });
+        let billed = BilledRetrievals::new(unreachable);
+        let started = std::time::Instant::now();
+        assert!(billed.first("/v1/responses/resp_1", Uuid::now_v7()).await);
+        assert!(!billed.first("/v1/responses/resp_1", Uuid::now_v7()).await);
+        assert!(billed.first("/v1/responses/resp_2", Uuid::now_v7()).await);
+        assert!(started.elapsed() < 3 * CLAIM_TIMEOUT);
     }
 }

@@ -31,6 +31,12 @@ pub const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0003_reference_costs.sql"),
         sqlite: include_str!("../../migrations/sqlite/0003_reference_costs.sql"),
     },
+    Migration {
+        version: 4,
+        name: "billed_responses",
+        postgres: include_str!("../../migrations/postgres/0004_billed_responses.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0004_billed_responses.sql"),
+    },
 ];
 
 pub const LEDGER_TABLE: &str = "majordomo_schema_migrations";

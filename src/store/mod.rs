@@ -261,6 +261,21 @@ impl Store {
         }
     }
 
+    /// Records that `request_id` billed the background response
+    /// `response_id` (see `gateway::retrievals`). True for the first claim of
+    /// a response id in this store, false for every later one, whichever
+    /// gateway process makes it.
+    pub async fn claim_billed_response(
+        &self,
+        response_id: &str,
+        request_id: Uuid,
+    ) -> Result<bool, StoreError> {
+        match &*self.inner {
+            Backend::Sqlite(s) => s.claim_billed_response(response_id, request_id).await,
+            Backend::Postgres(s) => s.claim_billed_response(response_id, request_id).await,
+        }
+    }
+
     /// Writes a batch of request records (idempotent on `id`) and adds the
     /// newly written ones to their keys' `request_count` / `last_used_at`.
     /// Returns how many rows were new.

@@ -247,6 +247,29 @@ impl PgStore {
         Ok(row.map(|r| r.get(0)))
     }
 
+    /// Records that `request_id` billed the background response
+    /// `response_id`; false if some request (of any gateway process) already
+    /// did.
+    pub async fn claim_billed_response(
+        &self,
+        response_id: &str,
+        request_id: Uuid,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO majordomo_billed_responses (response_id, request_id) VALUES ($1, $2) \
+                 ON CONFLICT (response_id) DO NOTHING",
+            )
+            .await
+            .map_err(pg_err)?;
+        let inserted = client
+            .execute(&stmt, &[&response_id, &request_id])
+            .await
+            .map_err(pg_err)?;
+        Ok(inserted == 1)
+    }
+
     /// Writes a batch of request records, each exactly once (a record whose id
     /// is already stored is skipped), adds the written rows to their keys'
     /// counters and metadata statistics, all in one transaction. Returns how

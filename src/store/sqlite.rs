@@ -261,6 +261,29 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn claim_billed_response(
+        &self,
+        response_id: &str,
+        request_id: Uuid,
+    ) -> Result<bool, StoreError> {
+        let (response_id, request_id, now) = (
+            response_id.to_string(),
+            request_id.to_string(),
+            ts(&Utc::now()),
+        );
+        self.with(move |c| {
+            let inserted = c
+                .prepare_cached(
+                    "INSERT INTO majordomo_billed_responses (response_id, request_id, billed_at) \
+                     VALUES (?1, ?2, ?3) ON CONFLICT (response_id) DO NOTHING",
+                )
+                .and_then(|mut stmt| stmt.execute([response_id, request_id, now]))
+                .map_err(err)?;
+            Ok(inserted == 1)
+        })
+        .await
+    }
+
     pub async fn revoked_since(&self, since: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
         let since = ts(&since);
         self.with(move |c| {

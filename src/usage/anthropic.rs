@@ -222,6 +222,7 @@ pub(crate) mod tests {
                 error: None,
                 complete: true,
                 retrieved_usage: false,
+                streamed_background: None,
             }
         );
     }
@@ -246,6 +247,7 @@ pub(crate) mod tests {
                 error: None,
                 complete: true,
                 retrieved_usage: false,
+                streamed_background: None,
             }
         );
     }
@@ -306,6 +308,7 @@ pub(crate) mod tests {
                 error: Some("Overloaded".into()),
                 complete: true,
                 retrieved_usage: false,
+                streamed_background: None,
             }
         );
     }
@@ -337,6 +340,7 @@ pub(crate) mod tests {
                 error: Some("model: claude-sonnet-9".into()),
                 complete: true,
                 retrieved_usage: false,
+                streamed_background: None,
             }
         );
     }

@@ -209,6 +209,7 @@ pub(crate) mod tests {
                 error: None,
                 complete: true,
                 retrieved_usage: false,
+                streamed_background: None,
             }
         );
     }
@@ -227,6 +228,7 @@ pub(crate) mod tests {
                 error: None,
                 complete: true,
                 retrieved_usage: false,
+                streamed_background: None,
             }
         );
     }
@@ -252,6 +254,7 @@ pub(crate) mod tests {
                 error: None,
                 complete: true,
                 retrieved_usage: false,
+                streamed_background: None,
             }
         );
     }
@@ -300,6 +303,7 @@ pub(crate) mod tests {
                 error: Some("The model is overloaded.".into()),
                 complete: true,
                 retrieved_usage: false,
+                streamed_background: None,
             }
         );
     }

@@ -196,6 +196,9 @@ pub struct ParsedResponse {
     /// `usage` is a retrieved background response's (see
     /// [`UsageParser::for_retrieval`]): billed only on its first retrieval.
     pub retrieved_usage: bool,
+    /// The id of a background response whose usage this POST's stream
+    /// carried to the end: billed now, so not again when it is retrieved.
+    pub streamed_background: Option<String>,
 }
 
 /// Incremental usage parser for one response body. See the module docs.
@@ -519,6 +522,8 @@ mod slot {
     /// OpenAI Responses' `background` flag: the one kind of retrieved
     /// object whose usage is billed (see [`super::UsageParser::for_retrieval`]).
     pub(super) const BACKGROUND: usize = 6;
+    /// A Responses stream event's `response.id`.
+    pub(super) const RESPONSE_ID: usize = 7;
 }
 
 /// Shorthand for target tables.
@@ -543,6 +548,8 @@ struct Findings {
     unknown: bool,
     /// An OpenAI response object created with `"background": true`.
     background: bool,
+    /// Its id, when a stream's event named it.
+    response_id: Option<String>,
 }
 
 impl Findings {
@@ -842,8 +849,14 @@ impl Body {
         } else {
             self.extract.usage()
         };
+        let streamed_background = if !self.retrieval && findings.background && usage.is_some() {
+            findings.response_id.take()
+        } else {
+            None
+        };
         ParsedResponse {
             retrieved_usage: self.retrieval && usage.is_some(),
+            streamed_background,
             usage,
             model: findings.model.take(),
             error: findings.error.take(),

@@ -19,8 +19,8 @@
 
 use super::counts::{captured_counts, CountPaths, Counts};
 use super::scan::{Scanner, Seg::Item, Seg::Key, Target, Targets};
-use super::slot::{BACKGROUND, ERROR, MESSAGE, MODEL, TYPE, USAGE};
-use super::{error_message, target, Findings, Usage};
+use super::slot::{BACKGROUND, ERROR, MESSAGE, MODEL, RESPONSE_ID, TYPE, USAGE};
+use super::{captured_string, error_message, target, Findings, Usage};
 
 pub(super) static TARGETS: Targets = Targets::new(&BILLED);
 
@@ -28,19 +28,18 @@ pub(super) static TARGETS: Targets = Targets::new(&BILLED);
 /// a retrieved response is billed (see `UsageParser::for_retrieval`).
 pub(super) static RETRIEVAL_TARGETS: Targets = Targets::new(&RETRIEVED);
 
-const RETRIEVED: [Target; BILLED.len() + 2] = {
-    let mut all = [BILLED[0]; BILLED.len() + 2];
+const RETRIEVED: [Target; BILLED.len() + 1] = {
+    let mut all = [BILLED[0]; BILLED.len() + 1];
     let mut t = 0;
     while t < BILLED.len() {
         all[t] = BILLED[t];
         t += 1;
     }
     all[t] = target(&[Key("background")], BACKGROUND);
-    all[t + 1] = target(&[Key("response"), Key("background")], BACKGROUND);
     all
 };
 
-const BILLED: [Target; 9] = [
+const BILLED: [Target; 11] = [
     target(&[Key("type")], TYPE),
     target(&[Key("usage")], USAGE),
     target(&[Key("response"), Key("usage")], USAGE),
@@ -51,6 +50,10 @@ const BILLED: [Target; 9] = [
     target(&[Key("message")], MESSAGE),
     // Some OpenAI-compatible servers stream a bare array of chunks.
     target(&[Item, Key("usage")], USAGE),
+    // A background response streamed to its end by its POST is billed
+    // then, and claimed by its id (`ParsedResponse::streamed_background`).
+    target(&[Key("response"), Key("background")], BACKGROUND),
+    target(&[Key("response"), Key("id")], RESPONSE_ID),
 ];
 
 #[derive(Debug, Default)]
@@ -72,6 +75,9 @@ impl OpenAiUsage {
         findings.note_model(doc.capture(MODEL));
         if doc.capture(BACKGROUND).is_some_and(|c| c.bytes == b"true") {
             findings.background = true;
+            if let Some(id) = captured_string(doc.capture(RESPONSE_ID)) {
+                findings.response_id = Some(id);
+            }
         }
         let mut failed = findings.note_error(error_message(doc.capture(ERROR)));
         match kind {
@@ -234,6 +240,7 @@ pub(crate) mod tests {
                 error: None,
                 complete: true,
                 retrieved_usage: false,
+                streamed_background: None,
             }
         );
     }
@@ -295,6 +302,7 @@ pub(crate) mod tests {
                 error: None,
                 complete: true,
                 retrieved_usage: false,
+                streamed_background: None,
             }
         );
     }
@@ -430,6 +438,7 @@ pub(crate) mod tests {
                 error: None,
                 complete: true,
                 retrieved_usage: false,
+                streamed_background: None,
             }
         );
     }
@@ -487,6 +496,48 @@ pub(crate) mod tests {
         assert!(parsed.complete);
     }
 
+    /// A POST that streams a background response to its end bills it and
+    /// names it, so that a later retrieval does not bill it again; any other
+    /// POST names none.
+    #[test]
+    fn a_streamed_background_response_is_named_with_its_usage() {
+        let completed = |background: &str, usage: &str| {
+            format!(
+                "event: response.created\n\
+                 data: {{\"type\":\"response.created\",\"response\":{{\"id\":\"resp_bg\",\"status\":\"queued\",\"background\":{background},\"usage\":null}}}}\n\n\
+                 event: response.completed\n\
+                 data: {{\"type\":\"response.completed\",\"response\":{{\"id\":\"resp_bg\",\"status\":\"completed\",\"background\":{background},\"model\":\"gpt-4.1\",\"usage\":{usage}}}}}\n\n"
+            )
+        };
+        let req = Req::new(Provider::OpenAi, "/v1/responses", "text/event-stream");
+        let counts = r#"{"input_tokens":5,"output_tokens":7}"#;
+        let parsed = req.parse_everywhere(completed("true", counts).as_bytes());
+        assert_eq!(parsed.usage, Some(usage(5, 0, 0, 0, 7, 0)));
+        assert_eq!(parsed.streamed_background.as_deref(), Some("resp_bg"));
+        for body in [
+            completed("false", counts),
+            completed("true", "null"),
+            String::from_utf8(responses_stream()).unwrap(),
+        ] {
+            assert_eq!(
+                req.parse_everywhere(body.as_bytes()).streamed_background,
+                None,
+                "{body}"
+            );
+        }
+        // A retrieval's claim goes by the path's id.
+        let get = Req::new(
+            Provider::OpenAi,
+            "/v1/responses/resp_bg",
+            "text/event-stream",
+        );
+        let mut parser = get.retrieval_parser();
+        parser.push(completed("true", counts).as_bytes());
+        let parsed = parser.finish();
+        assert!(parsed.retrieved_usage);
+        assert_eq!(parsed.streamed_background, None);
+    }
+
     #[test]
     fn responses_stream_takes_usage_from_response_completed() {
         let req = Req::new(Provider::OpenAi, "/v1/responses", "text/event-stream");
@@ -498,6 +549,7 @@ pub(crate) mod tests {
                 error: None,
                 complete: true,
                 retrieved_usage: false,
+                streamed_background: None,
             }
         );
     }

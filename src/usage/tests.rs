@@ -241,6 +241,7 @@ fn multi_line_data_is_joined_before_parsing() {
             error: None,
             complete: true,
             retrieved_usage: false,
+            streamed_background: None,
         }
     );
 }
