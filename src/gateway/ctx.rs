@@ -62,6 +62,8 @@ pub struct RequestCtx {
     pub error_message: Option<String>,
     /// The request body's `model`.
     pub request_model: Option<String>,
+    /// The request asked for `"background": true` (an OpenAI response).
+    pub request_background: bool,
     pub body_watch: BodyWatch,
     /// The gateway asked upstream for stream usage the client did not ask for.
     pub injected_usage: bool,
@@ -97,6 +99,7 @@ impl Default for RequestCtx {
             first_byte_at: None,
             error_message: None,
             request_model: None,
+            request_background: false,
             body_watch: BodyWatch::None,
             injected_usage: false,
             parser: None,

@@ -498,6 +498,8 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         let parser = if req.method == http::Method::GET {
             UsageParser::for_retrieval
+        } else if ctx.request_background {
+            UsageParser::for_background_request
         } else {
             UsageParser::new
         };
@@ -764,7 +766,9 @@ fn watch_request_body(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_str
             }
             if end_of_stream {
                 if let BodyWatch::Sniff(sniffer) = std::mem::take(&mut ctx.body_watch) {
-                    ctx.request_model = sniffer.finish().model;
+                    let info = sniffer.finish();
+                    ctx.request_model = info.model;
+                    ctx.request_background = info.background;
                 }
             }
         }
@@ -775,6 +779,7 @@ fn watch_request_body(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_str
             if end_of_stream {
                 let (info, injected, rest) = injector.finish();
                 ctx.request_model = info.model;
+                ctx.request_background = info.background;
                 ctx.injected_usage = injected;
                 if !rest.is_empty() {
                     *body = Some(concat(body.take(), rest));

@@ -428,7 +428,31 @@ impl UsageParser {
             content_type,
             content_encoding,
             None,
-            false,
+            Answers::Request,
+        )
+    }
+
+    /// For the response to a request that asked for `"background": true`:
+    /// as [`UsageParser::new`], and a stream that carries such a response's
+    /// usage to its end names it ([`ParsedResponse::streamed_background`]),
+    /// so that a later retrieval is not billed again. Arguments as for
+    /// [`UsageParser::new`].
+    #[must_use]
+    pub fn for_background_request(
+        provider: Provider,
+        path: &str,
+        query: Option<&str>,
+        content_type: Option<&str>,
+        content_encoding: Option<&str>,
+    ) -> UsageParser {
+        UsageParser::build(
+            provider,
+            path,
+            query,
+            content_type,
+            content_encoding,
+            None,
+            Answers::BackgroundRequest,
         )
     }
 
@@ -453,7 +477,7 @@ impl UsageParser {
             content_type,
             content_encoding,
             None,
-            true,
+            Answers::Retrieval,
         )
     }
 
@@ -466,13 +490,13 @@ impl UsageParser {
         content_type: Option<&str>,
         content_encoding: Option<&str>,
         triage: Option<Triage>,
-        retrieval: bool,
+        answers: Answers,
     ) -> UsageParser {
         let no_usage = provider == Provider::Anthropic && anthropic::is_count_tokens(path);
         let provider = answering_format(provider, path);
         let triage = triage.unwrap_or_else(|| Triage::for_request(provider, path));
         let reader = match BodyFormat::detect(provider, path, query, content_type) {
-            Some(format) => Reader::for_format(provider, format, triage, retrieval),
+            Some(format) => Reader::for_format(provider, format, triage, answers),
             None => Reader::Sniff(json_kind(provider, path, query), triage),
         };
         let body = Body {
@@ -481,7 +505,7 @@ impl UsageParser {
             extract: Extract::new(provider),
             findings: Findings::default(),
             no_usage,
-            retrieval,
+            answers,
         };
         UsageParser {
             input: Decoder::new(content_encoding, body),
@@ -606,11 +630,11 @@ impl Extract {
         }
     }
 
-    /// A retrieval's OpenAI targets add the `background` flag; only a
-    /// retrieval needs it, and every target costs the scan of every body.
-    fn targets(provider: Provider, retrieval: bool) -> &'static Targets {
+    /// Only a response that may be a background one's needs the OpenAI
+    /// targets for it, and every target costs the scan of every body.
+    fn targets(provider: Provider, answers: Answers) -> &'static Targets {
         match provider {
-            Provider::OpenAi if retrieval => &openai::RETRIEVAL_TARGETS,
+            Provider::OpenAi if answers != Answers::Request => &openai::BACKGROUND_TARGETS,
             Provider::OpenAi => &openai::TARGETS,
             Provider::Anthropic => &anthropic::TARGETS,
             Provider::Gemini => &gemini::TARGETS,
@@ -659,14 +683,13 @@ enum Reader {
 }
 
 impl Reader {
-    /// `retrieval`: the response to a GET (see [`UsageParser::for_retrieval`]).
     fn for_format(
         provider: Provider,
         format: BodyFormat,
         triage: Triage,
-        retrieval: bool,
+        answers: Answers,
     ) -> Reader {
-        let targets = Extract::targets(provider, retrieval);
+        let targets = Extract::targets(provider, answers);
         match format {
             BodyFormat::Json | BodyFormat::JsonArray => Reader::Json(Scanner::recycled(targets)),
             BodyFormat::Sse => {
@@ -737,8 +760,20 @@ struct Body {
     findings: Findings,
     /// The endpoint reports tokens that are not billed (`count_tokens`).
     no_usage: bool,
-    /// The response to a GET: see [`UsageParser::for_retrieval`].
-    retrieval: bool,
+    answers: Answers,
+}
+
+/// What a response answers, as far as billing goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Answers {
+    /// A request that makes something: billed.
+    #[default]
+    Request,
+    /// One that asked for `"background": true`: see
+    /// [`UsageParser::for_background_request`].
+    BackgroundRequest,
+    /// A GET: see [`UsageParser::for_retrieval`].
+    Retrieval,
 }
 
 impl Write for Body {
@@ -766,7 +801,7 @@ impl Body {
             };
             self.reader = match (format, self.provider) {
                 (Some(format), Some(provider)) => {
-                    Reader::for_format(provider, format, triage, self.retrieval)
+                    Reader::for_format(provider, format, triage, self.answers)
                 }
                 _ => Reader::Unreadable,
             };
@@ -843,19 +878,22 @@ impl Body {
                 false
             }
         };
-        let billed = !self.no_usage && (!self.retrieval || findings.background);
+        let retrieval = self.answers == Answers::Retrieval;
+        let billed = !self.no_usage && (!retrieval || findings.background);
         let usage = if findings.unknown || !billed {
             None
         } else {
             self.extract.usage()
         };
-        let streamed_background = if !self.retrieval && findings.background && usage.is_some() {
-            findings.response_id.take()
-        } else {
-            None
-        };
+        let streamed_background =
+            if self.answers == Answers::BackgroundRequest && findings.background && usage.is_some()
+            {
+                findings.response_id.take()
+            } else {
+                None
+            };
         ParsedResponse {
-            retrieved_usage: self.retrieval && usage.is_some(),
+            retrieved_usage: retrieval && usage.is_some(),
             streamed_background,
             usage,
             model: findings.model.take(),
@@ -1189,7 +1227,19 @@ pub(crate) mod testing {
                 self.content_type,
                 self.content_encoding,
                 Some(Triage::None),
-                false,
+                Answers::Request,
+            )
+        }
+
+        /// The parser for the response to a request that asked for
+        /// `"background": true`.
+        pub(crate) fn background_parser(&self) -> UsageParser {
+            UsageParser::for_background_request(
+                self.provider,
+                self.path,
+                self.query,
+                self.content_type,
+                self.content_encoding,
             )
         }
 

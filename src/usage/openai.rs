@@ -24,22 +24,28 @@ use super::{captured_string, error_message, target, Findings, Usage};
 
 pub(super) static TARGETS: Targets = Targets::new(&BILLED);
 
-/// For the response to a GET: also the `background` flag, which says whether
-/// a retrieved response is billed (see `UsageParser::for_retrieval`).
-pub(super) static RETRIEVAL_TARGETS: Targets = Targets::new(&RETRIEVED);
+/// For the response to a GET, or to a request that asked for
+/// `"background": true`: also the `background` flag, which says whether a
+/// retrieved response is billed (see `UsageParser::for_retrieval`), and a
+/// stream's `response.id`, by which a background response streamed to its
+/// end is claimed as billed (`ParsedResponse::streamed_background`). Every
+/// target costs the scan of every body, so other requests go without.
+pub(super) static BACKGROUND_TARGETS: Targets = Targets::new(&WITH_BACKGROUND);
 
-const RETRIEVED: [Target; BILLED.len() + 1] = {
-    let mut all = [BILLED[0]; BILLED.len() + 1];
+const WITH_BACKGROUND: [Target; BILLED.len() + 3] = {
+    let mut all = [BILLED[0]; BILLED.len() + 3];
     let mut t = 0;
     while t < BILLED.len() {
         all[t] = BILLED[t];
         t += 1;
     }
     all[t] = target(&[Key("background")], BACKGROUND);
+    all[t + 1] = target(&[Key("response"), Key("background")], BACKGROUND);
+    all[t + 2] = target(&[Key("response"), Key("id")], RESPONSE_ID);
     all
 };
 
-const BILLED: [Target; 11] = [
+const BILLED: [Target; 9] = [
     target(&[Key("type")], TYPE),
     target(&[Key("usage")], USAGE),
     target(&[Key("response"), Key("usage")], USAGE),
@@ -50,10 +56,6 @@ const BILLED: [Target; 11] = [
     target(&[Key("message")], MESSAGE),
     // Some OpenAI-compatible servers stream a bare array of chunks.
     target(&[Item, Key("usage")], USAGE),
-    // A background response streamed to its end by its POST is billed
-    // then, and claimed by its id (`ParsedResponse::streamed_background`).
-    target(&[Key("response"), Key("background")], BACKGROUND),
-    target(&[Key("response"), Key("id")], RESPONSE_ID),
 ];
 
 #[derive(Debug, Default)]
@@ -496,9 +498,10 @@ pub(crate) mod tests {
         assert!(parsed.complete);
     }
 
-    /// A POST that streams a background response to its end bills it and
-    /// names it, so that a later retrieval does not bill it again; any other
-    /// POST names none.
+    /// A request that asked for `"background": true` and streams the
+    /// response to its end bills it and names it, so that a later retrieval
+    /// does not bill it again. Other requests' parsers do not read the id
+    /// (it would cost every Responses stream a capture).
     #[test]
     fn a_streamed_background_response_is_named_with_its_usage() {
         let completed = |background: &str, usage: &str| {
@@ -510,30 +513,41 @@ pub(crate) mod tests {
             )
         };
         let req = Req::new(Provider::OpenAi, "/v1/responses", "text/event-stream");
+        let parse =
+            |parser: super::super::UsageParser, body: &str| parser.finish_with(body.as_bytes());
         let counts = r#"{"input_tokens":5,"output_tokens":7}"#;
-        let parsed = req.parse_everywhere(completed("true", counts).as_bytes());
-        assert_eq!(parsed.usage, Some(usage(5, 0, 0, 0, 7, 0)));
-        assert_eq!(parsed.streamed_background.as_deref(), Some("resp_bg"));
+        let body = completed("true", counts);
+        // Cut anywhere, in two pieces.
+        for cut in 0..=body.len() {
+            let mut parser = req.background_parser();
+            parser.push(&body.as_bytes()[..cut]);
+            parser.push(&body.as_bytes()[cut..]);
+            let parsed = parser.finish();
+            assert_eq!(parsed.usage, Some(usage(5, 0, 0, 0, 7, 0)), "cut at {cut}");
+            assert_eq!(
+                parsed.streamed_background.as_deref(),
+                Some("resp_bg"),
+                "cut at {cut}"
+            );
+        }
         for body in [
             completed("false", counts),
             completed("true", "null"),
             String::from_utf8(responses_stream()).unwrap(),
         ] {
-            assert_eq!(
-                req.parse_everywhere(body.as_bytes()).streamed_background,
-                None,
-                "{body}"
-            );
+            let parsed = parse(req.background_parser(), &body);
+            assert_eq!(parsed.streamed_background, None, "{body}");
         }
+        let parsed = parse(req.parser(), &body);
+        assert_eq!(parsed.usage, Some(usage(5, 0, 0, 0, 7, 0)));
+        assert_eq!(parsed.streamed_background, None);
         // A retrieval's claim goes by the path's id.
         let get = Req::new(
             Provider::OpenAi,
             "/v1/responses/resp_bg",
             "text/event-stream",
         );
-        let mut parser = get.retrieval_parser();
-        parser.push(completed("true", counts).as_bytes());
-        let parsed = parser.finish();
+        let parsed = parse(get.retrieval_parser(), &body);
         assert!(parsed.retrieved_usage);
         assert_eq!(parsed.streamed_background, None);
     }

@@ -20,6 +20,7 @@ const MODEL: usize = 0;
 const STREAM: usize = 1;
 const INCLUDE_USAGE: usize = 2;
 const STREAM_OPTIONS: usize = 3;
+const BACKGROUND: usize = 4;
 
 static TARGETS: Targets = Targets::new(&[
     target(&[Key("model")], MODEL),
@@ -29,6 +30,7 @@ static TARGETS: Targets = Targets::new(&[
         INCLUDE_USAGE,
     ),
     target(&[Key("stream_options")], STREAM_OPTIONS),
+    target(&[Key("background")], BACKGROUND),
 ]);
 
 /// What the gateway needs to know about a request body.
@@ -40,6 +42,8 @@ pub struct RequestInfo {
     pub stream: bool,
     /// `"stream_options": {"include_usage": true}`.
     pub include_usage: bool,
+    /// `"background": true` (an OpenAI response run in the background).
+    pub background: bool,
 }
 
 /// Learns [`RequestInfo`] from a request JSON body fed in chunks.
@@ -74,6 +78,7 @@ impl RequestSniffer {
             model: captured_string(s.capture(MODEL)).map(|m| truncate_utf8(m, MODEL_CAP)),
             stream: is_true(s.capture(STREAM)),
             include_usage: include_usage_is_true(s),
+            background: is_true(s.capture(BACKGROUND)),
         }
     }
 }
@@ -197,12 +202,33 @@ mod tests {
             model: Some("gpt-4o".into()),
             stream: true,
             include_usage: true,
+            background: false,
         };
         for at in 0..=body.len() {
             let mut s = RequestSniffer::new();
             s.push(&body[..at]);
             s.push(&body[at..]);
             assert_eq!(s.finish(), expected, "split at {at}");
+        }
+    }
+
+    #[test]
+    fn sniffer_learns_a_background_response_in_any_split() {
+        let body =
+            br#"{"model":"o3","input":"say \"background\": true","background":true,"stream":true}"#;
+        for at in 0..=body.len() {
+            let mut s = RequestSniffer::new();
+            s.push(&body[..at]);
+            s.push(&body[at..]);
+            let info = s.finish();
+            assert!(info.background && info.stream, "split at {at}");
+        }
+        for body in [
+            &br#"{"model":"o3","background":false}"#[..],
+            br#"{"model":"o3","background":"true"}"#,
+            br#"{"model":"o3","metadata":{"background":true}}"#,
+        ] {
+            assert!(!sniff(body).background, "{}", String::from_utf8_lossy(body));
         }
     }
 
@@ -514,6 +540,7 @@ impl StreamingUsageInjector {
             model: captured_string(scanner.capture(MODEL)).map(|m| truncate_utf8(m, MODEL_CAP)),
             stream: is_true(scanner.capture(STREAM)),
             include_usage: include_usage_is_true(&scanner),
+            background: is_true(scanner.capture(BACKGROUND)),
         };
         let mut held = std::mem::take(&mut self.held);
         if let Some((_, options)) = self.options.take() {
