@@ -30,7 +30,7 @@ use majordomo::keys::cache::{KeyCache, KeyCacheSettings, KeyCheck};
 use majordomo::pricing::{self, PriceTable};
 use majordomo::provider::Provider;
 use majordomo::store::{NewKey, RequestRecord, Store};
-use majordomo::usage::{ParsedResponse, Usage, UsageParser};
+use majordomo::usage::{Answers, ParsedResponse, Usage, UsageParser};
 use pingora::http::RequestHeader;
 use rust_decimal::Decimal;
 use serde_json::json;
@@ -410,6 +410,7 @@ fn cases() -> Vec<Case> {
 
 fn parse(case: &Case) -> ParsedResponse {
     let mut p = UsageParser::new(
+        Answers::Request,
         case.provider,
         case.path,
         case.query,

@@ -33,7 +33,8 @@ use crate::provider::{self, Provider};
 use crate::sink::SinkSender;
 use crate::store::Store;
 use crate::usage::{
-    InjectedUsageStripper, RequestSniffer, StreamingUsageInjector, UsageParser, INJECTION_LEN,
+    Answers, InjectedUsageStripper, RequestSniffer, StreamingUsageInjector, UsageParser,
+    INJECTION_LEN,
 };
 use ctx::BodyWatch;
 pub use ctx::RequestCtx;
@@ -496,14 +497,15 @@ impl ProxyHttp for Gateway {
         let content_type = header(http::header::CONTENT_TYPE);
         let content_encoding = header(http::header::CONTENT_ENCODING);
         let req = session.req_header();
-        let parser = if req.method == http::Method::GET {
-            UsageParser::for_retrieval
+        let answers = if req.method == http::Method::GET {
+            Answers::Retrieval
         } else if ctx.request_background {
-            UsageParser::for_background_request
+            Answers::BackgroundRequest
         } else {
-            UsageParser::new
+            Answers::Request
         };
-        ctx.parser = Some(Box::new(parser(
+        ctx.parser = Some(Box::new(UsageParser::new(
+            answers,
             ctx.provider,
             req.uri.path(),
             req.uri.query(),

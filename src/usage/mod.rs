@@ -194,7 +194,7 @@ pub struct ParsedResponse {
     /// `response.completed`, a Gemini `finishReason`, an in-band error).
     pub complete: bool,
     /// `usage` is a retrieved background response's (see
-    /// [`UsageParser::for_retrieval`]): billed only on its first retrieval.
+    /// [`Answers::Retrieval`]): billed only on its first retrieval.
     pub retrieved_usage: bool,
     /// The id of a background response whose usage this POST's stream
     /// carried to the end: billed now, so not again when it is retrieved.
@@ -410,11 +410,12 @@ impl std::fmt::Debug for UsageParser {
 }
 
 impl UsageParser {
-    /// `path` is the request path without query; `query` the raw query
-    /// string; `content_type` / `content_encoding` the upstream response
-    /// headers.
+    /// `answers`: what the response answers; `path` is the request path
+    /// without query; `query` the raw query string; `content_type` /
+    /// `content_encoding` the upstream response headers.
     #[must_use]
     pub fn new(
+        answers: Answers,
         provider: Provider,
         path: &str,
         query: Option<&str>,
@@ -428,56 +429,7 @@ impl UsageParser {
             content_type,
             content_encoding,
             None,
-            Answers::Request,
-        )
-    }
-
-    /// For the response to a request that asked for `"background": true`:
-    /// as [`UsageParser::new`], and a stream that carries such a response's
-    /// usage to its end names it ([`ParsedResponse::streamed_background`]),
-    /// so that a later retrieval is not billed again. Arguments as for
-    /// [`UsageParser::new`].
-    #[must_use]
-    pub fn for_background_request(
-        provider: Provider,
-        path: &str,
-        query: Option<&str>,
-        content_type: Option<&str>,
-        content_encoding: Option<&str>,
-    ) -> UsageParser {
-        UsageParser::build(
-            provider,
-            path,
-            query,
-            content_type,
-            content_encoding,
-            None,
-            Answers::BackgroundRequest,
-        )
-    }
-
-    /// For the response to a GET, which retrieves what an earlier request
-    /// made (`/v1/responses/{id}`, `/v1/chat/completions/{id}`): its usage
-    /// was billed then, so it is not billed again. Except an
-    /// OpenAI response created with `"background": true`: its POST answers
-    /// `queued`, and its usage is seen only when it is retrieved (polled, or
-    /// its stream resumed). Arguments as for [`UsageParser::new`].
-    #[must_use]
-    pub fn for_retrieval(
-        provider: Provider,
-        path: &str,
-        query: Option<&str>,
-        content_type: Option<&str>,
-        content_encoding: Option<&str>,
-    ) -> UsageParser {
-        UsageParser::build(
-            provider,
-            path,
-            query,
-            content_type,
-            content_encoding,
-            None,
-            Answers::Retrieval,
+            answers,
         )
     }
 
@@ -544,7 +496,7 @@ mod slot {
     /// Gemini `finishReason` / `blockReason`.
     pub(super) const FINISH: usize = 5;
     /// OpenAI Responses' `background` flag: the one kind of retrieved
-    /// object whose usage is billed (see [`super::UsageParser::for_retrieval`]).
+    /// object whose usage is billed (see [`super::Answers::Retrieval`]).
     pub(super) const BACKGROUND: usize = 6;
     /// A Responses stream event's `response.id`.
     pub(super) const RESPONSE_ID: usize = 7;
@@ -765,14 +717,21 @@ struct Body {
 
 /// What a response answers, as far as billing goes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-enum Answers {
-    /// A request that makes something: billed.
+pub enum Answers {
+    /// A request that makes something: its usage is billed.
     #[default]
     Request,
-    /// One that asked for `"background": true`: see
-    /// [`UsageParser::for_background_request`].
+    /// A request that asked for `"background": true` (an OpenAI response):
+    /// billed, and a stream that carries the response's usage to its end
+    /// names it ([`ParsedResponse::streamed_background`]), so that a later
+    /// retrieval does not bill it again.
     BackgroundRequest,
-    /// A GET: see [`UsageParser::for_retrieval`].
+    /// A GET, which retrieves what an earlier request made
+    /// (`/v1/responses/{id}`, `/v1/chat/completions/{id}`): its usage was
+    /// billed then, so it is not billed again. Except an OpenAI response
+    /// created with `"background": true`: its POST answers `queued`, and its
+    /// usage is seen only when it is retrieved (polled, or its stream
+    /// resumed).
     Retrieval,
 }
 
@@ -1209,7 +1168,13 @@ pub(crate) mod testing {
         }
 
         pub(crate) fn parser(&self) -> UsageParser {
+            self.answering(Answers::Request)
+        }
+
+        /// A parser for the response to `answers`.
+        pub(crate) fn answering(&self, answers: Answers) -> UsageParser {
             UsageParser::new(
+                answers,
                 self.provider,
                 self.path,
                 self.query,
@@ -1228,29 +1193,6 @@ pub(crate) mod testing {
                 self.content_encoding,
                 Some(Triage::None),
                 Answers::Request,
-            )
-        }
-
-        /// The parser for the response to a request that asked for
-        /// `"background": true`.
-        pub(crate) fn background_parser(&self) -> UsageParser {
-            UsageParser::for_background_request(
-                self.provider,
-                self.path,
-                self.query,
-                self.content_type,
-                self.content_encoding,
-            )
-        }
-
-        /// The parser for the response to a GET.
-        pub(crate) fn retrieval_parser(&self) -> UsageParser {
-            UsageParser::for_retrieval(
-                self.provider,
-                self.path,
-                self.query,
-                self.content_type,
-                self.content_encoding,
             )
         }
 

@@ -26,7 +26,7 @@ pub(super) static TARGETS: Targets = Targets::new(&BILLED);
 
 /// For the response to a GET, or to a request that asked for
 /// `"background": true`: also the `background` flag, which says whether a
-/// retrieved response is billed (see `UsageParser::for_retrieval`), and a
+/// retrieved response is billed (see `Answers::Retrieval`), and a
 /// stream's `response.id`, by which a background response streamed to its
 /// end is claimed as billed (`ParsedResponse::streamed_background`). Every
 /// target costs the scan of every body, so other requests go without.
@@ -159,7 +159,7 @@ fn usage_from(counts: &Counts<10>) -> Option<Usage> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::super::testing::{crlf, lf, usage, Req};
-    use super::super::ParsedResponse;
+    use super::super::{Answers, ParsedResponse, UsageParser};
     use crate::provider::Provider;
 
     pub(crate) const CHAT_JSON: &str = r#"{
@@ -457,7 +457,7 @@ pub(crate) mod tests {
         };
         let req = Req::new(Provider::OpenAi, "/v1/responses/resp_1", "application/json");
         let retrieve = |body: &str| {
-            let mut parser = req.retrieval_parser();
+            let mut parser = req.answering(Answers::Retrieval);
             parser.push(body.as_bytes());
             parser.finish()
         };
@@ -483,11 +483,11 @@ pub(crate) mod tests {
             "/v1/responses/resp_1",
             "text/event-stream",
         );
-        let mut parser = req.retrieval_parser();
+        let mut parser = req.answering(Answers::Retrieval);
         parser.push(stream.as_bytes());
         assert_eq!(parser.finish().usage, Some(usage(5, 0, 0, 0, 7, 0)));
         // One that did not run in the background is not.
-        let mut parser = req.retrieval_parser();
+        let mut parser = req.answering(Answers::Retrieval);
         parser.push(
             stream
                 .replace(r#""background":true"#, r#""background":false"#)
@@ -513,13 +513,12 @@ pub(crate) mod tests {
             )
         };
         let req = Req::new(Provider::OpenAi, "/v1/responses", "text/event-stream");
-        let parse =
-            |parser: super::super::UsageParser, body: &str| parser.finish_with(body.as_bytes());
+        let parse = |parser: UsageParser, body: &str| parser.finish_with(body.as_bytes());
         let counts = r#"{"input_tokens":5,"output_tokens":7}"#;
         let body = completed("true", counts);
         // Cut anywhere, in two pieces.
         for cut in 0..=body.len() {
-            let mut parser = req.background_parser();
+            let mut parser = req.answering(Answers::BackgroundRequest);
             parser.push(&body.as_bytes()[..cut]);
             parser.push(&body.as_bytes()[cut..]);
             let parsed = parser.finish();
@@ -535,7 +534,7 @@ pub(crate) mod tests {
             completed("true", "null"),
             String::from_utf8(responses_stream()).unwrap(),
         ] {
-            let parsed = parse(req.background_parser(), &body);
+            let parsed = parse(req.answering(Answers::BackgroundRequest), &body);
             assert_eq!(parsed.streamed_background, None, "{body}");
         }
         let parsed = parse(req.parser(), &body);
@@ -547,7 +546,7 @@ pub(crate) mod tests {
             "/v1/responses/resp_bg",
             "text/event-stream",
         );
-        let parsed = parse(get.retrieval_parser(), &body);
+        let parsed = parse(get.answering(Answers::Retrieval), &body);
         assert!(parsed.retrieved_usage);
         assert_eq!(parsed.streamed_background, None);
     }
