@@ -965,6 +965,27 @@ async fn a_background_response_is_billed_once_by_all_the_gateways_on_a_store(bac
     assert_eq!((row.input_tokens, row.total_cost), (0, Decimal::ZERO));
     assert!(!row.usage_complete);
 
+    // A cancel answers with the response object too: billed once, the
+    // first time its usage is seen.
+    let cancel = |gw: &GatewayProcess, response: &str| {
+        let mut object = finished.clone();
+        object["id"] = json!(response);
+        object["status"] = json!("cancelled");
+        mock.push_response(ScriptedResponse::json(200, object));
+        client()
+            .post(gw.url(&format!("/v1/responses/{response}/cancel")))
+            .header("X-Majordomo-Key", &key)
+            .header("Authorization", "Bearer sk-provider-secret")
+            .send()
+    };
+    let (status, id, _) = finish(cancel(&one, "resp_bg").await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(env.row(&id).await.input_tokens, 0);
+    let (_, id, _) = finish(cancel(&two, "resp_cancelled").await.unwrap()).await;
+    assert_eq!(env.row(&id).await.input_tokens, 36);
+    let (_, id, _) = finish(cancel(&one, "resp_cancelled").await.unwrap()).await;
+    assert_eq!(env.row(&id).await.input_tokens, 0);
+
     // A background response its POST streamed to the end is billed then,
     // and not again when another gateway retrieves it.
     let event = |kind: &str, status: &str, usage: Value| {

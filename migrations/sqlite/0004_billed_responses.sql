@@ -1,5 +1,5 @@
--- majordomo schema v4 (SQLite): background responses billed on a retrieval
--- (see the PostgreSQL script).
+-- majordomo schema v4 (SQLite): background responses, billed once (see the
+-- PostgreSQL script).
 CREATE TABLE IF NOT EXISTS majordomo_billed_responses (
     response_id  TEXT PRIMARY KEY,
     request_id   TEXT NOT NULL,

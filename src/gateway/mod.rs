@@ -497,9 +497,12 @@ impl ProxyHttp for Gateway {
         let content_type = header(http::header::CONTENT_TYPE);
         let content_encoding = header(http::header::CONTENT_ENCODING);
         let req = session.req_header();
-        let answers = if req.method == http::Method::GET {
+        // A request whose body is still being read (the answer came first)
+        // may have asked for a background response: read as if it had.
+        let body_unread = matches!(ctx.body_watch, BodyWatch::Sniff(_));
+        let answers = if req.method == http::Method::GET || retrievals::is_cancel(req.uri.path()) {
             Answers::Retrieval
-        } else if ctx.request_background {
+        } else if ctx.request_background || body_unread {
             Answers::BackgroundRequest
         } else {
             Answers::Request

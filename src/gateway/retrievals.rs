@@ -92,11 +92,21 @@ impl BilledRetrievals {
     }
 }
 
-/// The `{id}` of `…/responses/{id}` (a trailing slash allowed).
+/// The `{id}` of `…/responses/{id}` or `…/responses/{id}/cancel` (a
+/// trailing slash allowed).
 fn response_id(path: &str) -> Option<&str> {
     let path = path.trim_end_matches('/');
+    let path = path.strip_suffix("/cancel").unwrap_or(path);
     let (parent, id) = path.rsplit_once('/')?;
     (parent.ends_with("/responses") && !id.is_empty()).then_some(id)
+}
+
+/// `…/responses/{id}/cancel`: its POST answers with the response object,
+/// which a background response's usage may be in; it is billed as a
+/// retrieval is, once.
+pub fn is_cancel(path: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    path.ends_with("/cancel") && response_id(path).is_some()
 }
 
 #[cfg(test)]
@@ -110,6 +120,11 @@ mod tests {
         assert_eq!(response_id("/openai/v1/responses/resp_1/"), Some("resp_1"));
         assert_eq!(response_id("/v1/responses"), None);
         assert_eq!(response_id("/v1/responses/resp_1/input_items"), None);
+        assert_eq!(response_id("/v1/responses/resp_1/cancel"), Some("resp_1"));
+        assert!(is_cancel("/v1/responses/resp_1/cancel/"));
+        assert!(!is_cancel("/v1/responses/resp_1"));
+        assert!(!is_cancel("/v1/responses/cancel"));
+        assert!(!is_cancel("/v1/chat/completions/cancel"));
         assert_eq!(response_id("/v1/chat/completions/chatcmpl-1"), None);
     }
 
@@ -140,6 +155,28 @@ mod tests {
         assert!(!one.first("/v1/responses/resp_2", request()).await);
         assert!(one.first("/v1/other", request()).await);
         assert!(one.first("/v1/other", request()).await);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_hangs_is_given_up_on_after_the_claim_timeout() {
+        // Accepts connections (the kernel's backlog does) and never answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let billed = BilledRetrievals::new(store(|cfg| {
+            cfg.driver = Some(StorageDriver::Postgres);
+            cfg.postgres.host = Some("127.0.0.1".into());
+            cfg.postgres.port = port;
+        }));
+        let started = std::time::Instant::now();
+        assert!(billed.first("/v1/responses/resp_1", Uuid::now_v7()).await);
+        let waited = started.elapsed();
+        assert!(waited >= CLAIM_TIMEOUT, "{waited:?}");
+        assert!(waited < CLAIM_TIMEOUT * 2, "{waited:?}");
+        // Remembered: the next look does not wait again.
+        let started = std::time::Instant::now();
+        assert!(!billed.first("/v1/responses/resp_1", Uuid::now_v7()).await);
+        assert!(started.elapsed() < CLAIM_TIMEOUT / 2);
+        drop(listener);
     }
 
     #[tokio::test]

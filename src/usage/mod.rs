@@ -196,8 +196,9 @@ pub struct ParsedResponse {
     /// `usage` is a retrieved background response's (see
     /// [`Answers::Retrieval`]): billed only on its first retrieval.
     pub retrieved_usage: bool,
-    /// The id of a background response whose usage this POST's stream
-    /// carried to the end: billed now, so not again when it is retrieved.
+    /// The id of a background response whose usage this POST's answer
+    /// carried (its stream, run to the end): billed now, so not again when
+    /// it is retrieved.
     pub streamed_background: Option<String>,
 }
 

@@ -26,14 +26,15 @@ pub(super) static TARGETS: Targets = Targets::new(&BILLED);
 
 /// For the response to a GET, or to a request that asked for
 /// `"background": true`: also the `background` flag, which says whether a
-/// retrieved response is billed (see `Answers::Retrieval`), and a
-/// stream's `response.id`, by which a background response streamed to its
-/// end is claimed as billed (`ParsedResponse::streamed_background`). Every
+/// retrieved response is billed (see `Answers::Retrieval`), and its id (a
+/// stream event's `response.id`, a response object's `id`), by which a
+/// background response whose usage a POST's answer carried is claimed as
+/// billed (`ParsedResponse::streamed_background`). Every
 /// target costs the scan of every body, so other requests go without.
 pub(super) static BACKGROUND_TARGETS: Targets = Targets::new(&WITH_BACKGROUND);
 
-const WITH_BACKGROUND: [Target; BILLED.len() + 3] = {
-    let mut all = [BILLED[0]; BILLED.len() + 3];
+const WITH_BACKGROUND: [Target; BILLED.len() + 4] = {
+    let mut all = [BILLED[0]; BILLED.len() + 4];
     let mut t = 0;
     while t < BILLED.len() {
         all[t] = BILLED[t];
@@ -42,6 +43,7 @@ const WITH_BACKGROUND: [Target; BILLED.len() + 3] = {
     all[t] = target(&[Key("background")], BACKGROUND);
     all[t + 1] = target(&[Key("response"), Key("background")], BACKGROUND);
     all[t + 2] = target(&[Key("response"), Key("id")], RESPONSE_ID);
+    all[t + 3] = target(&[Key("id")], RESPONSE_ID);
     all
 };
 
@@ -540,6 +542,11 @@ pub(crate) mod tests {
         let parsed = parse(req.parser(), &body);
         assert_eq!(parsed.usage, Some(usage(5, 0, 0, 0, 7, 0)));
         assert_eq!(parsed.streamed_background, None);
+        // An answer that is the response object names it by its own `id`.
+        let object = r#"{"id":"resp_obj","object":"response","status":"completed","background":true,"model":"gpt-4.1","usage":{"input_tokens":5,"output_tokens":7}}"#;
+        let json = Req::new(Provider::OpenAi, "/v1/responses", "application/json");
+        let parsed = parse(json.answering(Answers::BackgroundRequest), object);
+        assert_eq!(parsed.streamed_background.as_deref(), Some("resp_obj"));
         // A retrieval's claim goes by the path's id.
         let get = Req::new(
             Provider::OpenAi,
