@@ -572,8 +572,7 @@ fn sample_parsed() -> ParsedResponse {
         model: Some("gpt-4o-2024-08-06".into()),
         error: None,
         complete: true,
-        retrieved_usage: false,
-        streamed_background: None,
+        background_response: None,
     }
 }
 

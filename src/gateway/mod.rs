@@ -727,17 +727,11 @@ impl ProxyHttp for Gateway {
             let mut parsed = ctx.parser.take().map(|parser| parser.finish());
             if let Some(p) = parsed.as_mut() {
                 // A background response is billed by the first request that
-                // sees its usage (see `retrievals`), whichever that is.
-                let first = if p.retrieved_usage {
-                    let path = session.req_header().uri.path();
-                    self.billed_retrievals.first(path, ctx.request_id).await
-                } else if let Some(id) = p.streamed_background.take() {
-                    self.billed_retrievals.claim(&id, ctx.request_id).await
-                } else {
-                    true
-                };
-                if !first {
-                    p.usage = None;
+                // carries its usage (see `retrievals`), whichever that is.
+                if let Some(id) = p.background_response.take() {
+                    if !self.billed_retrievals.claim(&id, ctx.request_id).await {
+                        p.usage = None;
+                    }
                 }
             }
             let prices = self.prices.current();

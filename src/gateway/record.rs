@@ -244,8 +244,7 @@ mod tests {
             model: Some("gpt-4o-2024-08-06".into()),
             error: None,
             complete,
-            retrieved_usage: false,
-            streamed_background: None,
+            background_response: None,
         }
     }
 

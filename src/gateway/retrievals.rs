@@ -1,21 +1,22 @@
-//! Which background responses have been billed on a retrieval.
+//! Which background responses have been billed.
 //!
-//! An OpenAI response created with `"background": true` is billed when a GET
-//! retrieves it finished (its POST answered `queued`, without usage). A
-//! client that retrieves it again (a dashboard re-reading it, a poller that
-//! asks once more) must not be billed twice, whichever gateway process
-//! serves it: a replica behind the same load balancer, or this one after a
-//! restart or an upgrade. The first request that carries its usage (a
-//! retrieval, or the POST that streamed it to its end with `"stream": true`)
-//! claims the response id in the store (`majordomo_billed_responses`, one
-//! row per response; the first insert wins); later ones are logged unbilled. Each
-//! process also remembers the ids it has seen claimed, so a poller's repeated
-//! looks cost one store round trip, not one each.
+//! An OpenAI response created with `"background": true` is billed when its
+//! usage is first seen: when a GET retrieves it finished (its POST answered
+//! `queued`, without usage), a cancel answers with it, or its POST streamed
+//! it to its end. A client that retrieves it again (a dashboard re-reading
+//! it, a poller that asks once more) must not be billed twice, whichever
+//! gateway process serves it: a replica behind the same load balancer, or
+//! this one after a restart or an upgrade. The usage parser names the
+//! response whose usage an answer carries
+//! (`ParsedResponse::background_response`); the first request to claim that
+//! id in the store (`majordomo_billed_responses`, one row per response; the
+//! first insert wins) bills it, later ones are logged unbilled. Each process
+//! also remembers the ids it has seen claimed, so a poller's repeated looks
+//! cost one store round trip, not one each.
 //!
-//! If the store does not answer (down, or slower than [`CLAIM_TIMEOUT`]),
-//! the process falls back to what it remembers: a response it has not seen
-//! is billed. Billing a response twice is then possible, if another process
-//! billed it before; losing its only billing is not.
+//! If the store fails or does not answer within [`CLAIM_TIMEOUT`], the
+//! process falls back to what it remembers: a response it has not seen is
+//! billed, so one that another process billed may be billed again.
 
 use std::time::Duration;
 
@@ -50,19 +51,9 @@ impl BilledRetrievals {
         }
     }
 
-    /// Whether the retrieval `request_id` of the response the GET `path`
-    /// names (`…/responses/{id}`) is the first to bill it; claims it if so.
-    /// A path that names no response is always first.
-    pub async fn first(&self, path: &str, request_id: Uuid) -> bool {
-        match response_id(path) {
-            Some(id) => self.claim(id, request_id).await,
-            None => true,
-        }
-    }
-
     /// Whether `request_id` is the first to bill the background response
-    /// `id` (a retrieval, or the POST that streamed it to its end); claims
-    /// it if so.
+    /// `id` (a retrieval, a cancel, or the POST that streamed it to its
+    /// end); claims it if so.
     pub async fn claim(&self, id: &str, request_id: Uuid) -> bool {
         if self.billed.contains_key(id) {
             return false;
@@ -92,21 +83,14 @@ impl BilledRetrievals {
     }
 }
 
-/// The `{id}` of `…/responses/{id}` or `…/responses/{id}/cancel` (a
-/// trailing slash allowed).
-fn response_id(path: &str) -> Option<&str> {
-    let path = path.trim_end_matches('/');
-    let path = path.strip_suffix("/cancel").unwrap_or(path);
-    let (parent, id) = path.rsplit_once('/')?;
-    (parent.ends_with("/responses") && !id.is_empty()).then_some(id)
-}
-
 /// `…/responses/{id}/cancel`: its POST answers with the response object,
 /// which a background response's usage may be in; it is billed as a
 /// retrieval is, once.
 pub fn is_cancel(path: &str) -> bool {
-    let path = path.trim_end_matches('/');
-    path.ends_with("/cancel") && response_id(path).is_some()
+    path.trim_end_matches('/')
+        .strip_suffix("/cancel")
+        .and_then(|p| p.rsplit_once('/'))
+        .is_some_and(|(parent, id)| parent.ends_with("/responses") && !id.is_empty())
 }
 
 #[cfg(test)]
@@ -115,17 +99,14 @@ mod tests {
     use crate::config::{StorageConfig, StorageDriver};
 
     #[test]
-    fn the_response_id_is_the_last_segment_after_responses() {
-        assert_eq!(response_id("/v1/responses/resp_1"), Some("resp_1"));
-        assert_eq!(response_id("/openai/v1/responses/resp_1/"), Some("resp_1"));
-        assert_eq!(response_id("/v1/responses"), None);
-        assert_eq!(response_id("/v1/responses/resp_1/input_items"), None);
-        assert_eq!(response_id("/v1/responses/resp_1/cancel"), Some("resp_1"));
-        assert!(is_cancel("/v1/responses/resp_1/cancel/"));
+    fn a_cancel_is_a_post_to_a_responses_id_cancel() {
+        assert!(is_cancel("/v1/responses/resp_1/cancel"));
+        assert!(is_cancel("/openai/v1/responses/resp_1/cancel/"));
         assert!(!is_cancel("/v1/responses/resp_1"));
         assert!(!is_cancel("/v1/responses/cancel"));
+        assert!(!is_cancel("/v1/responses//cancel"));
         assert!(!is_cancel("/v1/chat/completions/cancel"));
-        assert_eq!(response_id("/v1/chat/completions/chatcmpl-1"), None);
+        assert!(!is_cancel("/v1/responses/resp_1/input_items"));
     }
 
     fn store(storage: impl FnOnce(&mut StorageConfig)) -> Store {
@@ -135,7 +116,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_the_first_retrieval_of_a_response_is_first_in_any_process_on_the_store() {
+    async fn only_the_first_claim_of_a_response_is_first_in_any_process_on_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let sqlite = |cfg: &mut StorageConfig| {
             cfg.driver = Some(StorageDriver::Sqlite);
@@ -148,13 +129,11 @@ mod tests {
             BilledRetrievals::new(store(sqlite)),
         );
         let request = Uuid::now_v7;
-        assert!(one.first("/v1/responses/resp_1", request()).await);
-        assert!(!one.first("/v1/responses/resp_1/", request()).await);
-        assert!(!two.first("/v1/responses/resp_1", request()).await);
-        assert!(two.first("/v1/responses/resp_2", request()).await);
-        assert!(!one.first("/v1/responses/resp_2", request()).await);
-        assert!(one.first("/v1/other", request()).await);
-        assert!(one.first("/v1/other", request()).await);
+        assert!(one.claim("resp_1", request()).await);
+        assert!(!one.claim("resp_1", request()).await);
+        assert!(!two.claim("resp_1", request()).await);
+        assert!(two.claim("resp_2", request()).await);
+        assert!(!one.claim("resp_2", request()).await);
     }
 
     #[tokio::test]
@@ -168,13 +147,13 @@ mod tests {
             cfg.postgres.port = port;
         }));
         let started = std::time::Instant::now();
-        assert!(billed.first("/v1/responses/resp_1", Uuid::now_v7()).await);
+        assert!(billed.claim("resp_1", Uuid::now_v7()).await);
         let waited = started.elapsed();
         assert!(waited >= CLAIM_TIMEOUT, "{waited:?}");
         assert!(waited < CLAIM_TIMEOUT * 2, "{waited:?}");
         // Remembered: the next look does not wait again.
         let started = std::time::Instant::now();
-        assert!(!billed.first("/v1/responses/resp_1", Uuid::now_v7()).await);
+        assert!(!billed.claim("resp_1", Uuid::now_v7()).await);
         assert!(started.elapsed() < CLAIM_TIMEOUT / 2);
         drop(listener);
     }
@@ -188,9 +167,9 @@ mod tests {
         });
         let billed = BilledRetrievals::new(unreachable);
         let started = std::time::Instant::now();
-        assert!(billed.first("/v1/responses/resp_1", Uuid::now_v7()).await);
-        assert!(!billed.first("/v1/responses/resp_1", Uuid::now_v7()).await);
-        assert!(billed.first("/v1/responses/resp_2", Uuid::now_v7()).await);
+        assert!(billed.claim("resp_1", Uuid::now_v7()).await);
+        assert!(!billed.claim("resp_1", Uuid::now_v7()).await);
+        assert!(billed.claim("resp_2", Uuid::now_v7()).await);
         assert!(started.elapsed() < 3 * CLAIM_TIMEOUT);
     }
 }

@@ -221,8 +221,7 @@ pub(crate) mod tests {
                 model: Some("claude-sonnet-4-5-20250929".into()),
                 error: None,
                 complete: true,
-                retrieved_usage: false,
-                streamed_background: None,
+                background_response: None,
             }
         );
     }
@@ -246,8 +245,7 @@ pub(crate) mod tests {
                 model: Some("claude-opus-4-1-20250805".into()),
                 error: None,
                 complete: true,
-                retrieved_usage: false,
-                streamed_background: None,
+                background_response: None,
             }
         );
     }
@@ -307,8 +305,7 @@ pub(crate) mod tests {
                 model: Some("claude-opus-4-1-20250805".into()),
                 error: Some("Overloaded".into()),
                 complete: true,
-                retrieved_usage: false,
-                streamed_background: None,
+                background_response: None,
             }
         );
     }
@@ -339,8 +336,7 @@ pub(crate) mod tests {
                 model: None,
                 error: Some("model: claude-sonnet-9".into()),
                 complete: true,
-                retrieved_usage: false,
-                streamed_background: None,
+                background_response: None,
             }
         );
     }

@@ -208,8 +208,7 @@ pub(crate) mod tests {
                 model: Some("gemini-2.5-pro".into()),
                 error: None,
                 complete: true,
-                retrieved_usage: false,
-                streamed_background: None,
+                background_response: None,
             }
         );
     }
@@ -227,8 +226,7 @@ pub(crate) mod tests {
                 model: Some("gemini-2.5-flash".into()),
                 error: None,
                 complete: true,
-                retrieved_usage: false,
-                streamed_background: None,
+                background_response: None,
             }
         );
     }
@@ -253,8 +251,7 @@ pub(crate) mod tests {
                 model: Some("gemini-2.5-flash".into()),
                 error: None,
                 complete: true,
-                retrieved_usage: false,
-                streamed_background: None,
+                background_response: None,
             }
         );
     }
@@ -302,8 +299,7 @@ pub(crate) mod tests {
                 model: Some("gemini-2.5-flash".into()),
                 error: Some("The model is overloaded.".into()),
                 complete: true,
-                retrieved_usage: false,
-                streamed_background: None,
+                background_response: None,
             }
         );
     }

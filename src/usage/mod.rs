@@ -193,13 +193,11 @@ pub struct ParsedResponse {
     /// stream saw its terminal event (`[DONE]`, `message_stop`,
     /// `response.completed`, a Gemini `finishReason`, an in-band error).
     pub complete: bool,
-    /// `usage` is a retrieved background response's (see
-    /// [`Answers::Retrieval`]): billed only on its first retrieval.
-    pub retrieved_usage: bool,
-    /// The id of a background response whose usage this POST's answer
-    /// carried (its stream, run to the end): billed now, so not again when
-    /// it is retrieved.
-    pub streamed_background: Option<String>,
+    /// `usage` is that of this background response (its id): a response
+    /// made with `"background": true`, retrieved finished, or streamed to
+    /// its end by its POST. The first request that carries it bills it
+    /// (see `gateway::retrievals`); a later one must not.
+    pub background_response: Option<String>,
 }
 
 /// Incremental usage parser for one response body. See the module docs.
@@ -525,7 +523,7 @@ struct Findings {
     unknown: bool,
     /// An OpenAI response object created with `"background": true`.
     background: bool,
-    /// Its id, when a stream's event named it.
+    /// Its id (`id`, or a stream event's `response.id`).
     response_id: Option<String>,
 }
 
@@ -723,16 +721,16 @@ pub enum Answers {
     #[default]
     Request,
     /// A request that asked for `"background": true` (an OpenAI response):
-    /// billed, and a stream that carries the response's usage to its end
-    /// names it ([`ParsedResponse::streamed_background`]), so that a later
-    /// retrieval does not bill it again.
+    /// billed, and an answer that carries the response's usage (its stream,
+    /// run to the end) names it ([`ParsedResponse::background_response`]),
+    /// so that a later retrieval does not bill it again.
     BackgroundRequest,
     /// A GET, which retrieves what an earlier request made
     /// (`/v1/responses/{id}`, `/v1/chat/completions/{id}`): its usage was
     /// billed then, so it is not billed again. Except an OpenAI response
     /// created with `"background": true`: its POST answers `queued`, and its
     /// usage is seen only when it is retrieved (polled, or its stream
-    /// resumed).
+    /// resumed), and it is named as for [`Answers::BackgroundRequest`].
     Retrieval,
 }
 
@@ -845,16 +843,13 @@ impl Body {
         } else {
             self.extract.usage()
         };
-        let streamed_background =
-            if self.answers == Answers::BackgroundRequest && findings.background && usage.is_some()
-            {
-                findings.response_id.take()
-            } else {
-                None
-            };
+        let background_response = if findings.background && usage.is_some() {
+            findings.response_id.take()
+        } else {
+            None
+        };
         ParsedResponse {
-            retrieved_usage: retrieval && usage.is_some(),
-            streamed_background,
+            background_response,
             usage,
             model: findings.model.take(),
             error: findings.error.take(),

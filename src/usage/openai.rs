@@ -28,8 +28,8 @@ pub(super) static TARGETS: Targets = Targets::new(&BILLED);
 /// `"background": true`: also the `background` flag, which says whether a
 /// retrieved response is billed (see `Answers::Retrieval`), and its id (a
 /// stream event's `response.id`, a response object's `id`), by which a
-/// background response whose usage a POST's answer carried is claimed as
-/// billed (`ParsedResponse::streamed_background`). Every
+/// background response is claimed as billed by the first request that
+/// carries its usage (`ParsedResponse::background_response`). Every
 /// target costs the scan of every body, so other requests go without.
 pub(super) static BACKGROUND_TARGETS: Targets = Targets::new(&WITH_BACKGROUND);
 
@@ -243,8 +243,7 @@ pub(crate) mod tests {
                 model: Some("o4-mini-2025-04-16".into()),
                 error: None,
                 complete: true,
-                retrieved_usage: false,
-                streamed_background: None,
+                background_response: None,
             }
         );
     }
@@ -305,8 +304,7 @@ pub(crate) mod tests {
                 model: Some("gpt-4o-mini-2024-07-18".into()),
                 error: None,
                 complete: true,
-                retrieved_usage: false,
-                streamed_background: None,
+                background_response: None,
             }
         );
     }
@@ -441,8 +439,7 @@ pub(crate) mod tests {
                 model: Some("o3-2025-04-16".into()),
                 error: None,
                 complete: true,
-                retrieved_usage: false,
-                streamed_background: None,
+                background_response: None,
             }
         );
     }
@@ -465,10 +462,12 @@ pub(crate) mod tests {
         };
         let billed = retrieve(&stored("true"));
         assert_eq!(billed.usage, Some(usage(36, 0, 0, 0, 87, 0)));
+        assert_eq!(billed.background_response.as_deref(), Some("resp_1"));
         assert!(billed.complete);
         for body in [stored("false"), stored("null"), CHAT_JSON.to_string()] {
             let parsed = retrieve(&body);
             assert_eq!(parsed.usage, None, "{body}");
+            assert_eq!(parsed.background_response, None, "{body}");
             assert!(parsed.model.is_some() && parsed.complete, "{body}");
         }
         // The same bodies from a POST are billed.
@@ -487,7 +486,9 @@ pub(crate) mod tests {
         );
         let mut parser = req.answering(Answers::Retrieval);
         parser.push(stream.as_bytes());
-        assert_eq!(parser.finish().usage, Some(usage(5, 0, 0, 0, 7, 0)));
+        let parsed = parser.finish();
+        assert_eq!(parsed.usage, Some(usage(5, 0, 0, 0, 7, 0)));
+        assert_eq!(parsed.background_response.as_deref(), Some("resp_1"));
         // One that did not run in the background is not.
         let mut parser = req.answering(Answers::Retrieval);
         parser.push(
@@ -505,7 +506,7 @@ pub(crate) mod tests {
     /// does not bill it again. Other requests' parsers do not read the id
     /// (it would cost every Responses stream a capture).
     #[test]
-    fn a_streamed_background_response_is_named_with_its_usage() {
+    fn a_background_response_response_is_named_with_its_usage() {
         let completed = |background: &str, usage: &str| {
             format!(
                 "event: response.created\n\
@@ -526,7 +527,7 @@ pub(crate) mod tests {
             let parsed = parser.finish();
             assert_eq!(parsed.usage, Some(usage(5, 0, 0, 0, 7, 0)), "cut at {cut}");
             assert_eq!(
-                parsed.streamed_background.as_deref(),
+                parsed.background_response.as_deref(),
                 Some("resp_bg"),
                 "cut at {cut}"
             );
@@ -537,25 +538,24 @@ pub(crate) mod tests {
             String::from_utf8(responses_stream()).unwrap(),
         ] {
             let parsed = parse(req.answering(Answers::BackgroundRequest), &body);
-            assert_eq!(parsed.streamed_background, None, "{body}");
+            assert_eq!(parsed.background_response, None, "{body}");
         }
         let parsed = parse(req.parser(), &body);
         assert_eq!(parsed.usage, Some(usage(5, 0, 0, 0, 7, 0)));
-        assert_eq!(parsed.streamed_background, None);
+        assert_eq!(parsed.background_response, None);
         // An answer that is the response object names it by its own `id`.
         let object = r#"{"id":"resp_obj","object":"response","status":"completed","background":true,"model":"gpt-4.1","usage":{"input_tokens":5,"output_tokens":7}}"#;
         let json = Req::new(Provider::OpenAi, "/v1/responses", "application/json");
         let parsed = parse(json.answering(Answers::BackgroundRequest), object);
-        assert_eq!(parsed.streamed_background.as_deref(), Some("resp_obj"));
-        // A retrieval's claim goes by the path's id.
+        assert_eq!(parsed.background_response.as_deref(), Some("resp_obj"));
+        // A retrieval of it names it the same way.
         let get = Req::new(
             Provider::OpenAi,
             "/v1/responses/resp_bg",
             "text/event-stream",
         );
         let parsed = parse(get.answering(Answers::Retrieval), &body);
-        assert!(parsed.retrieved_usage);
-        assert_eq!(parsed.streamed_background, None);
+        assert_eq!(parsed.background_response.as_deref(), Some("resp_bg"));
     }
 
     #[test]
@@ -568,8 +568,7 @@ pub(crate) mod tests {
                 model: Some("gpt-5-2025-08-07".into()),
                 error: None,
                 complete: true,
-                retrieved_usage: false,
-                streamed_background: None,
+                background_response: None,
             }
         );
     }

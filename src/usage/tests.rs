@@ -240,8 +240,7 @@ fn multi_line_data_is_joined_before_parsing() {
             model: None,
             error: None,
             complete: true,
-            retrieved_usage: false,
-            streamed_background: None,
+            background_response: None,
         }
     );
 }
