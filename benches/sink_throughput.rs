@@ -77,6 +77,7 @@ fn record(key: Uuid, i: usize) -> RequestRecord {
         request_body: None,
         response_body: None,
         body_s3_key: None,
+        billed_response: None,
     }
 }
 

@@ -237,6 +237,73 @@ async fn rows_wait_in_the_spool_while_the_database_raises_a_refusal() {
     rows_wait_in_the_spool_while_the_database_refuses_writes(Refusal::RaisedWhileWriting).await;
 }
 
+/// Two gateways retrieve one finished background response while the
+/// database refuses writes: neither can record that it billed it, so both
+/// rows wait in the spool, and the claim is made as each row is written.
+/// Once the database takes writes, exactly one row carries the usage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_background_response_retrieved_during_a_refusal_is_billed_once_after_it() {
+    let env = TestEnv::new(Backend::Postgres).await;
+    let (_, key) = env.create_key("refused-claims");
+    let mock = MockUpstream::start().await;
+    let one = env.gateway(&mock).start().await;
+    let two = env
+        .gateway(&mock)
+        .env(
+            "MAJORDOMO_SERVER_PID_FILE",
+            env.path().join("two.pid").display(),
+        )
+        .env(
+            "MAJORDOMO_SERVER_UPGRADE_SOCK",
+            env.path().join("two.sock").display(),
+        )
+        .env(
+            "MAJORDOMO_SINK_SPOOL_DIR",
+            env.path().join("spool-two").display(),
+        )
+        .start()
+        .await;
+    let finished = json!({"id": "resp_refused", "object": "response", "status": "completed",
+                          "background": true, "model": "gpt-4o", "output": [],
+                          "usage": {"input_tokens": 36, "output_tokens": 87, "total_tokens": 123}});
+    let retrieve = |gw: &GatewayProcess| {
+        mock.push_response(ScriptedResponse::json(200, finished.clone()));
+        client()
+            .get(gw.url("/v1/responses/resp_refused"))
+            .header("X-Majordomo-Key", &key)
+            .header("Authorization", "Bearer sk-provider-secret")
+            .send()
+    };
+
+    Refusal::ReadOnly.set(&env, true).await;
+    let mut ids = Vec::new();
+    for gw in [&one, &two, &one] {
+        let started = Instant::now();
+        let (status, id, _) = finish(retrieve(gw).await.unwrap()).await;
+        assert_eq!(status, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the proxy does not wait for the claim"
+        );
+        ids.push(id);
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        env.rows().await.is_empty(),
+        "a refusing database takes no rows"
+    );
+
+    Refusal::ReadOnly.set(&env, false).await;
+    let rows = env.wait_rows(3, Duration::from_secs(30)).await;
+    assert_exactly(&rows, &ids);
+    let billed: Vec<&LogRow> = rows.iter().filter(|r| r.input_tokens > 0).collect();
+    assert_eq!(billed.len(), 1, "billed once: {rows:?}");
+    assert_eq!((billed[0].input_tokens, billed[0].output_tokens), (36, 87));
+    assert!(billed[0].usage_complete);
+    // `one`'s second look is billed already in its own memory.
+    assert_ne!(billed[0].id, ids[2]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sigkilled_gateway_loses_no_accepted_record() {
     let env = TestEnv::new(Backend::Postgres).await;

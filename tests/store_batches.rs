@@ -160,4 +160,130 @@ async fn a_replayed_batch_writes_and_counts_only_new_rows(backend: Backend) {
     }
 }
 
-both_stores!(a_replayed_batch_writes_and_counts_only_new_rows);
+/// A row that carries a background response's usage, claiming it.
+fn billing(key: Uuid, response: &str) -> RequestRecord {
+    RequestRecord {
+        billed_response: Some(response.into()),
+        ..record(key, "poller")
+    }
+}
+
+/// (input tokens, total cost, usage complete) of each of `records`' rows.
+async fn billed(env: &TestEnv, records: &[&RequestRecord]) -> Vec<(i64, Decimal, bool)> {
+    let rows = env.rows().await;
+    records
+        .iter()
+        .map(|r| {
+            let row = rows
+                .iter()
+                .find(|row| row.id == r.id.to_string())
+                .unwrap_or_else(|| panic!("no row {}", r.id));
+            (row.input_tokens, row.total_cost, row.usage_complete)
+        })
+        .collect()
+}
+
+const BILLED: (i64, Decimal, bool) = (10, Decimal::from_parts(225, 0, 0, false, 6), true);
+const UNBILLED: (i64, Decimal, bool) = (0, Decimal::ZERO, false);
+
+/// Each background response's usage is kept on exactly one row: the first
+/// written that claims it, in its batch's transaction. Later rows, in the
+/// same batch or any later one, of any store handle (another process), are
+/// written unbilled; a replay of the winning row's batch keeps it billed,
+/// and a batch rolled back (here: by its `COPY` hitting a stored id, on
+/// PostgreSQL) claims nothing until it is written.
+async fn a_background_response_is_billed_by_the_first_row_written_that_claims_it(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let store = Store::open(&storage(&env)).unwrap();
+    store.migrate().await.unwrap();
+    let key = store
+        .create_key(NewKey {
+            name: "claims",
+            description: None,
+            key_hash: &majordomo::keys::hash_hex("mdm_sk_store_claims_test"),
+            key_hint: "mdm_sk_…test",
+        })
+        .await
+        .unwrap()
+        .id;
+
+    // Two rows of one batch claim resp_1: one keeps the usage.
+    let (a, b, c, d) = (
+        billing(key, "resp_1"),
+        billing(key, "resp_1"),
+        billing(key, "resp_2"),
+        record(key, "plain"),
+    );
+    let first = vec![a.clone(), b.clone(), c.clone(), d.clone()];
+    assert_eq!(
+        store
+            .insert_requests(Arc::new(first.clone()))
+            .await
+            .unwrap(),
+        4
+    );
+    let mut got = billed(&env, &[&a, &b]).await;
+    got.sort();
+    assert_eq!(got, [UNBILLED, BILLED], "resp_1 billed once");
+    assert_eq!(billed(&env, &[&c, &d]).await, [BILLED, BILLED]);
+    let winner = if billed(&env, &[&a]).await[0] == BILLED {
+        &a
+    } else {
+        &b
+    };
+
+    // Another process's store handle: resp_1 is held, resp_3 is new.
+    let other = Store::open(&storage(&env)).unwrap();
+    let (e, f) = (billing(key, "resp_1"), billing(key, "resp_3"));
+    assert_eq!(
+        other
+            .insert_requests(Arc::new(vec![e.clone(), f.clone()]))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(billed(&env, &[&e, &f]).await, [UNBILLED, BILLED]);
+
+    // The first batch replayed (a crash between commit and acknowledgement):
+    // nothing new, and its winner is still the one billed.
+    assert_eq!(store.insert_requests(Arc::new(first)).await.unwrap(), 0);
+    assert_eq!(billed(&env, &[winner]).await, [BILLED]);
+
+    // A replay holding a stored row beside new ones claiming resp_4 (new)
+    // and resp_2 (held): on PostgreSQL the `COPY` fails on the stored id and
+    // its transaction, claims included, is rolled back before the batch is
+    // written the other way.
+    let (g, h) = (billing(key, "resp_4"), billing(key, "resp_2"));
+    let mixed = vec![c.clone(), g.clone(), h.clone()];
+    assert_eq!(store.insert_requests(Arc::new(mixed)).await.unwrap(), 2);
+    assert_eq!(
+        billed(&env, &[&c, &g, &h]).await,
+        [BILLED, BILLED, UNBILLED]
+    );
+
+    // Two handles writing batches that claim the same responses in opposite
+    // orders, at once: each response billed once, no deadlock.
+    let ids: Vec<String> = (0..20).map(|i| format!("resp_race_{i}")).collect();
+    let one: Vec<RequestRecord> = ids.iter().map(|id| billing(key, id)).collect();
+    let two: Vec<RequestRecord> = ids.iter().rev().map(|id| billing(key, id)).collect();
+    let (x, y) = tokio::join!(
+        store.insert_requests(Arc::new(one.clone())),
+        other.insert_requests(Arc::new(two.clone())),
+    );
+    assert_eq!((x.unwrap(), y.unwrap()), (20, 20));
+    for id in &ids {
+        let pair: Vec<&RequestRecord> = one
+            .iter()
+            .chain(&two)
+            .filter(|r| r.billed_response.as_deref() == Some(id))
+            .collect();
+        let mut got = billed(&env, &pair).await;
+        got.sort();
+        assert_eq!(got, [UNBILLED, BILLED], "{id} billed once");
+    }
+}
+
+both_stores!(
+    a_replayed_batch_writes_and_counts_only_new_rows,
+    a_background_response_is_billed_by_the_first_row_written_that_claims_it,
+);

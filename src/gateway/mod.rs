@@ -64,7 +64,7 @@ pub struct Gateway {
     sink: SinkSender,
     prices: Arc<LivePrices>,
     metrics: Arc<Metrics>,
-    billed_retrievals: retrievals::BilledRetrievals,
+    billed_responses: retrievals::BilledResponses,
     connect_timeout: Duration,
     read_timeout: Duration,
 }
@@ -97,7 +97,6 @@ impl Gateway {
                 negative_ttl: Duration::from_secs(config.auth.negative_cache_ttl_secs),
             },
         );
-        let billed_retrievals = retrievals::BilledRetrievals::new(store.clone());
         Ok(Gateway {
             upstreams: [
                 upstream(Provider::OpenAi)?,
@@ -109,7 +108,7 @@ impl Gateway {
             sink,
             prices,
             metrics,
-            billed_retrievals,
+            billed_responses: retrievals::BilledResponses::default(),
             connect_timeout: Duration::from_secs(config.upstream.connect_timeout_secs),
             read_timeout: Duration::from_secs(config.upstream.read_timeout_secs),
             config,
@@ -726,10 +725,12 @@ impl ProxyHttp for Gateway {
         if ctx.api_key_id.is_some() {
             let mut parsed = ctx.parser.take().map(|parser| parser.finish());
             if let Some(p) = parsed.as_mut() {
-                // A background response is billed by the first request that
-                // carries its usage (see `retrievals`), whichever that is.
-                if let Some(id) = p.background_response.take() {
-                    if !self.billed_retrievals.claim(&id, ctx.request_id).await {
+                // A background response is billed by the first row that
+                // carries its usage (see `retrievals`); the store decides
+                // which, unless this process knows it is billed already.
+                if let Some(id) = p.background_response.as_deref() {
+                    if !self.billed_responses.first_look(id).await {
+                        p.background_response = None;
                         p.usage = None;
                     }
                 }

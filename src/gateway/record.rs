@@ -107,6 +107,7 @@ pub fn build(
             .take()
             .and_then(|c| c.finish(ctx.response_encoding.as_deref())),
         body_s3_key: None,
+        billed_response: parsed.background_response,
     };
     (record, priced_as)
 }

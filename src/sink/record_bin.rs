@@ -13,7 +13,7 @@
 //! ```text
 //! version                u8   = 1
 //! flags                  u8   1 api_key_id, 2 time_to_first_byte_ms,
-//!                             4 price_found, 8 usage_complete
+//!                             4 price_found, 8 usage_complete, 16 billed_response
 //! id                     [16]
 //! api_key_id             [16] when flag 1
 //! requested_at           i64 seconds, u32 nanoseconds (since the Unix epoch)
@@ -26,12 +26,15 @@
 //! provider_api_key_hash, provider, model, request_path, request_method,
 //! error_message, raw_metadata (its JSON text), request_body, response_body,
 //! body_s3_key            each u32 length + UTF-8 bytes; u32::MAX = absent
+//! billed_response        u32 length + UTF-8 bytes, when flag 16
 //! ```
 //!
 //! A reader refuses a version it does not know, bytes left over, a string
 //! that is not UTF-8, a date or decimal out of range: the spool then
 //! dead-letters the record's bytes. A later version must keep reading
-//! version 1 records (segments survive an upgrade).
+//! version 1 records (segments survive an upgrade). Flag 16 came later
+//! within version 1: a record without it reads as before; a build older
+//! than it refuses (dead-letters) a record with it.
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -46,7 +49,8 @@ const HAS_API_KEY: u8 = 1;
 const HAS_TTFB: u8 = 2;
 const PRICE_FOUND: u8 = 4;
 const USAGE_COMPLETE: u8 = 8;
-const KNOWN_FLAGS: u8 = HAS_API_KEY | HAS_TTFB | PRICE_FOUND | USAGE_COMPLETE;
+const BILLS_RESPONSE: u8 = 16;
+const KNOWN_FLAGS: u8 = HAS_API_KEY | HAS_TTFB | PRICE_FOUND | USAGE_COMPLETE | BILLS_RESPONSE;
 
 /// The length written for an absent string.
 const ABSENT: u32 = u32::MAX;
@@ -65,6 +69,9 @@ pub fn write(record: &RequestRecord, out: &mut Vec<u8>) {
     }
     if record.usage_complete {
         flags |= USAGE_COMPLETE;
+    }
+    if record.billed_response.is_some() {
+        flags |= BILLS_RESPONSE;
     }
     out.push(VERSION);
     out.push(flags);
@@ -111,6 +118,9 @@ pub fn write(record: &RequestRecord, out: &mut Vec<u8>) {
     opt_str(out, record.request_body.as_deref());
     opt_str(out, record.response_body.as_deref());
     opt_str(out, record.body_s3_key.as_deref());
+    if let Some(id) = &record.billed_response {
+        str(out, id);
+    }
 }
 
 fn timestamp(out: &mut Vec<u8>, t: &DateTime<Utc>) {
@@ -202,6 +212,10 @@ pub fn read(payload: &[u8]) -> Result<RequestRecord, Undecodable> {
     let request_body = r.opt_string("request_body")?;
     let response_body = r.opt_string("response_body")?;
     let body_s3_key = r.opt_string("body_s3_key")?;
+    let billed_response = match flags & BILLS_RESPONSE {
+        0 => None,
+        _ => Some(r.string("billed_response")?),
+    };
     if !r.rest.is_empty() {
         return Err(Undecodable::Trailing(r.rest.len()));
     }
@@ -236,6 +250,7 @@ pub fn read(payload: &[u8]) -> Result<RequestRecord, Undecodable> {
         request_body,
         response_body,
         body_s3_key,
+        billed_response,
     })
 }
 
@@ -318,11 +333,32 @@ mod tests {
         out
     }
 
+    /// The samples, and one naming the background response it bills.
+    fn shapes() -> Vec<RequestRecord> {
+        let mut records = RequestRecord::samples();
+        let mut billing = records[1].clone();
+        billing.billed_response = Some("resp_\"é\u{1}".into());
+        records.push(billing);
+        records
+    }
+
     #[test]
     fn records_of_every_shape_read_back_as_written() {
-        for record in RequestRecord::samples() {
+        for record in shapes() {
             assert_eq!(read(&written(&record)), Ok(record));
         }
+    }
+
+    #[test]
+    fn a_record_without_the_billed_response_flag_reads_as_before_it() {
+        let record = RequestRecord::samples().remove(0);
+        let bytes = written(&record);
+        assert_eq!(bytes[1] & BILLS_RESPONSE, 0);
+        let mut billing = record.clone();
+        billing.billed_response = Some("resp_1".into());
+        let longer = written(&billing);
+        assert_eq!(longer.len(), bytes.len() + 4 + 6, "one string more");
+        assert_eq!(&longer[2..bytes.len()], &bytes[2..], "the rest as before");
     }
 
     #[test]
@@ -347,7 +383,7 @@ mod tests {
 
     #[test]
     fn every_cut_of_a_record_is_refused() {
-        for record in RequestRecord::samples() {
+        for record in shapes() {
             let bytes = written(&record);
             for cut in 0..bytes.len() {
                 assert!(
@@ -368,7 +404,7 @@ mod tests {
         bytes[0] = 2;
         assert_eq!(read(&bytes), Err(Undecodable::Version(2)));
         bytes[0] = VERSION;
-        bytes[1] |= 0x10;
+        bytes[1] |= 0x20;
         assert!(matches!(read(&bytes), Err(Undecodable::Flags(_))));
     }
 

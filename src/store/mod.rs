@@ -122,6 +122,43 @@ pub(crate) fn metadata_deltas<'a>(
     by.into_values().collect()
 }
 
+/// The background-response claims a batch makes, as (response id, request
+/// id), sorted by response id: replicas inserting the same ids take their
+/// locks in one order.
+pub(crate) fn billed_response_claims(batch: &[RequestRecord]) -> Vec<(&str, Uuid)> {
+    let mut claims: Vec<(&str, Uuid)> = batch
+        .iter()
+        .filter_map(|r| Some((r.billed_response.as_deref()?, r.id)))
+        .collect();
+    claims.sort_unstable();
+    claims
+}
+
+/// The batch as it is written once its claims are in the store: a record
+/// whose background response another request holds (`holder` names the
+/// request holding each claimed id) is written [`RequestRecord::unbilled`].
+/// `None` when every record stands as it is.
+pub(crate) fn settle_claims(
+    batch: &[RequestRecord],
+    holder: impl Fn(&str) -> Option<Uuid>,
+) -> Option<Vec<RequestRecord>> {
+    let loses = |r: &RequestRecord| {
+        r.billed_response
+            .as_deref()
+            .and_then(&holder)
+            .is_some_and(|held_by| held_by != r.id)
+    };
+    if !batch.iter().any(loses) {
+        return None;
+    }
+    Some(
+        batch
+            .iter()
+            .map(|r| if loses(r) { r.unbilled() } else { r.clone() })
+            .collect(),
+    )
+}
+
 /// What `keys create` stores.
 pub struct NewKey<'a> {
     pub name: &'a str,
@@ -261,24 +298,15 @@ impl Store {
         }
     }
 
-    /// Records that `request_id` billed the background response
-    /// `response_id` (see `gateway::retrievals`). True for the first claim of
-    /// a response id in this store, false for every later one, whichever
-    /// gateway process makes it.
-    pub async fn claim_billed_response(
-        &self,
-        response_id: &str,
-        request_id: Uuid,
-    ) -> Result<bool, StoreError> {
-        match &*self.inner {
-            Backend::Sqlite(s) => s.claim_billed_response(response_id, request_id).await,
-            Backend::Postgres(s) => s.claim_billed_response(response_id, request_id).await,
-        }
-    }
-
     /// Writes a batch of request records (idempotent on `id`) and adds the
     /// newly written ones to their keys' `request_count` / `last_used_at`.
     /// Returns how many rows were new.
+    ///
+    /// A record naming a background response (`billed_response`) claims it
+    /// in `majordomo_billed_responses` in the same transaction; if another
+    /// request holds the claim (of this process or any other on the store),
+    /// the record is written unbilled. A replay finds its own claim and
+    /// stays billed.
     pub async fn insert_requests(&self, batch: Arc<Vec<RequestRecord>>) -> Result<u64, StoreError> {
         match &*self.inner {
             Backend::Sqlite(s) => s.insert_requests(batch).await,

@@ -247,29 +247,6 @@ impl PgStore {
         Ok(row.map(|r| r.get(0)))
     }
 
-    /// Records that `request_id` billed the background response
-    /// `response_id`; false if some request (of any gateway process) already
-    /// did.
-    pub async fn claim_billed_response(
-        &self,
-        response_id: &str,
-        request_id: Uuid,
-    ) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "INSERT INTO majordomo_billed_responses (response_id, request_id) VALUES ($1, $2) \
-                 ON CONFLICT (response_id) DO NOTHING",
-            )
-            .await
-            .map_err(pg_err)?;
-        let inserted = client
-            .execute(&stmt, &[&response_id, &request_id])
-            .await
-            .map_err(pg_err)?;
-        Ok(inserted == 1)
-    }
-
     /// Writes a batch of request records, each exactly once (a record whose id
     /// is already stored is skipped), adds the written rows to their keys'
     /// counters and metadata statistics, all in one transaction. Returns how
@@ -295,6 +272,8 @@ impl PgStore {
         batch: &[RequestRecord],
     ) -> Result<u64, CopyFailure> {
         let tx = client.transaction().await?;
+        let settled = claim_billed_responses(&tx, batch).await?;
+        let batch = settled.as_deref().unwrap_or(batch);
         let active = active_metadata_keys(&tx, batch).await?;
         copy_rows(&tx, "llm_requests", batch, &active).await?;
         add_to_key_counters(&tx, batch.iter()).await?;
@@ -309,6 +288,8 @@ impl PgStore {
         batch: &[RequestRecord],
     ) -> Result<u64, StoreError> {
         let tx = client.transaction().await.map_err(pg_err)?;
+        let settled = claim_billed_responses(&tx, batch).await.map_err(pg_err)?;
+        let batch = settled.as_deref().unwrap_or(batch);
         let active = active_metadata_keys(&tx, batch).await.map_err(pg_err)?;
         tx.batch_execute(STAGE_DDL).await.map_err(pg_err)?;
         copy_rows(&tx, "majordomo_stage", batch, &active).await?;
@@ -450,6 +431,41 @@ impl From<CopyFailure> for StoreError {
             CopyFailure::Unencodable(e) => StoreError::Rejected(e.to_string()),
         }
     }
+}
+
+/// Claims the batch's background responses (see `Store::insert_requests`);
+/// the batch to write, if a claim was lost.
+async fn claim_billed_responses(
+    tx: &Transaction<'_>,
+    batch: &[RequestRecord],
+) -> Result<Option<Vec<RequestRecord>>, tokio_postgres::Error> {
+    let claims = super::billed_response_claims(batch);
+    if claims.is_empty() {
+        return Ok(None);
+    }
+    let (responses, requests): (Vec<&str>, Vec<Uuid>) = claims.into_iter().unzip();
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO majordomo_billed_responses (response_id, request_id)
+             SELECT * FROM unnest($1::text[], $2::uuid[]) ON CONFLICT (response_id) DO NOTHING",
+        )
+        .await?;
+    tx.execute(&insert, &[&responses, &requests]).await?;
+    // A statement of its own: its snapshot sees a claim that a concurrent
+    // transaction committed while the insert waited for it.
+    let holders = tx
+        .prepare_cached(
+            "SELECT response_id, request_id FROM majordomo_billed_responses
+             WHERE response_id = ANY($1)",
+        )
+        .await?;
+    let held: HashMap<String, Uuid> = tx
+        .query(&holders, &[&responses])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    Ok(super::settle_claims(batch, |id| held.get(id).copied()))
 }
 
 /// Bytes gathered before they go to the connection as one `CopyData` message.

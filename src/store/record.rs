@@ -50,6 +50,33 @@ pub struct RequestRecord {
     /// The S3 object holding the bodies, set once it is stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_s3_key: Option<String>,
+    /// The OpenAI background response whose usage this row carries (not a
+    /// column). The store keeps the usage only if this row is the first to
+    /// claim the id in `majordomo_billed_responses`, in the transaction that
+    /// writes the row; a later one is written [`unbilled`](Self::unbilled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billed_response: Option<String>,
+}
+
+impl RequestRecord {
+    /// This row as written when another request billed its background
+    /// response: no tokens, no cost, usage not complete, as a retrieval of
+    /// an already-billed response is logged.
+    pub fn unbilled(&self) -> RequestRecord {
+        RequestRecord {
+            input_tokens: 0,
+            output_tokens: 0,
+            cached_tokens: 0,
+            cache_creation_tokens: 0,
+            reasoning_tokens: 0,
+            input_cost: Decimal::ZERO,
+            output_cost: Decimal::ZERO,
+            total_cost: Decimal::ZERO,
+            usage_complete: false,
+            billed_response: None,
+            ..self.clone()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -115,6 +142,7 @@ impl RequestRecord {
             request_body: None,
             response_body: None,
             body_s3_key: None,
+            billed_response: None,
         };
         let mut odd = typical.clone();
         odd.id = Uuid::from_u128(0x0193_6f2a_0000_7000_8000_0000_0000_0002);
@@ -199,6 +227,7 @@ pub(crate) mod strategy {
                 "[a-z-]{1,8}", text(), 0..4)),
             bodies in (proptest::option::of(text()), proptest::option::of(text()),
                 proptest::option::of(text())),
+            billed_response in proptest::option::of(text()),
         ) -> RequestRecord {
             let requested_at = DateTime::from_timestamp_micros(requested_micros).unwrap()
                 + chrono::Duration::nanoseconds(i64::from(nanos % 1000));
@@ -232,6 +261,7 @@ pub(crate) mod strategy {
                 request_body: bodies.0,
                 response_body: bodies.1,
                 body_s3_key: bodies.2,
+                billed_response,
             }
         }
     }

@@ -10,6 +10,7 @@
 //! deleted under it by the next `majordomo keys …`, and every row it wrote
 //! after that would be lost.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -261,29 +262,6 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn claim_billed_response(
-        &self,
-        response_id: &str,
-        request_id: Uuid,
-    ) -> Result<bool, StoreError> {
-        let (response_id, request_id, now) = (
-            response_id.to_string(),
-            request_id.to_string(),
-            ts(&Utc::now()),
-        );
-        self.with(move |c| {
-            let inserted = c
-                .prepare_cached(
-                    "INSERT INTO majordomo_billed_responses (response_id, request_id, billed_at) \
-                     VALUES (?1, ?2, ?3) ON CONFLICT (response_id) DO NOTHING",
-                )
-                .and_then(|mut stmt| stmt.execute([response_id, request_id, now]))
-                .map_err(err)?;
-            Ok(inserted == 1)
-        })
-        .await
-    }
-
     pub async fn revoked_since(&self, since: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
         let since = ts(&since);
         self.with(move |c| {
@@ -301,6 +279,8 @@ impl SqliteStore {
             let tx = c
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(err)?;
+            let settled = claim_billed_responses(&tx, &batch)?;
+            let batch = settled.as_deref().unwrap_or(&batch);
             let mut written = 0u64;
             let mut new_rows: Vec<&RequestRecord> = Vec::new();
             // key id → (new rows, latest requested_at)
@@ -422,6 +402,39 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+/// Claims the batch's background responses (see `Store::insert_requests`);
+/// the batch to write, if a claim was lost.
+fn claim_billed_responses(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &[RequestRecord],
+) -> Result<Option<Vec<RequestRecord>>, StoreError> {
+    let claims = super::billed_response_claims(batch);
+    if claims.is_empty() {
+        return Ok(None);
+    }
+    let now = ts(&Utc::now());
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO majordomo_billed_responses (response_id, request_id, billed_at)
+             VALUES (?1, ?2, ?3) ON CONFLICT (response_id) DO NOTHING",
+        )
+        .map_err(err)?;
+    let mut holder = tx
+        .prepare_cached("SELECT request_id FROM majordomo_billed_responses WHERE response_id = ?1")
+        .map_err(err)?;
+    let mut held = HashMap::new();
+    for (response, request) in claims {
+        insert
+            .execute(params![response, request.to_string(), now])
+            .map_err(err)?;
+        let by: String = holder.query_row([response], |r| r.get(0)).map_err(err)?;
+        held.insert(response, Uuid::parse_str(&by).ok());
+    }
+    Ok(super::settle_claims(batch, |id| {
+        held.get(id).copied().flatten()
+    }))
 }
 
 impl SqliteStore {
