@@ -1025,9 +1025,81 @@ async fn a_background_response_is_billed_once_by_all_the_gateways_on_a_store(bac
     assert_eq!(env.row(&id).await.input_tokens, 0);
 }
 
+/// The claims in the store (response ids), sorted.
+async fn claims(env: &TestEnv) -> Vec<String> {
+    let sql = "SELECT response_id FROM majordomo_billed_responses ORDER BY response_id";
+    match env.backend {
+        Backend::Postgres => env
+            .pg_client()
+            .await
+            .query(sql, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect(),
+        Backend::Sqlite => {
+            let c = rusqlite::Connection::open(env.sqlite_path()).unwrap();
+            let mut stmt = c.prepare(sql).unwrap();
+            let ids = stmt
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            ids
+        }
+    }
+}
+
+/// A running gateway deletes claims older than 45 days (OpenAI keeps a
+/// response 30), so the table does not grow for ever; younger ones stay.
+async fn a_gateway_forgets_background_claims_past_their_keeping_time(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    env.create_key("forgets");
+    let (old, young) = (
+        chrono::Utc::now() - chrono::TimeDelta::days(46),
+        chrono::Utc::now() - chrono::TimeDelta::days(44),
+    );
+    match env.backend {
+        Backend::Postgres => {
+            env.pg_client()
+                .await
+                .execute(
+                    "INSERT INTO majordomo_billed_responses (response_id, request_id, billed_at)
+                     VALUES ('resp_old', gen_random_uuid(), $1), ('resp_young', gen_random_uuid(), $2)",
+                    &[&old, &young],
+                )
+                .await
+                .unwrap();
+        }
+        Backend::Sqlite => {
+            let c = rusqlite::Connection::open(env.sqlite_path()).unwrap();
+            let text = |t: chrono::DateTime<chrono::Utc>| {
+                t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            };
+            c.execute(
+                "INSERT INTO majordomo_billed_responses (response_id, request_id, billed_at)
+                 VALUES ('resp_old', 'r1', ?1), ('resp_young', 'r2', ?2)",
+                [text(old), text(young)],
+            )
+            .unwrap();
+        }
+    }
+    assert_eq!(claims(&env).await, ["resp_old", "resp_young"]);
+    let mock = MockUpstream::start().await;
+    let _gw = env.gateway(&mock).start().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while claims(&env).await.len() == 2 {
+        assert!(std::time::Instant::now() < deadline, "old claim still kept");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(claims(&env).await, ["resp_young"]);
+}
+
 both_stores!(
     each_provider_and_mode_logs_an_exact_priced_row,
     a_background_response_is_billed_once_by_all_the_gateways_on_a_store,
+    a_gateway_forgets_background_claims_past_their_keeping_time,
     an_injected_usage_chunk_is_hidden_from_the_client_and_still_logged,
     a_stripped_stream_from_a_content_length_upstream_is_chunked_and_keeps_the_connection,
     a_gzip_upstream_body_reaches_the_client_untouched_and_is_parsed,

@@ -283,7 +283,78 @@ async fn a_background_response_is_billed_by_the_first_row_written_that_claims_it
     }
 }
 
+/// Backdates the claim of `response` by `days`.
+async fn age_claim(env: &TestEnv, response: &str, days: i64) {
+    let at = Utc::now() - chrono::TimeDelta::days(days);
+    match env.backend {
+        Backend::Postgres => {
+            let n = env
+                .pg_client()
+                .await
+                .execute(
+                    "UPDATE majordomo_billed_responses SET billed_at = $2 WHERE response_id = $1",
+                    &[&response, &at],
+                )
+                .await
+                .unwrap();
+            assert_eq!(n, 1);
+        }
+        Backend::Sqlite => {
+            let c = rusqlite::Connection::open(env.sqlite_path()).unwrap();
+            let n = c
+                .execute(
+                    "UPDATE majordomo_billed_responses SET billed_at = ?2 WHERE response_id = ?1",
+                    [
+                        response,
+                        &at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    ],
+                )
+                .unwrap();
+            assert_eq!(n, 1);
+        }
+    }
+}
+
+/// Claims older than `BILLED_RESPONSES_KEPT` are deleted (the sink does it
+/// hourly); younger ones stay and still hold their responses.
+async fn claims_past_their_keeping_time_are_forgotten(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let store = Store::open(&storage(&env)).unwrap();
+    store.migrate().await.unwrap();
+    let key = store
+        .create_key(NewKey {
+            name: "forgotten",
+            description: None,
+            key_hash: &majordomo::keys::hash_hex("mdm_sk_store_forgotten_test"),
+            key_hint: "mdm_sk_…test",
+        })
+        .await
+        .unwrap()
+        .id;
+    let (old, young) = (billing(key, "resp_old"), billing(key, "resp_young"));
+    store
+        .insert_requests(Arc::new(vec![old, young]))
+        .await
+        .unwrap();
+    age_claim(&env, "resp_old", 46).await;
+    age_claim(&env, "resp_young", 44).await;
+    let before = Utc::now() - majordomo::store::BILLED_RESPONSES_KEPT;
+    assert_eq!(store.forget_billed_responses(before).await.unwrap(), 1);
+    assert_eq!(store.forget_billed_responses(before).await.unwrap(), 0);
+
+    let (again_old, again_young) = (billing(key, "resp_old"), billing(key, "resp_young"));
+    store
+        .insert_requests(Arc::new(vec![again_old.clone(), again_young.clone()]))
+        .await
+        .unwrap();
+    assert_eq!(
+        billed(&env, &[&again_old, &again_young]).await,
+        [BILLED, UNBILLED]
+    );
+}
+
 both_stores!(
     a_replayed_batch_writes_and_counts_only_new_rows,
     a_background_response_is_billed_by_the_first_row_written_that_claims_it,
+    claims_past_their_keeping_time_are_forgotten,
 );

@@ -289,6 +289,9 @@ const DEGRADED_FOR: Duration = Duration::from_secs(2);
 /// How long S3 is left alone after a failed body upload.
 const S3_PAUSE: Duration = Duration::from_secs(30);
 const REPLAY_EVERY: Duration = Duration::from_millis(500);
+/// How often old background-response claims are deleted (at start, then
+/// hourly; each replica does, which is harmless).
+const FORGET_CLAIMS_EVERY: Duration = Duration::from_secs(3600);
 
 impl SinkService {
     pub fn stats(&self) -> Arc<SinkStats> {
@@ -646,6 +649,18 @@ impl SinkCore {
         true
     }
 
+    /// Deletes the background-response claims older than
+    /// [`crate::store::BILLED_RESPONSES_KEPT`]; a failure waits for the next
+    /// round.
+    async fn forget_old_claims(&self) {
+        let before = chrono::Utc::now() - crate::store::BILLED_RESPONSES_KEPT;
+        match self.store.forget_billed_responses(before).await {
+            Ok(0) => {}
+            Ok(n) => log::info!("forgot {n} background-response claims made before {before}"),
+            Err(e) => log::debug!("cannot delete old background-response claims: {e}"),
+        }
+    }
+
     /// Writes one claimed segment's records (from its ledger on), then
     /// removes it. Returns false when the database failed.
     async fn replay_segment(&self, path: &std::path::Path) -> bool {
@@ -720,8 +735,15 @@ impl BackgroundService for SinkService {
             let core = core.clone();
             async move {
                 let mut replay_tick = tokio::time::interval(REPLAY_EVERY);
+                let mut forgotten_at: Option<Instant> = None;
                 loop {
                     replay_tick.tick().await;
+                    if forgotten_at.is_none_or(|t| t.elapsed() >= FORGET_CLAIMS_EVERY) {
+                        forgotten_at = Some(Instant::now());
+                        // Beside the replay: a database that hangs must not hold it.
+                        let core = core.clone();
+                        tokio::spawn(async move { core.forget_old_claims().await });
+                    }
                     // The replay doubles as the probe that ends a degraded spell.
                     let started = Instant::now();
                     if core.retry_held().await && core.replay_once().await {

@@ -122,6 +122,11 @@ pub(crate) fn metadata_deltas<'a>(
     by.into_values().collect()
 }
 
+/// How long a background response's claim is kept. OpenAI keeps a stored
+/// response 30 days; past that a retrieval finds nothing to bill, so an
+/// older claim only takes room.
+pub const BILLED_RESPONSES_KEPT: chrono::TimeDelta = chrono::TimeDelta::days(45);
+
 /// The background-response claims a batch makes, as (response id, request
 /// id), sorted by response id: replicas inserting the same ids take their
 /// locks in one order.
@@ -295,6 +300,15 @@ impl Store {
         match &*self.inner {
             Backend::Sqlite(s) => s.set_metadata_active(api_key, name, active).await,
             Backend::Postgres(s) => s.set_metadata_active(api_key, name, active).await,
+        }
+    }
+
+    /// Deletes the background-response claims made before `before`
+    /// ([`BILLED_RESPONSES_KEPT`] ago, from the sink); returns how many.
+    pub async fn forget_billed_responses(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        match &*self.inner {
+            Backend::Sqlite(s) => s.forget_billed_responses(before).await,
+            Backend::Postgres(s) => s.forget_billed_responses(before).await,
         }
     }
 

@@ -247,6 +247,17 @@ impl PgStore {
         Ok(row.map(|r| r.get(0)))
     }
 
+    pub async fn forget_billed_responses(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM majordomo_billed_responses WHERE billed_at < $1",
+                &[&before],
+            )
+            .await
+            .map_err(pg_err)
+    }
+
     /// Writes a batch of request records, each exactly once (a record whose id
     /// is already stored is skipped), adds the written rows to their keys'
     /// counters and metadata statistics, all in one transaction. Returns how

@@ -262,6 +262,19 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn forget_billed_responses(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let before = ts(&before);
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM majordomo_billed_responses WHERE billed_at < ?1",
+                [before],
+            )
+            .map(|n| n as u64)
+            .map_err(err)
+        })
+        .await
+    }
+
     pub async fn revoked_since(&self, since: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
         let since = ts(&since);
         self.with(move |c| {
