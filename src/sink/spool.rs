@@ -5,17 +5,22 @@
 //! # On-disk format
 //!
 //! The spool is a directory (`sink.spool_dir`) of segment files named
-//! `<unix-millis>-<pid>-<seq>.rec`. A segment is a sequence of records:
+//! `<unix-millis>-<pid>-<seq>.rec2`. A segment is a sequence of records:
 //!
 //! ```text
 //! [len: u32 LE][crc32(payload): u32 LE][payload: len bytes, a RequestRecord]
 //! ```
 //!
 //! The payload is the binary record of [`super::record_bin`] (versioned in
-//! its first byte). Segments named `.seg` hold JSON payloads: earlier
-//! versions wrote them, and they are still replayed, never written. Those
-//! versions never touch a `.rec` segment (they claim only `.seg`), so during
-//! an `-u` upgrade the old process cannot misread the new one's segments.
+//! its first byte). Earlier builds wrote other segments, which are still
+//! replayed, never written:
+//! - `.seg` holds JSON payloads;
+//! - `.rec` holds binary records without `billed_response` (flag 16, which
+//!   those builds refuse).
+//!
+//! Each build claims only the kinds it can read, so during an `-u` upgrade
+//! the old process never takes (and dead-letters) the new one's segments:
+//! segments are named `.rec2` since flag 16.
 //!
 //! Beside a segment being replayed, `<segment>.ack` holds the byte offset up
 //! to which its records are known to be in the database (the ledger; 8 bytes,
@@ -62,7 +67,10 @@ pub const MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
 const HEADER_BYTES: usize = 8;
 const DEAD_LETTER: &str = "dead-letter.jsonl";
 /// Segments of binary records, the format written.
-const SEGMENT_EXT: &str = "rec";
+const SEGMENT_EXT: &str = "rec2";
+/// Segments of binary records without flag 16, written by earlier versions;
+/// read only.
+const FLAGLESS_SEGMENT_EXT: &str = "rec";
 /// Segments of JSON records, written by earlier versions; read only.
 const JSON_SEGMENT_EXT: &str = "seg";
 
@@ -247,8 +255,9 @@ pub fn segment_paths(dir: &Path) -> Vec<PathBuf> {
     let mut names: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.extension()
-                .is_some_and(|x| x == SEGMENT_EXT || x == JSON_SEGMENT_EXT)
+            p.extension().is_some_and(|x| {
+                x == SEGMENT_EXT || x == FLAGLESS_SEGMENT_EXT || x == JSON_SEGMENT_EXT
+            })
         })
         .collect();
     names.sort();
@@ -757,6 +766,30 @@ mod tests {
         let read = read_segment(dir.path(), &json[0].0, 0).unwrap();
         assert_eq!(read.corrupt, 0);
         assert!(!read.torn_tail);
+        let got: Vec<_> = read.records.into_iter().map(|(r, _)| r).collect();
+        assert_eq!(got, RequestRecord::samples());
+    }
+
+    #[test]
+    fn a_segment_of_an_earlier_binary_build_still_replays() {
+        // A build before flag 16 named its segments `.rec`; a record without
+        // the flag is the same bytes in both (`record_bin`'s tests).
+        let dir = tempfile::tempdir().unwrap();
+        let w = SpoolWriter::open(dir.path(), 1 << 20, false).unwrap();
+        for r in RequestRecord::samples() {
+            append(&w, &r);
+        }
+        w.close();
+        let written = segments(dir.path());
+        assert_eq!(written.len(), 1);
+        assert!(written[0].to_string_lossy().ends_with(".rec2"));
+        let earlier = written[0].with_extension(FLAGLESS_SEGMENT_EXT);
+        fs::rename(&written[0], &earlier).unwrap();
+        let claimed = claim_sealed(dir.path(), |_| false);
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].0, earlier);
+        let read = read_segment(dir.path(), &earlier, 0).unwrap();
+        assert_eq!(read.corrupt, 0);
         let got: Vec<_> = read.records.into_iter().map(|(r, _)| r).collect();
         assert_eq!(got, RequestRecord::samples());
     }
