@@ -183,6 +183,33 @@ async fn billed(env: &TestEnv, records: &[&RequestRecord]) -> Vec<(i64, Decimal,
         .collect()
 }
 
+/// Makes the database refuse any row whose model is `poison`.
+async fn poison_rows(env: &TestEnv) {
+    match env.backend {
+        Backend::Postgres => env
+            .pg_client()
+            .await
+            .batch_execute(
+                "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN
+                   IF NEW.model = 'poison' THEN RAISE EXCEPTION 'poison row'; END IF;
+                   RETURN NEW;
+                 END $$;
+                 CREATE TRIGGER refuse_poison BEFORE INSERT ON llm_requests
+                 FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+            )
+            .await
+            .unwrap(),
+        Backend::Sqlite => rusqlite::Connection::open(env.sqlite_path())
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON llm_requests
+                 WHEN NEW.model = 'poison' BEGIN SELECT RAISE(ABORT, 'poison row'); END;",
+            )
+            .unwrap(),
+    }
+}
+
 const BILLED: (i64, Decimal, bool) = (10, Decimal::from_parts(225, 0, 0, false, 6), true);
 const UNBILLED: (i64, Decimal, bool) = (0, Decimal::ZERO, false);
 
@@ -260,6 +287,25 @@ async fn a_background_response_is_billed_by_the_first_row_written_that_claims_it
         billed(&env, &[&c, &g, &h]).await,
         [BILLED, BILLED, UNBILLED]
     );
+
+    // A batch the database refuses after its claims (a row a trigger
+    // rejects) claims nothing: a later row claiming the same response bills it.
+    poison_rows(&env).await;
+    let (i, mut poison) = (billing(key, "resp_5"), record(key, "poison"));
+    poison.model = "poison".into();
+    assert!(store
+        .insert_requests(Arc::new(vec![i.clone(), poison]))
+        .await
+        .is_err());
+    let j = billing(key, "resp_5");
+    assert_eq!(
+        store
+            .insert_requests(Arc::new(vec![j.clone()]))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(billed(&env, &[&j]).await, [BILLED]);
 
     // Two handles writing batches that claim the same responses in opposite
     // orders, at once: each response billed once, no deadlock.

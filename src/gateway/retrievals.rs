@@ -52,8 +52,8 @@ impl Default for BilledResponses {
 impl BilledResponses {
     /// Whether this is the process's first row to carry the usage of the
     /// background response `id`; remembers it if so. Only a first one goes
-    /// to the store's claim: a later one is billed already, here or by the
-    /// row that claimed it.
+    /// to the store's claim; a later one is logged unbilled, since the first
+    /// (or a row of another process that claimed it before) bills it.
     pub async fn first_look(&self, id: &str) -> bool {
         if self.seen.contains_key(id) {
             return false;
@@ -92,7 +92,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_a_processs_first_look_at_a_response_goes_to_the_claim() {
+    async fn only_the_first_look_of_a_process_at_a_response_goes_to_the_claim() {
         let billed = BilledResponses::default();
         assert!(billed.first_look("resp_1").await);
         assert!(!billed.first_look("resp_1").await);

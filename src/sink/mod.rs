@@ -15,7 +15,8 @@
 //! until the spool or the database takes it. Writes are
 //! idempotent on the request id, so nothing is ever written twice. A record
 //! the database rejects even alone goes to the dead letter file. Every
-//! outcome is counted in [`SinkStats`].
+//! outcome is counted in [`SinkStats`]. The service also deletes
+//! background-response claims past their keeping time (hourly).
 
 pub mod bodies;
 mod held;
@@ -657,7 +658,7 @@ impl SinkCore {
         match self.store.forget_billed_responses(before).await {
             Ok(0) => {}
             Ok(n) => log::info!("forgot {n} background-response claims made before {before}"),
-            Err(e) => log::debug!("cannot delete old background-response claims: {e}"),
+            Err(e) => log::warn!("cannot delete old background-response claims: {e}"),
         }
     }
 

@@ -328,3 +328,72 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn billing(id: u128, response: Option<&str>) -> RequestRecord {
+        RequestRecord {
+            id: Uuid::from_u128(id),
+            input_tokens: 10,
+            output_tokens: 20,
+            cached_tokens: 3,
+            cache_creation_tokens: 4,
+            reasoning_tokens: 5,
+            input_cost: rust_decimal::Decimal::new(1, 3),
+            output_cost: rust_decimal::Decimal::new(2, 3),
+            total_cost: rust_decimal::Decimal::new(3, 3),
+            price_found: true,
+            billed_response: response.map(str::to_string),
+            ..RequestRecord::plain()
+        }
+    }
+
+    #[test]
+    fn claims_are_made_in_response_id_order() {
+        let batch = [
+            billing(1, Some("resp_b")),
+            billing(2, None),
+            billing(3, Some("resp_a")),
+            billing(4, Some("resp_b")),
+        ];
+        let claims = billed_response_claims(&batch);
+        let want = [
+            ("resp_a", Uuid::from_u128(3)),
+            ("resp_b", Uuid::from_u128(1)),
+            ("resp_b", Uuid::from_u128(4)),
+        ];
+        assert_eq!(claims, want);
+    }
+
+    #[test]
+    fn only_a_row_whose_claim_another_request_holds_is_unbilled() {
+        let batch = [
+            billing(1, Some("resp_a")),
+            billing(2, None),
+            billing(3, Some("resp_a")),
+            billing(4, Some("resp_gone")),
+        ];
+        let holder = |id: &str| (id == "resp_a").then(|| Uuid::from_u128(1));
+        let settled = settle_claims(&batch, holder).expect("one row lost its claim");
+        assert_eq!(settled[0], batch[0], "the holder keeps its usage");
+        assert_eq!(settled[1], batch[1]);
+        assert_eq!(settled[3], batch[3], "no claim row: billed as it is");
+        let lost = &settled[2];
+        assert_eq!(
+            (lost.input_tokens, lost.output_tokens, lost.cached_tokens),
+            (0, 0, 0)
+        );
+        assert_eq!((lost.cache_creation_tokens, lost.reasoning_tokens), (0, 0));
+        assert!(
+            lost.total_cost.is_zero() && lost.input_cost.is_zero() && lost.output_cost.is_zero()
+        );
+        assert!(!lost.usage_complete);
+        assert!(lost.price_found, "the model is still priced");
+        assert_eq!(lost.billed_response, None);
+        assert_eq!((lost.id, &lost.model), (batch[2].id, &batch[2].model));
+        // Every row holding its own claim: nothing to rewrite.
+        assert_eq!(settle_claims(&batch[..2], holder), None);
+    }
+}

@@ -443,11 +443,10 @@ fn claim_billed_responses(
             .execute(params![response, request.to_string(), now])
             .map_err(err)?;
         let by: String = holder.query_row([response], |r| r.get(0)).map_err(err)?;
-        held.insert(response, Uuid::parse_str(&by).ok());
+        // A holder that is not a request id is not this row: unbilled.
+        held.insert(response, Uuid::parse_str(&by).unwrap_or(Uuid::nil()));
     }
-    Ok(super::settle_claims(batch, |id| {
-        held.get(id).copied().flatten()
-    }))
+    Ok(super::settle_claims(batch, |id| held.get(id).copied()))
 }
 
 impl SqliteStore {
