@@ -247,38 +247,13 @@ async fn a_background_response_retrieved_during_a_refusal_is_billed_once_after_i
     let (_, key) = env.create_key("refused-claims");
     let mock = MockUpstream::start().await;
     let one = env.gateway(&mock).start().await;
-    let two = env
-        .gateway(&mock)
-        .env(
-            "MAJORDOMO_SERVER_PID_FILE",
-            env.path().join("two.pid").display(),
-        )
-        .env(
-            "MAJORDOMO_SERVER_UPGRADE_SOCK",
-            env.path().join("two.sock").display(),
-        )
-        .env(
-            "MAJORDOMO_SINK_SPOOL_DIR",
-            env.path().join("spool-two").display(),
-        )
-        .start()
-        .await;
-    let finished = json!({"id": "resp_refused", "object": "response", "status": "completed",
-                          "background": true, "model": "gpt-4o", "output": [],
-                          "usage": {"input_tokens": 36, "output_tokens": 87, "total_tokens": 123}});
-    let retrieve = |gw: &GatewayProcess| {
-        mock.push_response(ScriptedResponse::json(200, finished.clone()));
-        client()
-            .get(gw.url("/v1/responses/resp_refused"))
-            .header("X-Majordomo-Key", &key)
-            .header("Authorization", "Bearer sk-provider-secret")
-            .send()
-    };
+    let two = env.replica(&mock, "two").start().await;
+    let finished = finished_background_response("resp_refused");
 
     Refusal::ReadOnly.set(&env, true).await;
     let mut ids = Vec::new();
     for gw in [&one, &two, &one] {
-        let (status, id, _) = finish(retrieve(gw).await.unwrap()).await;
+        let (status, id, _) = finish(retrieve_response(&mock, gw, &key, &finished).await).await;
         assert_eq!(status, 200);
         ids.push(id);
     }

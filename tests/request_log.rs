@@ -929,37 +929,16 @@ async fn a_background_response_is_billed_once_by_all_the_gateways_on_a_store(bac
     let (_, key) = env.create_key("replicas");
     let mock = MockUpstream::start().await;
     let one = env.gateway(&mock).start().await;
-    let two = env
-        .gateway(&mock)
-        .env(
-            "MAJORDOMO_SERVER_PID_FILE",
-            env.path().join("two.pid").display(),
-        )
-        .env(
-            "MAJORDOMO_SERVER_UPGRADE_SOCK",
-            env.path().join("two.sock").display(),
-        )
-        .start()
-        .await;
-    let finished = json!({"id": "resp_bg", "object": "response", "status": "completed",
-                          "background": true, "model": "gpt-4o", "output": [],
-                          "usage": {"input_tokens": 36, "output_tokens": 87, "total_tokens": 123}});
-    let retrieve = |gw: &GatewayProcess| {
-        mock.push_response(ScriptedResponse::json(200, finished.clone()));
-        client()
-            .get(gw.url("/v1/responses/resp_bg"))
-            .header("X-Majordomo-Key", &key)
-            .header("Authorization", "Bearer sk-provider-secret")
-            .send()
-    };
+    let two = env.replica(&mock, "two").start().await;
+    let finished = finished_background_response("resp_bg");
 
-    let (_, id, _) = finish(retrieve(&two).await.unwrap()).await;
+    let (_, id, _) = finish(retrieve_response(&mock, &two, &key, &finished).await).await;
     let row = env.row(&id).await;
     assert_eq!((row.input_tokens, row.output_tokens), (36, 87));
     assert!(row.total_cost > Decimal::ZERO);
 
     // `one` never saw it billed; the store did.
-    let (status, id, _) = finish(retrieve(&one).await.unwrap()).await;
+    let (status, id, _) = finish(retrieve_response(&mock, &one, &key, &finished).await).await;
     assert_eq!(status, 200);
     let row = env.row(&id).await;
     assert_eq!((row.input_tokens, row.total_cost), (0, Decimal::ZERO));
@@ -1005,23 +984,13 @@ async fn a_background_response_is_billed_once_by_all_the_gateways_on_a_store(bac
     let mut stored = finished.clone();
     stored["id"] = json!("resp_streamed");
     stored["usage"] = counts;
-    mock.push_response(ScriptedResponse::json(200, stored));
-    let (_, id, _) = finish(
-        client()
-            .get(two.url("/v1/responses/resp_streamed"))
-            .header("X-Majordomo-Key", &key)
-            .header("Authorization", "Bearer sk-provider-secret")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, id, _) = finish(retrieve_response(&mock, &two, &key, &stored).await).await;
     assert_eq!(env.row(&id).await.input_tokens, 0);
 
     // Both killed: what they remembered is gone.
     drop((one, two));
     let three = env.gateway(&mock).start().await;
-    let (_, id, _) = finish(retrieve(&three).await.unwrap()).await;
+    let (_, id, _) = finish(retrieve_response(&mock, &three, &key, &finished).await).await;
     assert_eq!(env.row(&id).await.input_tokens, 0);
 }
 

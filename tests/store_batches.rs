@@ -96,20 +96,26 @@ async fn indexed_metadata(env: &TestEnv) -> Vec<serde_json::Value> {
     }
 }
 
-async fn a_replayed_batch_writes_and_counts_only_new_rows(backend: Backend) {
-    let env = TestEnv::new(backend).await;
-    let store = Store::open(&storage(&env)).unwrap();
+/// The test's store, migrated, and a key named `name` in it.
+async fn migrated_store_with_key(env: &TestEnv, name: &str) -> (Store, Uuid) {
+    let store = Store::open(&storage(env)).unwrap();
     store.migrate().await.unwrap();
     let key = store
         .create_key(NewKey {
-            name: "batches",
+            name,
             description: None,
-            key_hash: &majordomo::keys::hash_hex("mdm_sk_store_batches_test"),
+            key_hash: &majordomo::keys::hash_hex(&format!("mdm_sk_store_{name}_test")),
             key_hint: "mdm_sk_…test",
         })
         .await
         .unwrap()
         .id;
+    (store, key)
+}
+
+async fn a_replayed_batch_writes_and_counts_only_new_rows(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let (store, key) = migrated_store_with_key(&env, "batches").await;
     assert!(store.set_metadata_active(key, "team", true).await.unwrap());
 
     let first: Vec<RequestRecord> = (0..3).map(|i| record(key, &format!("u{i}"))).collect();
@@ -221,18 +227,7 @@ const UNBILLED: (i64, Decimal, bool) = (0, Decimal::ZERO, false);
 /// PostgreSQL) claims nothing until it is written.
 async fn a_background_response_is_billed_by_the_first_row_written_that_claims_it(backend: Backend) {
     let env = TestEnv::new(backend).await;
-    let store = Store::open(&storage(&env)).unwrap();
-    store.migrate().await.unwrap();
-    let key = store
-        .create_key(NewKey {
-            name: "claims",
-            description: None,
-            key_hash: &majordomo::keys::hash_hex("mdm_sk_store_claims_test"),
-            key_hint: "mdm_sk_…test",
-        })
-        .await
-        .unwrap()
-        .id;
+    let (store, key) = migrated_store_with_key(&env, "claims").await;
 
     // Two rows of one batch claim resp_1: one keeps the usage.
     let (a, b, c, d) = (
@@ -365,18 +360,7 @@ async fn age_claim(env: &TestEnv, response: &str, days: i64) {
 /// hourly); younger ones stay and still hold their responses.
 async fn claims_past_their_keeping_time_are_forgotten(backend: Backend) {
     let env = TestEnv::new(backend).await;
-    let store = Store::open(&storage(&env)).unwrap();
-    store.migrate().await.unwrap();
-    let key = store
-        .create_key(NewKey {
-            name: "forgotten",
-            description: None,
-            key_hash: &majordomo::keys::hash_hex("mdm_sk_store_forgotten_test"),
-            key_hint: "mdm_sk_…test",
-        })
-        .await
-        .unwrap()
-        .id;
+    let (store, key) = migrated_store_with_key(&env, "forgotten").await;
     let (old, young) = (billing(key, "resp_old"), billing(key, "resp_young"));
     store
         .insert_requests(Arc::new(vec![old, young]))

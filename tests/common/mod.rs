@@ -238,6 +238,49 @@ impl TestEnv {
     }
 }
 
+impl TestEnv {
+    /// A second gateway on this store beside the one [`TestEnv::gateway`]
+    /// starts, as a replica runs: its own PID file, upgrade socket and spool.
+    pub fn replica<'a>(&'a self, upstream: &MockUpstream, name: &str) -> GatewayBuilder<'a> {
+        let path = |ext: &str| {
+            self.path()
+                .join(format!("{name}{ext}"))
+                .display()
+                .to_string()
+        };
+        self.gateway(upstream)
+            .env("MAJORDOMO_SERVER_PID_FILE", path(".pid"))
+            .env("MAJORDOMO_SERVER_UPGRADE_SOCK", path(".sock"))
+            .env("MAJORDOMO_SINK_SPOOL_DIR", path("-spool"))
+    }
+}
+
+/// A finished OpenAI response that ran in the background (36 input and 87
+/// output tokens), as a retrieval or a cancel answers with it.
+pub fn finished_background_response(id: &str) -> serde_json::Value {
+    serde_json::json!({"id": id, "object": "response", "status": "completed",
+                       "background": true, "model": "gpt-4o", "output": [],
+                       "usage": {"input_tokens": 36, "output_tokens": 87, "total_tokens": 123}})
+}
+
+/// GETs the response `object` names through `gw`, the mock answering with `object`.
+pub async fn retrieve_response(
+    mock: &MockUpstream,
+    gw: &GatewayProcess,
+    key: &str,
+    object: &serde_json::Value,
+) -> reqwest::Response {
+    mock.push_response(ScriptedResponse::json(200, object.clone()));
+    let id = object["id"].as_str().expect("a response object has an id");
+    client()
+        .get(gw.url(&format!("/v1/responses/{id}")))
+        .header("X-Majordomo-Key", key)
+        .header("Authorization", "Bearer sk-provider-secret")
+        .send()
+        .await
+        .unwrap()
+}
+
 impl GatewayBuilder<'_> {
     pub fn env(mut self, k: &str, v: impl ToString) -> Self {
         self.vars.push((k.to_string(), v.to_string()));
