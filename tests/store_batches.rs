@@ -302,6 +302,18 @@ async fn a_background_response_is_billed_by_the_first_row_written_that_claims_it
     );
     assert_eq!(billed(&env, &[&j]).await, [BILLED]);
 
+    // An id the store cannot hold (a NUL, which PostgreSQL refuses in text)
+    // is not claimed: its row goes in, with its usage.
+    let odd = billing(key, "resp_\0");
+    assert_eq!(
+        store
+            .insert_requests(Arc::new(vec![odd.clone()]))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(billed(&env, &[&odd]).await, [BILLED]);
+
     // Two handles writing batches that claim the same responses in opposite
     // orders, at once: each response billed once, no deadlock.
     let ids: Vec<String> = (0..20).map(|i| format!("resp_race_{i}")).collect();

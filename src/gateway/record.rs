@@ -107,7 +107,7 @@ pub fn build(
             .take()
             .and_then(|c| c.finish(ctx.response_encoding.as_deref())),
         body_s3_key: None,
-        billed_response: parsed.background_response.filter(|id| claimable(id)),
+        billed_response: parsed.background_response,
     };
     (record, priced_as)
 }
@@ -134,19 +134,6 @@ fn without_nul(s: String) -> String {
     } else {
         s
     }
-}
-
-/// Longest background-response id the store claims. OpenAI's are `resp_`
-/// and 48 hex digits; far past this is not an id, and PostgreSQL's index
-/// refuses keys over ~2.7 kB.
-const CLAIM_ID_MAX: usize = 256;
-
-/// Whether a background-response id can be claimed in the store: one that
-/// cannot (empty, too long, holding a NUL, which PostgreSQL refuses in
-/// text) would make the store refuse the row it rides on. Its usage is then
-/// logged without a claim.
-fn claimable(id: &str) -> bool {
-    !id.is_empty() && id.len() <= CLAIM_ID_MAX && !id.contains('\0')
 }
 
 fn millis(d: std::time::Duration) -> i32 {
@@ -239,17 +226,6 @@ mod tests {
         );
         let r = req("/v1/messages", &[]);
         assert_eq!(provider_credential_hash(Provider::Anthropic, &r), None);
-    }
-
-    #[test]
-    fn only_an_id_the_store_can_hold_is_claimed() {
-        assert!(claimable(
-            "resp_68af4c1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f"
-        ));
-        assert!(claimable(&"r".repeat(CLAIM_ID_MAX)));
-        assert!(!claimable(""));
-        assert!(!claimable(&"r".repeat(CLAIM_ID_MAX + 1)));
-        assert!(!claimable("resp_\0"));
     }
 
     fn ctx() -> RequestCtx {

@@ -127,6 +127,18 @@ pub(crate) fn metadata_deltas<'a>(
 /// older claim only takes room.
 pub const BILLED_RESPONSES_KEPT: chrono::TimeDelta = chrono::TimeDelta::days(45);
 
+/// Longest background-response id claimed. OpenAI's are `resp_` and 48 hex
+/// digits; far past this is not an id, and PostgreSQL's index refuses keys
+/// over ~2.7 kB.
+const CLAIM_ID_MAX: usize = 256;
+
+/// Whether the store can hold a claim of `id`. One it cannot (empty, too
+/// long, holding a NUL, which PostgreSQL refuses in text) would get the row
+/// it rides on refused: it is not claimed, and the row keeps its usage.
+fn claimable(id: &str) -> bool {
+    !id.is_empty() && id.len() <= CLAIM_ID_MAX && !id.contains('\0')
+}
+
 /// The background-response claims a batch makes, as (response id, request
 /// id), sorted by response id: replicas inserting the same ids take their
 /// locks in one order.
@@ -134,6 +146,7 @@ pub(crate) fn billed_response_claims(batch: &[RequestRecord]) -> Vec<(&str, Uuid
     let mut claims: Vec<(&str, Uuid)> = batch
         .iter()
         .filter_map(|r| Some((r.billed_response.as_deref()?, r.id)))
+        .filter(|(id, _)| claimable(id))
         .collect();
     claims.sort_unstable();
     claims
@@ -365,6 +378,28 @@ mod tests {
             ("resp_b", Uuid::from_u128(4)),
         ];
         assert_eq!(claims, want);
+    }
+
+    #[test]
+    fn only_an_id_the_store_can_hold_is_claimed() {
+        let long = "r".repeat(CLAIM_ID_MAX + 1);
+        let batch = [
+            billing(
+                1,
+                Some("resp_68af4c1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f"),
+            ),
+            billing(2, Some(&long[1..])),
+            billing(3, Some("")),
+            billing(4, Some(&long)),
+            billing(5, Some("resp_\0")),
+        ];
+        let claimed: Vec<Uuid> = billed_response_claims(&batch)
+            .into_iter()
+            .map(|(_, request)| request)
+            .collect();
+        assert_eq!(claimed, [Uuid::from_u128(1), Uuid::from_u128(2)]);
+        // Unclaimed, they find no holder: written with their usage.
+        assert_eq!(settle_claims(&batch, |_| None), None);
     }
 
     #[test]
